@@ -1,0 +1,211 @@
+"""Dynamic batching: merge the requests that arrive close together into one forward pass.
+
+The batcher is generic: it knows nothing of Flask or TensorFlow. It calls
+`predict(payloads) -> results` with the payloads of one batch, in arrival order, from one
+dedicated OS thread, and hands result i back to the caller of payload i.
+
+When a batch is sent: a batch is formed as soon as one request is waiting. It first takes
+everything already queued (up to `max_batch_size` instances), then waits for more only
+until its oldest request has waited `batch_timeout_s` or it is full. A backlog therefore
+always yields full batches, never batches of one.
+
+The queue is bounded: `submit()` refuses a request at once (QueueFull) when the instances
+waiting would exceed `max_queue`. Every accepted request is answered: with its result,
+with the exception its batch's forward pass raised, or with BatcherClosed if the batcher
+stopped before running it.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import queue
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from service.threads import Completion, OsThread, new_completion, new_lock, new_queue
+
+log = logging.getLogger(__name__)
+
+_STOP = object()
+
+
+class QueueFull(Exception):
+    """The worker's queue holds `max_queue` instances already; retry later."""
+
+
+class BatcherClosed(Exception):
+    """The batcher is shutting down and takes no more requests."""
+
+
+class BatchSizeMismatch(RuntimeError):
+    """`predict` returned a different number of results than it was given payloads."""
+
+
+@dataclass(frozen=True)
+class BatchOutcome:
+    """What one caller gets back: its own result and the batch it was served in."""
+
+    result: Any
+    batch_size: int
+    queue_wait_s: float
+
+
+@dataclass
+class PendingRequest:
+    payload: Any
+    size: int
+    enqueued_at: float
+    completion: Completion = field(repr=False)
+
+
+@dataclass
+class BatcherStats:
+    """Counters since start; read them for tests and reports, they are not locked."""
+
+    batches: int = 0
+    instances: int = 0
+    failed_batches: int = 0
+    flushed_full: int = 0
+    flushed_timeout: int = 0
+    largest_batch: int = 0
+
+    @property
+    def mean_batch_size(self) -> float:
+        return self.instances / self.batches if self.batches else 0.0
+
+
+class Batcher:
+    def __init__(
+        self,
+        predict: Callable[[list], Sequence],
+        max_batch_size: int,
+        batch_timeout_s: float,
+        max_queue: int,
+        clock: Callable[[], float] = time.monotonic,
+        name: str = "batcher",
+    ):
+        if max_batch_size < 1 or max_queue < max_batch_size or batch_timeout_s < 0:
+            raise ValueError("need max_batch_size >= 1, max_queue >= max_batch_size and batch_timeout_s >= 0")
+        self._predict = predict
+        self.max_batch_size = max_batch_size
+        self.batch_timeout_s = batch_timeout_s
+        self.max_queue = max_queue
+        self._clock = clock
+        self._queue = new_queue()
+        self._held_over: collections.deque[PendingRequest] = collections.deque()
+        self._lock = new_lock()
+        self._queued_instances = 0
+        self._closed = False
+        self.stats = BatcherStats()
+        self._thread = OsThread(self._run, name)
+
+    @property
+    def queue_depth(self) -> int:
+        """Instances accepted and not yet taken into a forward pass."""
+        return self._queued_instances
+
+    def submit(self, payload: Any, size: int = 1) -> Completion:
+        """Queue a request of `size` instances; wait on the returned completion for a BatchOutcome.
+
+        Raises QueueFull when the queue is full, BatcherClosed after `close()`, and
+        ValueError if `size` is not between 1 and `max_batch_size` (a request is never split).
+        """
+        if not 1 <= size <= self.max_batch_size:
+            raise ValueError(f"a request must hold 1 to {self.max_batch_size} instances, got {size}")
+        request = PendingRequest(payload, size, self._clock(), new_completion())
+        with self._lock:
+            if self._closed:
+                raise BatcherClosed("the server is shutting down")
+            if self._queued_instances + size > self.max_queue:
+                raise QueueFull(f"{self._queued_instances} instances are already waiting (limit {self.max_queue})")
+            self._queued_instances += size
+            self._queue.put(request)  # under the lock, so nothing lands behind close()'s stop marker
+        return request.completion
+
+    def close(self, timeout_s: float = 30.0) -> bool:
+        """Refuse new requests, answer every accepted one, stop the thread; True if it stopped in time."""
+        with self._lock:
+            already_closed, self._closed = self._closed, True
+        if not already_closed:
+            self._queue.put(_STOP)
+        return self._thread.join(timeout_s)
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            batch, stopping = self._next_batch()
+            if batch:
+                self._run_batch(batch)
+        # Whatever arrived between the stop marker and now is still owed an answer.
+        for request in self._drain_remaining():
+            request.completion.fail(BatcherClosed("the server shut down before this request ran"))
+
+    def _next_batch(self) -> tuple[list[PendingRequest], bool]:
+        """Block for the first request, then gather per the policy in the module docstring."""
+        first = self._held_over.popleft() if self._held_over else self._queue.get()
+        if first is _STOP:
+            return [], True
+        batch, size = [first], first.size
+        deadline = first.enqueued_at + self.batch_timeout_s
+        stopping = held_over = False
+        while size < self.max_batch_size:
+            # Whatever is already queued is taken at once; only the wait for more is bounded.
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                wait_s = deadline - self._clock()
+                if wait_s <= 0:
+                    break
+                try:
+                    item = self._queue.get(timeout=wait_s)
+                except queue.Empty:
+                    break
+            if item is _STOP:
+                stopping = True
+                break
+            if size + item.size > self.max_batch_size:
+                self._held_over.append(item)
+                held_over = True
+                break
+            batch.append(item)
+            size += item.size
+        if held_over or size >= self.max_batch_size:
+            self.stats.flushed_full += 1
+        else:
+            self.stats.flushed_timeout += 1
+        with self._lock:
+            self._queued_instances -= size
+        return batch, stopping
+
+    def _run_batch(self, batch: list[PendingRequest]) -> None:
+        size = sum(request.size for request in batch)
+        started_at = self._clock()
+        try:
+            results = self._predict([request.payload for request in batch])
+            if len(results) != len(batch):
+                raise BatchSizeMismatch(f"predict returned {len(results)} results for {len(batch)} requests")
+        except Exception as error:  # the batch fails, the thread keeps serving
+            log.exception("forward pass failed for a batch of %d instances", size)
+            self.stats.failed_batches += 1
+            for request in batch:
+                request.completion.fail(error)
+        else:
+            for request, result in zip(batch, results, strict=True):
+                request.completion.resolve(BatchOutcome(result, size, started_at - request.enqueued_at))
+        self.stats.batches += 1
+        self.stats.instances += size
+        self.stats.largest_batch = max(self.stats.largest_batch, size)
+
+    def _drain_remaining(self) -> list[PendingRequest]:
+        remaining = list(self._held_over)
+        self._held_over.clear()
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return remaining
+            if item is not _STOP:
+                remaining.append(item)

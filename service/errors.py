@@ -1,0 +1,33 @@
+"""Errors that become HTTP answers: a status, a message for the client, optional headers.
+
+Every client mistake is raised as an `ApiError` subclass and answered as
+`{"error": "<what was wrong>"}`, so no client mistake can surface as a 500.
+"""
+
+from __future__ import annotations
+
+
+class ApiError(Exception):
+    status = 500
+
+    def __init__(self, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.message = message
+        self.headers = headers or {}
+
+
+class BadRequest(ApiError):
+    status = 400
+
+
+class NotFound(ApiError):
+    status = 404
+
+
+class ServiceUnavailable(ApiError):
+    """The worker cannot take the request now; `Retry-After` says when to try again."""
+
+    status = 503
+
+    def __init__(self, message: str, retry_after_s: int = 1):
+        super().__init__(message, {"Retry-After": str(retry_after_s)})

@@ -1,0 +1,52 @@
+"""The bodies of the Gunicorn hooks in gunicorn.conf.py: plan in the master, place each worker.
+
+The master runs `plan_for_this_machine` and `assign_slot`; neither imports TensorFlow or
+touches CUDA, since neither survives `fork()`. A worker learns its placement in `post_fork`
+(before the app, and so TensorFlow, is imported) and drains its batcher in `worker_exit`.
+"""
+
+from __future__ import annotations
+
+from service.footprint import measure_footprint
+from service.gpu import discover_gpus, pin_visible_gpu
+from service.machine import detect_machine
+from service.planner import WorkerPlacement, WorkerPlan, plan_workers
+from service.settings import Settings
+
+_this_worker_placement: WorkerPlacement | None = None
+
+
+def plan_for_this_machine(settings: Settings) -> WorkerPlan:
+    """Measure (or read from cache) the model's footprint, find GPUs, and plan the workers."""
+    footprint = measure_footprint(settings.model_path, settings.padded_batch_sizes(), settings.footprint_cache)
+    return plan_workers(settings, detect_machine(), footprint, discover_gpus())
+
+
+def assign_slot(server, worker) -> None:
+    """pre_fork: give the new worker the lowest slot no live worker holds.
+
+    `worker.age` only grows, so a replacement for a dead worker would otherwise land on a
+    new GPU index; slots are reused, so it takes the dead worker's GPU.
+    """
+    taken = {getattr(live, "slot", None) for live in server.WORKERS.values()}
+    worker.slot = next(slot for slot in range(len(taken) + 1) if slot not in taken)
+
+
+def place_worker(plan: WorkerPlan, worker) -> None:
+    """post_fork, in the worker: record its placement and pin its GPU before TensorFlow loads."""
+    global _this_worker_placement
+    _this_worker_placement = plan.placement(worker.slot)
+    pin_visible_gpu(_this_worker_placement.gpu.uuid if _this_worker_placement.gpu else None)
+
+
+def current_placement() -> WorkerPlacement | None:
+    """This worker's placement, or None outside Gunicorn (tests, scripts)."""
+    return _this_worker_placement
+
+
+def drain_worker(worker) -> None:
+    """worker_exit: answer every request already accepted before the process ends."""
+    app = getattr(worker, "wsgi", None)
+    server = getattr(app, "extensions", {}).get("model_server") if app is not None else None
+    if server is not None:
+        server.close()

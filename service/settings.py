@@ -1,0 +1,184 @@
+"""Every setting of the service, declared once and read from the environment in one place.
+
+Each field of `Settings` is one environment variable (its name upper-cased). The field
+declares its default, unit and meaning; `load_settings()` parses and validates them, and
+`settings_table()` renders the README's configuration table from the same declarations,
+so the documentation cannot drift from the code. Nothing else in the project reads
+`os.environ` for configuration.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class SettingsError(ValueError):
+    """A setting has a value the service cannot run with; the message names it."""
+
+
+def _setting(default, meaning: str, unit: str = "", choices: tuple = (), minimum=None, maximum=None):
+    return field(
+        default=default,
+        metadata={"meaning": meaning, "unit": unit, "choices": choices, "minimum": minimum, "maximum": maximum},
+    )
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Model
+    model_path: str = _setting(
+        "models/digits.keras", "Keras `.keras` file or SavedModel directory to serve (the demo model by default)."
+    )
+    model_name: str = _setting("", "Name in the `/v1/models/<name>` routes; empty means the file name's stem.")
+    model_version: int = _setting(1, "Version reported by `GET /v1/models/<name>`.", minimum=1)
+
+    # Network and processes
+    host: str = _setting("127.0.0.1", "Address to bind; use 0.0.0.0 only inside a container.")
+    port: int = _setting(8000, "Port to bind.", minimum=1, maximum=65535)
+    workers: int = _setting(0, "Gunicorn worker processes; 0 lets the planner choose (see Sizing).", minimum=0)
+    worker_class: str = _setting("gthread", "Gunicorn worker class.", choices=("gthread", "gevent"))
+    threads: int = _setting(
+        0, "Request threads per gthread worker; 0 means 2 x `MAX_BATCH_SIZE` (at least 8).", minimum=0
+    )
+    worker_connections: int = _setting(
+        0, "Connections per gevent worker; 0 means max(1000, 2 x `MAX_BATCH_SIZE`).", minimum=0
+    )
+    intra_op_threads: int = _setting(0, "TensorFlow threads inside one op; 0 means cores // workers.", minimum=0)
+    inter_op_threads: int = _setting(0, "TensorFlow ops run in parallel; 0 means 1 per worker.", minimum=0)
+    worker_timeout_s: int = _setting(
+        120, "Gunicorn heartbeat timeout: a worker silent this long is killed (not a request timeout).", "s", minimum=1
+    )
+    graceful_timeout_s: int = _setting(30, "Time a worker has to finish its requests after SIGTERM.", "s", minimum=1)
+
+    # Batching
+    max_batch_size: int = _setting(32, "Most instances merged into one forward pass.", "instances", minimum=1)
+    batch_timeout_ms: float = _setting(
+        5.0, "Longest time the oldest request of a batch waits for more to join it.", "ms", minimum=0
+    )
+    batch_sizes: str = _setting(
+        "", "Padded batch sizes compiled and warmed up, comma-separated; empty means powers of two up to the maximum."
+    )
+    max_queue: int = _setting(
+        256, "Instances waiting in one worker's queue before new requests get 503.", "instances", minimum=1
+    )
+    max_body_bytes: int = _setting(10 * 1024 * 1024, "Largest request body accepted (413 beyond).", "bytes", minimum=1)
+
+    # Sizing
+    ram_headroom: float = _setting(
+        0.2, "Fraction of available RAM kept free when sizing workers.", "fraction", minimum=0, maximum=0.95
+    )
+    footprint_cache: str = _setting(
+        "~/.cache/tf-model-server/footprints.json", "Where measured model footprints are cached, keyed by file hash."
+    )
+    gpu_memory_headroom: float = _setting(
+        0.1, "Fraction of each GPU's memory left out of the workers' limits.", "fraction", minimum=0, maximum=0.95
+    )
+    gpu_memory_limit_mb: int = _setting(
+        0, "TensorFlow memory limit per GPU worker; 0 splits the GPU between its workers.", "MB", minimum=0
+    )
+    gpu_process_overhead_mb: int = _setting(
+        1024, "GPU memory a worker uses outside TF's allocator (CUDA context, cuDNN workspaces).", "MB", minimum=0
+    )
+    workers_per_gpu: int = _setting(1, "Workers placed on each GPU when `WORKERS` is 0.", minimum=1)
+
+    log_level: str = _setting("info", "Log level.", choices=("debug", "info", "warning", "error"))
+
+    def __post_init__(self):
+        for spec in dataclasses.fields(self):
+            _check(spec, getattr(self, spec.name))
+        if self.max_queue < self.max_batch_size:
+            raise SettingsError(
+                f"MAX_QUEUE={self.max_queue} is smaller than MAX_BATCH_SIZE={self.max_batch_size}: "
+                "a full batch could never be queued. Raise MAX_QUEUE."
+            )
+        self.padded_batch_sizes()  # validates BATCH_SIZES
+
+    @property
+    def served_model_name(self) -> str:
+        return self.model_name or Path(self.model_path.rstrip("/")).stem
+
+    @property
+    def bind(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def request_threads(self) -> int:
+        """gthread threads: a request blocked on its answer holds one, so they cap the batch size."""
+        return self.threads or max(8, 2 * self.max_batch_size)
+
+    @property
+    def gevent_connections(self) -> int:
+        return self.worker_connections or max(1000, 2 * self.max_batch_size)
+
+    def padded_batch_sizes(self) -> tuple[int, ...]:
+        """The batch sizes compiled and warmed up; every batch is padded up to one of them."""
+        if self.batch_sizes.strip():
+            try:
+                sizes = sorted({int(part) for part in self.batch_sizes.split(",") if part.strip()})
+            except ValueError:
+                raise SettingsError(
+                    f"BATCH_SIZES={self.batch_sizes!r} is not a comma-separated list of integers"
+                ) from None
+            if not sizes or sizes[0] < 1 or sizes[-1] != self.max_batch_size:
+                raise SettingsError(
+                    f"BATCH_SIZES={self.batch_sizes!r} must be positive and end at MAX_BATCH_SIZE={self.max_batch_size}"
+                )
+            return tuple(sizes)
+        sizes, size = [], 1
+        while size < self.max_batch_size:
+            sizes.append(size)
+            size *= 2
+        sizes.append(self.max_batch_size)
+        return tuple(sizes)
+
+
+def _check(spec: dataclasses.Field, value) -> None:
+    meta, env_name = spec.metadata, spec.name.upper()
+    if meta["choices"] and value not in meta["choices"]:
+        raise SettingsError(f"{env_name}={value!r} is not one of {', '.join(meta['choices'])}")
+    if meta["minimum"] is not None and value < meta["minimum"]:
+        raise SettingsError(f"{env_name}={value!r} is below its minimum {meta['minimum']}")
+    if meta["maximum"] is not None and value > meta["maximum"]:
+        raise SettingsError(f"{env_name}={value!r} is above its maximum {meta['maximum']}")
+
+
+_PARSERS: dict[str, Callable[[str], object]] = {"int": int, "float": float, "str": str}
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Read every setting from `environ` (the process environment by default).
+
+    Raises SettingsError naming the variable when a value does not parse or is out of range.
+    """
+    environ = os.environ if environ is None else environ
+    values = {}
+    for spec in dataclasses.fields(Settings):
+        raw = environ.get(spec.name.upper())
+        if raw is None or raw == "":
+            continue
+        try:
+            values[spec.name] = _PARSERS[spec.type](raw.strip())
+        except ValueError:
+            raise SettingsError(f"{spec.name.upper()}={raw!r} is not a valid {spec.type}") from None
+    return Settings(**values)
+
+
+def settings_table() -> str:
+    """The README's configuration table, rendered from the declarations above."""
+    rows = ["| Variable | Default | Unit | Meaning |", "|---|---|---|---|"]
+    for spec in dataclasses.fields(Settings):
+        default = f"`{spec.default}`" if spec.default != "" else "(empty)"
+        meaning = spec.metadata["meaning"]
+        if spec.metadata["choices"]:
+            meaning += " One of: " + ", ".join(f"`{choice}`" for choice in spec.metadata["choices"]) + "."
+        rows.append(f"| `{spec.name.upper()}` | {default} | {spec.metadata['unit']} | {meaning} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    sys.stdout.write(settings_table() + "\n")
