@@ -37,7 +37,9 @@ class ServedModel:
     of `batch_sizes`; `predict` is what the batcher calls.
     """
 
-    def __init__(self, name: str, version: int, signature: ModelSignature, forward: Forward, batch_sizes: Sequence[int]):
+    def __init__(
+        self, name: str, version: int, signature: ModelSignature, forward: Forward, batch_sizes: Sequence[int]
+    ):
         self.name = name
         self.version = version
         self.signature = signature
@@ -134,7 +136,9 @@ def _compile_keras_file(path: str) -> tuple[ModelSignature, Forward]:
         for tensor in model.inputs
     )
     # Functional models name their outputs; Sequential ones only through the producing layer.
-    output_names = list(getattr(model, "output_names", None) or [t._keras_history.operation.name for t in model.outputs])
+    output_names = list(
+        getattr(model, "output_names", None) or [t._keras_history.operation.name for t in model.outputs]
+    )
     outputs = tuple(
         TensorInfo(name, _dtype_name(tensor.dtype), _instance_shape(tensor.shape, name))
         for name, tensor in zip(output_names, model.outputs, strict=True)
@@ -219,4 +223,3 @@ def _sample_batch(info: TensorInfo, size: int) -> np.ndarray:
     if info.dtype == "string":
         return np.full(shape, "", dtype=object)
     return np.zeros(shape, dtype=info.dtype)
-

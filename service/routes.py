@@ -74,7 +74,11 @@ def model_status(name: str, version: int | None = None):
     return _json(
         {
             "model_version_status": [
-                {"version": str(state.model.version), "state": available, "status": {"error_code": "OK", "error_message": ""}}
+                {
+                    "version": str(state.model.version),
+                    "state": available,
+                    "status": {"error_code": "OK", "error_message": ""},
+                }
             ]
         }
     )

@@ -1,0 +1,69 @@
+"""Serve one model with several worker counts and compare them under the same closed-loop load.
+
+This is the evidence behind the planner's default worker count on CPU machines
+(README "Sizing"). Each configuration runs under a real Gunicorn on a free port.
+
+    python scripts/compare_workers.py --model models/heavy.keras --workers 1 2 3 -c 1 8 32 64 -d 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from loadgen import run_closed_loop
+
+from service.launcher import LiveServer
+
+
+def sample_body(url: str, model_name: str) -> bytes:
+    """One instance of zeros shaped after the model's first input, from its metadata."""
+    with urllib.request.urlopen(f"{url}/v1/models/{model_name}/metadata") as answer:
+        metadata = json.load(answer)
+    inputs = metadata["metadata"]["signature_def"]["signature_def"]["serving_default"]["inputs"]
+    dims = [int(d["size"]) for d in next(iter(inputs.values()))["tensor_shape"]["dim"]][1:]
+
+    def zeros(shape):
+        return [zeros(shape[1:]) for _ in range(shape[0])] if shape else 0.5
+
+    return json.dumps({"instances": [zeros([max(d, 1) for d in dims])]}).encode()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="models/heavy.keras")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("-c", "--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
+    parser.add_argument("-d", "--duration", type=float, default=8.0, help="seconds per load level")
+    parser.add_argument("--worker-class", default="gthread")
+    args = parser.parse_args()
+    name = Path(args.model).stem
+    rows = []
+    for workers in args.workers:
+        env = {"MODEL_PATH": args.model, "WORKERS": str(workers), "WORKER_CLASS": args.worker_class}
+        with LiveServer(env) as server:
+            body = sample_body(server.url, name)
+            run_closed_loop(server.url, body, max(args.concurrency), 2.0)  # settle caches and thread pools
+            for concurrency in args.concurrency:
+                summary = {
+                    "workers": workers,
+                    **run_closed_loop(server.url, body, concurrency, args.duration).summary(),
+                }
+                print(json.dumps(summary), flush=True)
+                rows.append(summary)
+    print("\n| workers | concurrency | throughput (req/s) | p50 (ms) | p99 (ms) | mean batch | errors |")
+    print("|---|---|---|---|---|---|---|")
+    for row in rows:
+        print(
+            f"| {row['workers']} | {row['concurrency']} | {row['throughput_rps']} | {row['p50_ms']} | "
+            f"{row['p99_ms']} | {row['mean_batch']} | {row['errors']} |"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""Start this service under a real Gunicorn as a child process, for tests and benchmark scripts.
+
+The server is ready when `/readyz` answers 200; we poll it with a deadline rather than
+sleeping, and stop the whole process group on exit so no worker outlives its caller.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class ServerFailedToStart(RuntimeError):
+    """The server exited or was not ready in time; the message ends with its log."""
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class LiveServer:
+    """`gunicorn -c gunicorn.conf.py wsgi:app` with the given settings (environment variables)."""
+
+    def __init__(self, env: dict[str, str], log_path: Path | None = None):
+        self.port = int(env.get("PORT") or free_port())
+        self.env = {**os.environ, **env, "HOST": "127.0.0.1", "PORT": str(self.port)}
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path or Path(f"/tmp/tf-model-server-{self.port}.log")
+        self.process: subprocess.Popen | None = None
+
+    def start(self, ready_timeout_s: float = 180.0) -> LiveServer:
+        command = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"]
+        self._log = open(self.log_path, "w")  # noqa: SIM115 (closed in stop())
+        self.process = subprocess.Popen(
+            command, cwd=PROJECT_ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        self.wait_ready(ready_timeout_s)
+        return self
+
+    def wait_ready(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise ServerFailedToStart(f"gunicorn exited with {self.process.returncode}:\n{self.log()[-4000:]}")
+            try:
+                with urllib.request.urlopen(self.url + "/readyz", timeout=2) as answer:
+                    if answer.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            time.sleep(0.1)  # polling interval, not a wait for readiness
+        self.stop()
+        raise ServerFailedToStart(f"not ready after {timeout_s:.0f} s:\n{self.log()[-4000:]}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, timeout_s: float = 60.0) -> int | None:
+        """SIGTERM the master (graceful), then SIGKILL the group if it outstays `timeout_s`."""
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else None
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        self._log.close()
+        return self.process.returncode
+
+    def __enter__(self) -> LiveServer:
+        return self.start()
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()

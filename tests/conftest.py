@@ -1,0 +1,95 @@
+"""Shared fixtures: settings, a fake model that needs no TensorFlow, and the app built on them."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service.app import create_app
+from service.model import ServedModel
+from service.settings import Settings
+from service.signature import ModelSignature, TensorInfo
+
+
+class RecordingForward:
+    """A numpy forward pass (y = 2x) that records the padded batch sizes it ran, and can be gated."""
+
+    def __init__(self):
+        self.batch_sizes: list[int] = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self.entered = threading.Event()
+        self.fail_with: Exception | None = None
+
+    def __call__(self, arrays):
+        self.entered.set()
+        self.gate.wait(10)
+        if self.fail_with is not None:
+            raise self.fail_with
+        self.batch_sizes.append(len(arrays["x"]))
+        return {"y": arrays["x"] * 2}
+
+
+@pytest.fixture
+def settings() -> Settings:
+    return Settings(model_name="fake", max_batch_size=8, batch_timeout_ms=2, max_queue=16, max_body_bytes=4096)
+
+
+@pytest.fixture
+def fake_forward() -> RecordingForward:
+    return RecordingForward()
+
+
+@pytest.fixture
+def fake_model(settings, fake_forward) -> ServedModel:
+    signature = ModelSignature(inputs=(TensorInfo("x", "float32", (3,)),), outputs=(TensorInfo("y", "float32", (3,)),))
+    return ServedModel("fake", 1, signature, fake_forward, settings.padded_batch_sizes())
+
+
+@pytest.fixture
+def app(settings, fake_model):
+    app = create_app(settings, fake_model)
+    yield app
+    app.extensions["model_server"].close()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+def rows(count: int, start: float = 0.0) -> list[list[float]]:
+    return [[start + i, start + i + 0.5, -(start + i)] for i in range(count)]
+
+
+@pytest.fixture
+def make_rows():
+    return rows
+
+
+def as_float32(values) -> np.ndarray:
+    return np.asarray(values, dtype=np.float32)
+
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEMO_MODEL = PROJECT_ROOT / "models" / "digits.keras"
+
+
+@pytest.fixture(scope="session")
+def demo_model_path() -> Path:
+    """The demo digits model, built by the project's own script if it is missing."""
+    if not DEMO_MODEL.exists():
+        subprocess.run([sys.executable, "scripts/build_demo_model.py"], cwd=PROJECT_ROOT, check=True)
+    return DEMO_MODEL
+
+
+@pytest.fixture(scope="session")
+def demo_holdout(demo_model_path):
+    """The held-out images and labels the demo model never saw in training."""
+    with np.load(demo_model_path.with_name("digits_holdout.npz")) as data:
+        return data["images"], data["labels"]

@@ -1,0 +1,36 @@
+"""Real Gunicorn servers on free ports, started once per session and stopped at the end."""
+
+from __future__ import annotations
+
+import pytest
+
+from service.launcher import LiveServer
+
+DEMO_SERVER_SETTINGS = {"WORKERS": "2", "MAX_BATCH_SIZE": "16", "BATCH_TIMEOUT_MS": "20", "MAX_BODY_BYTES": "100000"}
+
+
+@pytest.fixture(scope="session")
+def footprint_cache(tmp_path_factory) -> str:
+    return str(tmp_path_factory.mktemp("cache") / "footprints.json")
+
+
+@pytest.fixture(scope="session")
+def start_server(footprint_cache, tmp_path_factory):
+    """Start a server with the given settings; every server started is stopped after the session."""
+    started = []
+
+    def start(**settings) -> LiveServer:
+        env = {"FOOTPRINT_CACHE": footprint_cache, **settings}
+        server = LiveServer(env, log_path=tmp_path_factory.mktemp("server") / "gunicorn.log").start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture(scope="session", params=["gthread", "gevent"])
+def demo_server(request, start_server, demo_model_path) -> LiveServer:
+    """The demo model under each worker class, two workers each."""
+    return start_server(MODEL_PATH=str(demo_model_path), WORKER_CLASS=request.param, **DEMO_SERVER_SETTINGS)

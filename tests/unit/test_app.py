@@ -1,0 +1,128 @@
+"""Routes and error answers through Flask's test client, with the fake model (y = 2x)."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+
+from service.app import create_app
+
+
+def test_predict_row_format(client, make_rows):
+    answer = client.post("/predict", data=json.dumps({"instances": make_rows(2)}))
+    assert answer.status_code == 200
+    assert answer.json == {"predictions": [[0.0, 1.0, -0.0], [2.0, 3.0, -2.0]]}
+    assert answer.headers["X-Batch-Size"] == "2"
+
+
+def test_predict_tf_serving_route_and_columnar_format(client, make_rows):
+    answer = client.post("/v1/models/fake:predict", json={"inputs": make_rows(1, start=1)})
+    assert answer.status_code == 200 and answer.json == {"outputs": [[2.0, 3.0, -2.0]]}
+    versioned = client.post("/v1/models/fake/versions/1:predict", json={"instances": make_rows(1)})
+    assert versioned.status_code == 200
+
+
+def test_body_is_read_as_json_whatever_the_content_type(client, make_rows):
+    answer = client.post(
+        "/predict", data=json.dumps({"instances": make_rows(1)}), content_type="application/x-www-form-urlencoded"
+    )
+    assert answer.status_code == 200
+
+
+def test_status_and_metadata(client):
+    status = client.get("/v1/models/fake")
+    assert status.json["model_version_status"][0] == {
+        "version": "1",
+        "state": "AVAILABLE",
+        "status": {"error_code": "OK", "error_message": ""},
+    }
+    signature = client.get("/v1/models/fake/metadata").json["metadata"]["signature_def"]["signature_def"]
+    x = signature["serving_default"]["inputs"]["x"]
+    assert x["dtype"] == "DT_FLOAT" and [d["size"] for d in x["tensor_shape"]["dim"]] == ["-1", "3"]
+
+
+def test_health_and_readiness(client, app):
+    assert client.get("/healthz").status_code == 200
+    assert client.get("/readyz").status_code == 200
+    app.extensions["model_server"].close()
+    assert client.get("/readyz").status_code == 503
+    assert client.get("/healthz").status_code == 200
+
+
+def error_of(answer, status):
+    assert answer.status_code == status, answer.data
+    assert answer.is_json and isinstance(answer.json["error"], str) and answer.json["error"]
+    return answer.json["error"]
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        (b"{oops", "not valid JSON"),
+        (b'{"instances": [[1, 2]]}', "shape [3]"),
+        (b'{"instances": []}', "empty"),
+        (b'{"instances": [[1, 2, NaN]]}', "non-finite"),
+        (b'{"rows": []}', "unknown keys"),
+        (b'{"instances": [[1, 2, 3]]' + b"," + b'"inputs": [[1, 2, 3]]}', "not both"),
+    ],
+)
+def test_client_mistakes_get_400_with_a_json_error(client, body, fragment):
+    assert fragment in error_of(client.post("/predict", data=body), 400)
+
+
+def test_too_many_instances(client, make_rows):
+    assert "at most 8" in error_of(client.post("/predict", json={"instances": make_rows(9)}), 400)
+
+
+def test_unknown_model_version_and_route_get_404(client, make_rows):
+    assert "not served here" in error_of(client.post("/v1/models/other:predict", json={"instances": []}), 404)
+    assert "no version 2" in error_of(client.get("/v1/models/fake/versions/2"), 404)
+    error_of(client.get("/nowhere"), 404)
+
+
+def test_wrong_method_gets_405(client):
+    answer = client.get("/predict")
+    error_of(answer, 405)
+    assert "POST" in answer.headers["Allow"]
+    error_of(client.get("/v1/models/fake:predict"), 405)
+
+
+def test_body_over_the_limit_gets_413(client):
+    error_of(client.post("/predict", data=b"[" + b"0," * 4096 + b"0]"), 413)
+
+
+def test_full_queue_gets_503_with_retry_after(settings, fake_model, fake_forward, make_rows):
+    app = create_app(settings, fake_model)
+    client, server = app.test_client(), app.extensions["model_server"]
+    fake_forward.gate.clear()
+    fake_forward.entered.clear()
+
+    def post_full_request():
+        thread = threading.Thread(target=client.post, args=("/predict",), kwargs={"json": {"instances": make_rows(8)}})
+        thread.start()
+        return thread
+
+    threads = [post_full_request()]
+    try:
+        assert fake_forward.entered.wait(10)  # the first request is running and holds the batcher
+        threads += [post_full_request(), post_full_request()]  # 16 instances queued: the limit
+        while server.batcher.queue_depth < 16:
+            threading.Event().wait(0.001)  # poll until both requests are queued
+        answer = client.post("/predict", json={"instances": make_rows(1)})
+        assert "queue is full" in error_of(answer, 503)
+        assert int(answer.headers["Retry-After"]) >= 1
+    finally:
+        fake_forward.gate.set()
+        for thread in threads:
+            thread.join(10)
+        server.close()
+
+
+def test_failing_forward_pass_gets_500_naming_the_cause_and_the_next_batch_works(client, fake_forward, make_rows):
+    fake_forward.fail_with = FloatingPointError("overflow in layer 3")
+    message = error_of(client.post("/predict", json={"instances": make_rows(1)}), 500)
+    assert "FloatingPointError: overflow in layer 3" in message
+    fake_forward.fail_with = None
+    assert client.post("/predict", json={"instances": make_rows(1)}).status_code == 200

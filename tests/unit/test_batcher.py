@@ -1,0 +1,228 @@
+"""The batcher on its own: plain payloads, a predict we gate with events, no model and no sleeps."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+
+from service.batcher import Batcher, BatcherClosed, BatchSizeMismatch, QueueFull
+
+ANSWER_TIMEOUT_S = 10
+
+
+class GatedPredict:
+    """predict(payloads) -> [p * 10]; blocks while `gate` is clear and signals each batch it starts."""
+
+    def __init__(self):
+        self.gate = threading.Event()
+        self.gate.set()
+        self.started = threading.Semaphore(0)
+        self.batches: list[list] = []
+
+    def __call__(self, payloads):
+        self.batches.append(list(payloads))
+        self.started.release()
+        assert self.gate.wait(ANSWER_TIMEOUT_S)
+        return [payload * 10 for payload in payloads]
+
+    def hold(self):
+        self.gate.clear()
+
+    def wait_for_batch(self):
+        assert self.started.acquire(timeout=ANSWER_TIMEOUT_S), "no batch started"
+
+
+@pytest.fixture
+def predict():
+    return GatedPredict()
+
+
+@pytest.fixture
+def make_batcher(predict):
+    created = []
+
+    def make(**options):
+        options = {"max_batch_size": 4, "batch_timeout_s": 0.0, "max_queue": 16, **options}
+        batcher = Batcher(predict, **options)
+        created.append(batcher)
+        return batcher
+
+    yield make
+    predict.gate.set()
+    for batcher in created:
+        assert batcher.close(timeout_s=ANSWER_TIMEOUT_S)
+
+
+def test_backlog_is_taken_in_one_batch_even_with_zero_timeout(make_batcher, predict):
+    batcher = make_batcher(max_batch_size=8, batch_timeout_s=0.0)
+    predict.hold()
+    first = batcher.submit(1)
+    predict.wait_for_batch()  # the first request runs alone, and holds the thread
+    backlog = [batcher.submit(value) for value in range(2, 7)]
+    predict.gate.set()
+    outcomes = [completion.wait(ANSWER_TIMEOUT_S) for completion in [first, *backlog]]
+    assert outcomes[0].batch_size == 1
+    # Each waiting request is older than the timeout, yet all five go in one batch, not five of one.
+    assert [outcome.batch_size for outcome in outcomes[1:]] == [5] * 5
+    assert predict.batches == [[1], [2, 3, 4, 5, 6]]
+
+
+def test_full_batch_is_sent_without_waiting_for_the_timeout(make_batcher):
+    batcher = make_batcher(max_batch_size=4, batch_timeout_s=60.0)
+    completions = [batcher.submit(value) for value in range(4)]
+    outcomes = [completion.wait(ANSWER_TIMEOUT_S) for completion in completions]
+    assert {outcome.batch_size for outcome in outcomes} == {4}
+    assert batcher.stats.flushed_full == 1
+
+
+def test_lone_request_is_sent_when_its_timeout_expires(make_batcher):
+    batcher = make_batcher(max_batch_size=4, batch_timeout_s=0.05)
+    started = time.monotonic()
+    outcome = batcher.submit(7).wait(ANSWER_TIMEOUT_S)
+    assert outcome.result == 70 and outcome.batch_size == 1
+    assert time.monotonic() - started >= 0.05
+    assert batcher.stats.flushed_timeout == 1
+
+
+def test_requests_arriving_within_the_timeout_share_a_batch(make_batcher, predict):
+    batcher = make_batcher(max_batch_size=8, batch_timeout_s=30.0)
+    completions = [batcher.submit(value) for value in range(3)]
+    # Not full and the timeout is far away: nothing may have run yet.
+    assert predict.batches == []
+    completions += [batcher.submit(value) for value in range(3, 8)]  # now full
+    assert {completion.wait(ANSWER_TIMEOUT_S).batch_size for completion in completions} == {8}
+
+
+def test_each_caller_gets_its_own_result_in_order(make_batcher, predict):
+    batcher = make_batcher(max_batch_size=4, batch_timeout_s=0.0, max_queue=64)
+    predict.hold()
+    batcher.submit(0)
+    predict.wait_for_batch()
+    completions = {value: batcher.submit(value) for value in range(1, 30)}
+    predict.gate.set()
+    assert {value: c.wait(ANSWER_TIMEOUT_S).result for value, c in completions.items()} == {
+        value: value * 10 for value in range(1, 30)
+    }
+    served = [payload for batch in predict.batches for payload in batch]
+    assert served == list(range(30))  # arrival order is kept
+
+
+def test_multi_instance_requests_count_their_size_and_are_never_split(make_batcher, predict):
+    batcher = make_batcher(max_batch_size=4, batch_timeout_s=0.0)
+    predict.hold()
+    batcher.submit(0, size=1)
+    predict.wait_for_batch()
+    three, two, one = batcher.submit(3, size=3), batcher.submit(2, size=2), batcher.submit(1, size=1)
+    predict.gate.set()
+    # 3 + 2 would exceed 4: the 2 waits for the next batch, where the 1 joins it.
+    assert three.wait(ANSWER_TIMEOUT_S).batch_size == 3
+    assert two.wait(ANSWER_TIMEOUT_S).batch_size == 3
+    assert one.wait(ANSWER_TIMEOUT_S).batch_size == 3
+    assert predict.batches == [[0], [3], [2, 1]]
+
+
+def test_request_size_must_fit_one_batch(make_batcher):
+    batcher = make_batcher(max_batch_size=4)
+    with pytest.raises(ValueError):
+        batcher.submit(1, size=5)
+    with pytest.raises(ValueError):
+        batcher.submit(1, size=0)
+
+
+def test_full_queue_refuses_at_once_and_loses_nothing_accepted(make_batcher, predict):
+    batcher = make_batcher(max_batch_size=2, max_queue=4)
+    predict.hold()
+    running = batcher.submit(0)
+    predict.wait_for_batch()
+    queued = [batcher.submit(value) for value in range(1, 5)]
+    assert batcher.queue_depth == 4
+    started = time.monotonic()
+    with pytest.raises(QueueFull):
+        batcher.submit(99)
+    assert time.monotonic() - started < 0.1
+    predict.gate.set()
+    assert [c.wait(ANSWER_TIMEOUT_S).result for c in [running, *queued]] == [0, 10, 20, 30, 40]
+    assert batcher.queue_depth == 0
+
+
+def test_a_failing_batch_fails_only_its_own_requests(make_batcher):
+    def predict(payloads):
+        if "poison" in payloads:
+            raise RuntimeError("model exploded")
+        return [p.upper() for p in payloads]
+
+    batcher = Batcher(predict, max_batch_size=4, batch_timeout_s=0.0, max_queue=8)
+    try:
+        with pytest.raises(RuntimeError, match="model exploded"):
+            batcher.submit("poison").wait(ANSWER_TIMEOUT_S)
+        assert batcher.submit("fine").wait(ANSWER_TIMEOUT_S).result == "FINE"
+        assert batcher.stats.failed_batches == 1
+    finally:
+        batcher.close()
+
+
+def test_predict_returning_the_wrong_count_fails_the_batch():
+    batcher = Batcher(lambda payloads: payloads[:-1], max_batch_size=4, batch_timeout_s=0.0, max_queue=8)
+    try:
+        with pytest.raises(BatchSizeMismatch):
+            batcher.submit(1).wait(ANSWER_TIMEOUT_S)
+    finally:
+        batcher.close()
+
+
+def test_close_answers_every_accepted_request_then_refuses(make_batcher, predict):
+    batcher = make_batcher(max_batch_size=2)
+    predict.hold()
+    accepted = [batcher.submit(value) for value in range(5)]
+    predict.wait_for_batch()
+    closer = threading.Thread(target=batcher.close)
+    closer.start()
+    predict.gate.set()
+    closer.join(ANSWER_TIMEOUT_S)
+    assert [c.wait(ANSWER_TIMEOUT_S).result for c in accepted] == [0, 10, 20, 30, 40]
+    with pytest.raises(BatcherClosed):
+        batcher.submit(9)
+
+
+GEVENT_SCRIPT = textwrap.dedent(
+    """
+    from gevent import monkey; monkey.patch_all()
+    import time, gevent
+    from service.batcher import Batcher
+
+    blocking_sleep = monkey.get_original("time", "sleep")
+
+    def slow_predict(payloads):
+        blocking_sleep(0.05)  # stands for a TF call: blocks its OS thread, never yields to gevent
+        return [p + 1 for p in payloads]
+
+    ticks = []
+    def ticker():
+        while True:
+            ticks.append(time.monotonic())
+            gevent.sleep(0.005)
+
+    batcher = Batcher(slow_predict, max_batch_size=16, batch_timeout_s=0.01, max_queue=256)
+    gevent.spawn(ticker)
+    results = gevent.joinall([gevent.spawn(lambda v=v: batcher.submit(v).wait(10)) for v in range(64)])
+    outcomes = [g.value for g in results]
+    assert [o.result for o in outcomes] == [v + 1 for v in range(64)], outcomes
+    gaps = [b - a for a, b in zip(ticks, ticks[1:])]
+    print(max(o.batch_size for o in outcomes), batcher.stats.batches, round(max(gaps), 3))
+    batcher.close()
+    """
+)
+
+
+def test_under_gevent_forward_passes_run_off_the_event_loop():
+    done = subprocess.run([sys.executable, "-c", GEVENT_SCRIPT], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    largest_batch, batches, longest_tick_gap_s = done.stdout.split()
+    assert int(largest_batch) == 16 and int(batches) <= 5
+    # Several 50 ms forward passes ran, yet the event loop never stalled for one of them.
+    assert float(longest_tick_gap_s) < 0.04
