@@ -40,7 +40,9 @@ def create_app(settings: Settings | None = None, model: ServedModel | None = Non
     Gunicorn worker accepts no connection before it can serve at full speed.
     """
     settings = settings or load_settings()
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s"
+    )
     if model is None:
         model = _load_model_for_this_worker(settings)
     model.warm_up()
