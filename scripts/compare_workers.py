@@ -11,27 +11,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from loadgen import run_closed_loop
+from loadgen import run_closed_loop, sample_body
 
 from service.launcher import LiveServer
-
-
-def sample_body(url: str, model_name: str) -> bytes:
-    """One instance of zeros shaped after the model's first input, from its metadata."""
-    with urllib.request.urlopen(f"{url}/v1/models/{model_name}/metadata") as answer:
-        metadata = json.load(answer)
-    inputs = metadata["metadata"]["signature_def"]["signature_def"]["serving_default"]["inputs"]
-    dims = [int(d["size"]) for d in next(iter(inputs.values()))["tensor_shape"]["dim"]][1:]
-
-    def zeros(shape):
-        return [zeros(shape[1:]) for _ in range(shape[0])] if shape else 0.5
-
-    return json.dumps({"instances": [zeros([max(d, 1) for d in dims])]}).encode()
 
 
 def main() -> None:
@@ -60,7 +46,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for row in rows:
         print(
-            f"| {row['workers']} | {row['concurrency']} | {row['throughput_rps']} | {row['p50_ms']} | "
+            f"| {row['workers']} | {row['level']} | {row['throughput_rps']} | {row['p50_ms']} | "
             f"{row['p99_ms']} | {row['mean_batch']} | {row['errors']} |"
         )
 

@@ -1,10 +1,18 @@
-"""A light closed-loop HTTP load generator: N clients, each sends its next request when the last answer arrives.
+"""A light HTTP load generator: closed loop (N clients) or open loop (Poisson arrivals at a fixed rate).
 
 It speaks plain HTTP/1.1 with keep-alive over asyncio streams, so one Python process
-drives hundreds of connections with little CPU and leaves the cores to the server. It
-records each request's latency, status and the `X-Batch-Size` the server reported.
+drives hundreds of connections with little CPU and leaves the cores to the server; it
+reports its own CPU use so a reader can check that. Each request's latency, status and
+the `X-Batch-Size` the server reported are recorded.
 
-    python scripts/loadgen.py --url http://127.0.0.1:8000 --body request.json -c 32 -d 10
+- Closed loop: each client sends its next request when the last answer arrives, so the
+  clients slow down when the server does.
+- Open loop: requests are sent at Poisson-distributed times whatever the server does, as
+  real users do; latency is measured from the scheduled send time, so a stalled server
+  cannot hide its queueing (no coordinated omission).
+
+    python scripts/loadgen.py --url http://127.0.0.1:8000 -c 32 -d 10
+    python scripts/loadgen.py --url http://127.0.0.1:8000 --rate 300 -d 10
 """
 
 from __future__ import annotations
@@ -12,20 +20,39 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
+import random
+import resource
 import statistics
 import time
 import urllib.parse
+import urllib.request
 from dataclasses import dataclass, field
+
+REQUEST_TIMEOUT_S = 10.0
+_CLIENT_ERRORS = (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError)  # ConnectionError is an OSError
+MAX_OPEN_LOOP_CONNECTIONS = 2048
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    """The nearest-rank percentile: the smallest value with at least `fraction` of the values at or below it."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    rank = math.ceil(round(fraction * len(ordered), 9))  # rounding first: 0.99 * 100 is not 99.000...01
+    return ordered[min(max(rank, 1), len(ordered)) - 1]
 
 
 @dataclass
 class LoadResult:
-    concurrency: int
-    duration_s: float
+    mode: str  # "closed" or "open"
+    level: float  # clients (closed) or requests per second (open)
+    duration_s: float = 0.0
     latencies_s: list[float] = field(default_factory=list)
     statuses: dict[int, int] = field(default_factory=dict)
     batch_sizes: list[int] = field(default_factory=list)
     connection_errors: int = 0
+    client_cpu_s: float = 0.0
 
     @property
     def ok(self) -> int:
@@ -40,102 +67,205 @@ class LoadResult:
         return self.ok / self.duration_s if self.duration_s else 0.0
 
     def percentile_ms(self, fraction: float) -> float:
-        if not self.latencies_s:
-            return float("nan")
-        ordered = sorted(self.latencies_s)
-        return 1000 * ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+        return 1000 * percentile(self.latencies_s, fraction)
 
     @property
     def mean_batch_size(self) -> float:
         return statistics.fmean(self.batch_sizes) if self.batch_sizes else 0.0
 
+    @property
+    def client_cpu_percent(self) -> float:
+        """CPU the load generator used, in percent of one core."""
+        return 100 * self.client_cpu_s / self.duration_s if self.duration_s else 0.0
+
     def summary(self) -> dict:
         return {
-            "concurrency": self.concurrency,
+            "mode": self.mode,
+            "level": self.level,
             "requests": self.ok + self.errors,
             "errors": self.errors,
             "throughput_rps": round(self.throughput_rps, 1),
             "p50_ms": round(self.percentile_ms(0.50), 2),
             "p99_ms": round(self.percentile_ms(0.99), 2),
             "mean_batch": round(self.mean_batch_size, 2),
+            "client_cpu_percent": round(self.client_cpu_percent, 1),
         }
 
 
-async def _client(host, port, request: bytes, stop_at: float, result: LoadResult) -> None:
-    reader = writer = None
+class _Connection:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        self.reader, self.writer = reader, writer
+
+    async def exchange(self, request: bytes) -> tuple[int, int | None, bool]:
+        """Send one request, read the whole answer: (status, X-Batch-Size, server closes)."""
+        self.writer.write(request)
+        status_line = await self.reader.readline()
+        if not status_line:
+            raise ConnectionError("server closed the connection")
+        status = int(status_line.split()[1])
+        length, batch_size, closing = 0, None, False
+        while (line := await self.reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.decode("latin-1").partition(":")
+            name = name.strip().lower()
+            if name == "content-length":
+                length = int(value)
+            elif name == "x-batch-size":
+                batch_size = int(value)
+            elif name == "connection" and value.strip().lower() == "close":
+                closing = True
+        await self.reader.readexactly(length)
+        return status, batch_size, closing
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class _Target:
+    def __init__(self, url: str, path: str, body: bytes):
+        parsed = urllib.parse.urlsplit(url)
+        self.host, self.port = parsed.hostname, parsed.port or 80
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: {parsed.netloc}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        )
+        self.request = head.encode() + body
+
+    async def connect(self) -> _Connection:
+        return _Connection(*await asyncio.open_connection(self.host, self.port))
+
+
+def _record(result: LoadResult, status: int, batch_size: int | None, latency_s: float) -> None:
+    result.latencies_s.append(latency_s)
+    result.statuses[status] = result.statuses.get(status, 0) + 1
+    if batch_size is not None:
+        result.batch_sizes.append(batch_size)
+
+
+async def _closed_client(target: _Target, stop_at: float, result: LoadResult) -> None:
+    connection = None
     while time.monotonic() < stop_at:
         try:
-            if writer is None:
-                reader, writer = await asyncio.open_connection(host, port)
+            connection = connection or await target.connect()
             started = time.perf_counter()
-            writer.write(request)
-            status_line = await reader.readline()
-            if not status_line:
-                raise ConnectionError("server closed the connection")
-            status = int(status_line.split()[1])
-            length, batch_size, close = 0, None, False
-            while (line := await reader.readline()) not in (b"\r\n", b""):
-                name, _, value = line.decode("latin-1").partition(":")
-                name = name.strip().lower()
-                if name == "content-length":
-                    length = int(value)
-                elif name == "x-batch-size":
-                    batch_size = int(value)
-                elif name == "connection" and value.strip().lower() == "close":
-                    close = True
-            await reader.readexactly(length)
-            result.latencies_s.append(time.perf_counter() - started)
-            result.statuses[status] = result.statuses.get(status, 0) + 1
-            if batch_size is not None:
-                result.batch_sizes.append(batch_size)
-            if close:
-                writer.close()
-                writer = None
-        except (OSError, ConnectionError, asyncio.IncompleteReadError, ValueError):
+            status, batch_size, closing = await asyncio.wait_for(connection.exchange(target.request), REQUEST_TIMEOUT_S)
+            _record(result, status, batch_size, time.perf_counter() - started)
+            if closing:
+                connection.close()
+                connection = None
+        except _CLIENT_ERRORS:
             result.connection_errors += 1
-            if writer is not None:
-                writer.close()
-            writer = None
+            if connection is not None:
+                connection.close()
+            connection = None
             await asyncio.sleep(0.01)  # back off before reconnecting
-    if writer is not None:
-        writer.close()
+    if connection is not None:
+        connection.close()
 
 
-def _request_bytes(url: str, path: str, body: bytes) -> tuple[str, int, bytes]:
-    parsed = urllib.parse.urlsplit(url)
-    head = (
-        f"POST {path} HTTP/1.1\r\nHost: {parsed.netloc}\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
-    )
-    return parsed.hostname, parsed.port or 80, head.encode() + body
+async def _open_request(target: _Target, idle: list, scheduled_at: float, result: LoadResult, open_count: list):
+    connection = idle.pop() if idle else None
+    try:
+        if connection is None:
+            if open_count[0] >= MAX_OPEN_LOOP_CONNECTIONS:
+                result.connection_errors += 1  # the client itself is saturated: count it, do not wait
+                return
+            open_count[0] += 1
+            connection = await target.connect()
+        status, batch_size, closing = await asyncio.wait_for(connection.exchange(target.request), REQUEST_TIMEOUT_S)
+        _record(result, status, batch_size, time.perf_counter() - scheduled_at)
+        if closing:
+            raise ConnectionError("server closed the connection")
+        idle.append(connection)
+    except _CLIENT_ERRORS:
+        result.connection_errors += 1
+        if connection is not None:
+            connection.close()
+        open_count[0] -= 1
+
+
+def _timed(result: LoadResult, coroutine_factory) -> LoadResult:
+    cpu_before = resource.getrusage(resource.RUSAGE_SELF)
+    started = time.monotonic()
+    asyncio.run(coroutine_factory())
+    result.duration_s = time.monotonic() - started
+    cpu_after = resource.getrusage(resource.RUSAGE_SELF)
+    result.client_cpu_s = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
+    return result
 
 
 def run_closed_loop(url: str, body: bytes, concurrency: int, duration_s: float, path: str = "/predict") -> LoadResult:
     """Drive `concurrency` clients against `url + path` for `duration_s` seconds."""
-    host, port, request = _request_bytes(url, path, body)
-    result = LoadResult(concurrency, duration_s)
+    target, result = _Target(url, path, body), LoadResult("closed", concurrency)
 
     async def main():
         stop_at = time.monotonic() + duration_s
-        started = time.monotonic()
-        await asyncio.gather(*(_client(host, port, request, stop_at, result) for _ in range(concurrency)))
-        result.duration_s = time.monotonic() - started
+        await asyncio.gather(*(_closed_client(target, stop_at, result) for _ in range(concurrency)))
 
-    asyncio.run(main())
-    return result
+    return _timed(result, main)
+
+
+def run_open_loop(
+    url: str, body: bytes, rate_rps: float, duration_s: float, path: str = "/predict", seed: int = 0
+) -> LoadResult:
+    """Send requests at Poisson arrivals of `rate_rps` for `duration_s` seconds, then wait for the answers."""
+    target, result = _Target(url, path, body), LoadResult("open", rate_rps)
+    arrivals = random.Random(seed)
+
+    async def main():
+        idle, open_count, pending = [], [0], set()
+        start = time.perf_counter()
+        scheduled_at = start
+        while True:
+            scheduled_at += arrivals.expovariate(rate_rps)
+            if scheduled_at - start > duration_s:
+                break
+            delay = scheduled_at - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            task = asyncio.create_task(_open_request(target, idle, scheduled_at, result, open_count))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+        if pending:
+            await asyncio.wait(pending)
+        for connection in idle:
+            connection.close()
+
+    return _timed(result, main)
+
+
+def sample_body(url: str, model_name: str, instances: int = 1) -> bytes:
+    """A predict body of `instances` rows shaped after the model's first input, from its metadata."""
+    with urllib.request.urlopen(f"{url}/v1/models/{model_name}/metadata") as answer:
+        metadata = json.load(answer)
+    inputs = metadata["metadata"]["signature_def"]["signature_def"]["serving_default"]["inputs"]
+    dims = [max(1, int(d["size"])) for d in next(iter(inputs.values()))["tensor_shape"]["dim"]][1:]
+    values = random.Random(0)
+
+    def nested(shape):
+        return [nested(shape[1:]) for _ in range(shape[0])] if shape else round(values.random(), 4)
+
+    return json.dumps({"instances": [nested(dims) for _ in range(instances)]}).encode()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", default="http://127.0.0.1:8000")
-    parser.add_argument("--path", default="/predict")
-    parser.add_argument("--body", required=True, help="file holding the JSON request body")
-    parser.add_argument("-c", "--concurrency", type=int, default=8)
+    parser.add_argument("--model", default="digits", help="model name, to shape the request from its metadata")
+    parser.add_argument("--body", help="file holding the JSON request body (default: built from the metadata)")
+    parser.add_argument("-c", "--concurrency", type=int, default=8, help="closed loop: number of clients")
+    parser.add_argument("--rate", type=float, help="open loop: requests per second (instead of --concurrency)")
     parser.add_argument("-d", "--duration", type=float, default=10.0, help="seconds")
     args = parser.parse_args()
-    with open(args.body, "rb") as stream:
-        body = stream.read()
-    print(json.dumps(run_closed_loop(args.url, body, args.concurrency, args.duration, args.path).summary()))
+    if args.body:
+        with open(args.body, "rb") as stream:
+            body = stream.read()
+    else:
+        body = sample_body(args.url, args.model)
+    if args.rate:
+        result = run_open_loop(args.url, body, args.rate, args.duration)
+    else:
+        result = run_closed_loop(args.url, body, args.concurrency, args.duration)
+    print(json.dumps(result.summary()))
 
 
 if __name__ == "__main__":

@@ -97,6 +97,7 @@ def healthz():
 
 @blueprint.get("/readyz")
 def readyz():
-    if _state().ready:
-        return _json({"status": "ready"})
+    state = _state()
+    if state.ready:
+        return _json({"status": "ready", "model": state.model.name, "version": state.model.version})
     return _json({"status": "not ready", "error": "the model is loading or the worker is shutting down"}, 503)
