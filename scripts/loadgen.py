@@ -53,6 +53,7 @@ class LoadResult:
     batch_sizes: list[int] = field(default_factory=list)
     connection_errors: int = 0
     client_cpu_s: float = 0.0
+    reported_percentiles_ms: dict[float, float] | None = None  # from a tool (wrk) that keeps no latencies
 
     @property
     def ok(self) -> int:
@@ -67,6 +68,8 @@ class LoadResult:
         return self.ok / self.duration_s if self.duration_s else 0.0
 
     def percentile_ms(self, fraction: float) -> float:
+        if self.reported_percentiles_ms is not None:
+            return self.reported_percentiles_ms[fraction]
         return 1000 * percentile(self.latencies_s, fraction)
 
     @property

@@ -22,6 +22,7 @@ import itertools
 import json
 import math
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -130,30 +131,35 @@ def read_csv(path: Path) -> list[SweepRow]:
 
 
 def plot(rows: list[SweepRow], path: Path, metric: str) -> None:
-    """Latency (the chosen metric) against timeout, one line per user count and other setting."""
+    """Latency (the chosen metric) against timeout: one colour per user count, one line per other setting.
+
+    Rows without batching (MAX_BATCH_SIZE=1, where the timeout does not matter) are drawn as
+    dashed horizontal lines in their user count's colour, so the gain of batching shows.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(figsize=(8, 5))
+    figure, axes = plt.subplots(figsize=(9, 5.5))
+    user_counts = sorted({row.users for row in rows})
+    colours = {users: plt.get_cmap("tab10")(index % 10) for index, users in enumerate(user_counts)}
     key = lambda row: (row.users, row.max_batch_size or 0, row.workers or 0)  # noqa: E731
     for (users, max_batch, workers), group in itertools.groupby(sorted(rows, key=key), key=key):
         group = sorted(group, key=lambda row: row.batch_timeout_ms)
-        label = (
-            f"{users} users"
-            + (f", max batch {max_batch}" if max_batch else "")
-            + (f", {workers} workers" if workers else "")
-        )
-        axes.plot(
-            [row.batch_timeout_ms for row in group], [getattr(row, METRICS[metric]) for row in group], "o-", label=label
-        )
+        values = [getattr(row, METRICS[metric]) for row in group]
+        label = f"{users} users" + (f", {workers} workers" if workers else "")
+        if max_batch == 1:
+            axes.axhline(statistics.fmean(values), color=colours[users], linestyle="--", label=label + ", no batching")
+            continue
+        label += f", max batch {max_batch}" if max_batch else ""
+        axes.plot([row.batch_timeout_ms for row in group], values, "o-", color=colours[users], label=label)
     axes.set_xlabel("BATCH_TIMEOUT_MS")
-    axes.set_ylabel(f"{metric} response time (ms)")
+    axes.set_ylabel(f"{metric} response time (ms, log scale)")
     axes.set_yscale("log")
     axes.set_title("Self-checkout load: response time against batch timeout")
     axes.grid(True, which="both", alpha=0.3)
-    axes.legend()
+    axes.legend(fontsize="small")
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=100)

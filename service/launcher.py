@@ -29,21 +29,33 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-class LiveServer:
-    """`gunicorn -c gunicorn.conf.py wsgi:app` with the given settings (environment variables)."""
+SERVICE_COMMAND = ("-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app")
 
-    def __init__(self, env: dict[str, str], log_path: Path | None = None):
+
+class LiveServer:
+    """`gunicorn -c gunicorn.conf.py wsgi:app` with the given settings (environment variables).
+
+    `command` replaces the Python arguments (for a baseline server); it is formatted with
+    `{port}` and must serve `GET /readyz`.
+    """
+
+    def __init__(self, env: dict[str, str], log_path: Path | None = None, command: tuple[str, ...] = SERVICE_COMMAND):
         self.port = int(env.get("PORT") or free_port())
         self.env = {**os.environ, **env, "HOST": "127.0.0.1", "PORT": str(self.port)}
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path or Path(f"/tmp/tf-model-server-{self.port}.log")
         self.process: subprocess.Popen | None = None
+        self.command = [sys.executable, *(part.format(port=self.port) for part in command)]
 
     def start(self, ready_timeout_s: float = 180.0) -> LiveServer:
-        command = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"]
         self._log = open(self.log_path, "w")  # noqa: SIM115 (closed in stop())
         self.process = subprocess.Popen(
-            command, cwd=PROJECT_ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+            self.command,
+            cwd=PROJECT_ROOT,
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         self.wait_ready(ready_timeout_s)
         return self

@@ -1,0 +1,39 @@
+-- wrk script for scripts/bench.py: POST one body file, count statuses and X-Batch-Size, print JSON at the end.
+-- wrk -t2 -c128 -d15s --latency -s scripts/wrk_predict.lua http://127.0.0.1:8000/predict -- body.json
+
+local threads = {}
+
+function setup(thread)
+   table.insert(threads, thread)
+end
+
+function init(args)
+   local file = assert(io.open(args[1], "rb"))
+   wrk.method = "POST"
+   wrk.body = file:read("*a")
+   wrk.headers["Content-Type"] = "application/json"
+   file:close()
+   ok, failed, batch_sum, batch_count = 0, 0, 0, 0
+end
+
+function response(status, headers, body)
+   if status == 200 then ok = ok + 1 else failed = failed + 1 end
+   local size = headers["X-Batch-Size"] or headers["x-batch-size"]
+   if size then
+      batch_sum = batch_sum + tonumber(size)
+      batch_count = batch_count + 1
+   end
+end
+
+function done(summary, latency, requests)
+   local totals = {ok = 0, failed = 0, batch_sum = 0, batch_count = 0}
+   for _, thread in ipairs(threads) do
+      for key, _ in pairs(totals) do totals[key] = totals[key] + thread:get(key) end
+   end
+   local errors = summary.errors
+   io.write(string.format(
+      '{"ok": %d, "failed": %d, "socket_errors": %d, "duration_us": %d, "p50_us": %d, "p99_us": %d, ' ..
+      '"batch_sum": %d, "batch_count": %d}\n',
+      totals.ok, totals.failed, errors.connect + errors.read + errors.write + errors.timeout,
+      summary.duration, latency:percentile(50), latency:percentile(99), totals.batch_sum, totals.batch_count))
+end

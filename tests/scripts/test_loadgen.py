@@ -1,0 +1,40 @@
+"""The load generator's statistics."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from loadgen import LoadResult, percentile
+
+
+@pytest.mark.parametrize(
+    ("fraction", "expected"),
+    [(0.5, 50), (0.99, 99), (1.0, 100), (0.01, 1), (0.0, 1), (0.951, 96)],
+)
+def test_nearest_rank_percentile(fraction, expected):
+    assert percentile([float(v) for v in range(100, 0, -1)], fraction) == expected
+
+
+def test_percentile_of_few_and_no_values():
+    assert percentile([3.0], 0.99) == 3.0
+    assert percentile([1.0, 2.0], 0.5) == 1.0
+    assert math.isnan(percentile([], 0.5))
+
+
+def test_result_summary_counts_errors_and_rates():
+    result = LoadResult("closed", 4, duration_s=2.0, latencies_s=[0.010, 0.020, 0.030, 0.040])
+    result.statuses = {200: 3, 503: 1}
+    result.connection_errors = 2
+    result.batch_sizes = [1, 3]
+    result.client_cpu_s = 0.5
+    summary = result.summary()
+    assert summary["requests"] == 6 and summary["errors"] == 3
+    assert summary["throughput_rps"] == 1.5  # only the 200s count
+    assert summary["p50_ms"] == 20.0 and summary["p99_ms"] == 40.0
+    assert summary["mean_batch"] == 2.0 and summary["client_cpu_percent"] == 25.0
+
+
+def test_reported_percentiles_win_over_latencies():
+    result = LoadResult("closed", 1, duration_s=1.0, reported_percentiles_ms={0.5: 7.0, 0.99: 9.0})
+    assert result.percentile_ms(0.5) == 7.0 and result.percentile_ms(0.99) == 9.0
