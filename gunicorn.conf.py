@@ -13,6 +13,7 @@ threads = settings.request_threads
 worker_connections = settings.gevent_connections
 timeout = settings.worker_timeout_s
 graceful_timeout = settings.graceful_timeout_s
+keepalive = settings.keepalive_s
 loglevel = settings.log_level
 preload_app = False  # each worker imports TensorFlow itself, after fork
 control_socket_disable = True

@@ -134,7 +134,9 @@ class _Target:
         self.request = head.encode() + body
 
     async def connect(self) -> _Connection:
-        return _Connection(*await asyncio.open_connection(self.host, self.port))
+        # A saturated listen backlog drops SYNs, and TCP would retry them for minutes.
+        streams = await asyncio.wait_for(asyncio.open_connection(self.host, self.port), REQUEST_TIMEOUT_S)
+        return _Connection(*streams)
 
 
 def _record(result: LoadResult, status: int, batch_size: int | None, latency_s: float) -> None:
@@ -166,24 +168,34 @@ async def _closed_client(target: _Target, stop_at: float, result: LoadResult) ->
 
 
 async def _open_request(target: _Target, idle: list, scheduled_at: float, result: LoadResult, open_count: list):
-    connection = idle.pop() if idle else None
-    try:
-        if connection is None:
-            if open_count[0] >= MAX_OPEN_LOOP_CONNECTIONS:
-                result.connection_errors += 1  # the client itself is saturated: count it, do not wait
-                return
-            open_count[0] += 1
-            connection = await target.connect()
-        status, batch_size, closing = await asyncio.wait_for(connection.exchange(target.request), REQUEST_TIMEOUT_S)
+    connection = None
+    for attempt in range(2):
+        # A kept-alive connection the server has since closed fails at once: retry it once on a new one.
+        reused = bool(idle)
+        connection = idle.pop() if idle else None
+        try:
+            if connection is None:
+                if open_count[0] >= MAX_OPEN_LOOP_CONNECTIONS:
+                    result.connection_errors += 1  # the client itself is saturated: count it, do not wait
+                    return
+                open_count[0] += 1
+                connection = await target.connect()
+            status, batch_size, closing = await asyncio.wait_for(connection.exchange(target.request), REQUEST_TIMEOUT_S)
+        except _CLIENT_ERRORS:
+            if connection is not None:
+                connection.close()
+                open_count[0] -= 1
+            if reused and attempt == 0:
+                continue
+            result.connection_errors += 1
+            return
         _record(result, status, batch_size, time.perf_counter() - scheduled_at)
         if closing:
-            raise ConnectionError("server closed the connection")
-        idle.append(connection)
-    except _CLIENT_ERRORS:
-        result.connection_errors += 1
-        if connection is not None:
             connection.close()
-        open_count[0] -= 1
+            open_count[0] -= 1
+        else:
+            idle.append(connection)
+        return
 
 
 def _timed(result: LoadResult, coroutine_factory) -> LoadResult:

@@ -53,12 +53,18 @@ class Settings:
     worker_timeout_s: int = _setting(
         120, "Gunicorn heartbeat timeout: a worker silent this long is killed (not a request timeout).", "s", minimum=1
     )
+    keepalive_s: int = _setting(
+        5,
+        "How long an idle keep-alive connection stays open; raise it above your load balancer's idle timeout.",
+        "s",
+        minimum=0,
+    )
     graceful_timeout_s: int = _setting(30, "Time a worker has to finish its requests after SIGTERM.", "s", minimum=1)
 
     # Batching
     max_batch_size: int = _setting(32, "Most instances merged into one forward pass.", "instances", minimum=1)
     batch_timeout_ms: float = _setting(
-        5.0, "Longest time the oldest request of a batch waits for more to join it.", "ms", minimum=0
+        1.0, "Longest time the oldest request of a batch waits for more to join it.", "ms", minimum=0
     )
     batch_sizes: str = _setting(
         "", "Padded batch sizes compiled and warmed up, comma-separated; empty means powers of two up to the maximum."

@@ -13,7 +13,7 @@ def test_in_process_throughput_is_instances_per_second_at_the_largest_batch():
 
 
 def test_table_states_throughput_and_latency_as_ratios():
-    load = LoadResult("closed", 128, duration_s=10.0, latencies_s=[0.015] * 99 + [0.030], client_cpu_s=1.0)
+    load = LoadResult("closed", 128, duration_s=10.0, latencies_s=[0.015] * 98 + [0.030] * 2, client_cpu_s=1.0)
     load.statuses = {200: 7000}
     load.batch_sizes = [32]
     baseline = LoadResult("open", 900, duration_s=10.0, latencies_s=[2.0], client_cpu_s=0.5)
