@@ -26,7 +26,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("-c", "--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
     parser.add_argument("-d", "--duration", type=float, default=8.0, help="seconds per load level")
-    parser.add_argument("--worker-class", default="gthread")
+    parser.add_argument("--worker-class", default="gevent")
     args = parser.parse_args()
     name = Path(args.model).stem
     rows = []

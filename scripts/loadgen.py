@@ -87,6 +87,10 @@ class LoadResult:
             "level": self.level,
             "requests": self.ok + self.errors,
             "errors": self.errors,
+            "error_kinds": {
+                **{str(k): v for k, v in self.statuses.items() if k != 200},
+                "connection": self.connection_errors,
+            },
             "throughput_rps": round(self.throughput_rps, 1),
             "p50_ms": round(self.percentile_ms(0.50), 2),
             "p99_ms": round(self.percentile_ms(0.99), 2),

@@ -41,7 +41,11 @@ class Settings:
     host: str = _setting("127.0.0.1", "Address to bind; use 0.0.0.0 only inside a container.")
     port: int = _setting(8000, "Port to bind.", minimum=1, maximum=65535)
     workers: int = _setting(0, "Gunicorn worker processes; 0 lets the planner choose (see Sizing).", minimum=0)
-    worker_class: str = _setting("gthread", "Gunicorn worker class.", choices=("gthread", "gevent"))
+    worker_class: str = _setting(
+        "gevent",
+        "Gunicorn worker class; gevent spends less CPU per request (BENCHMARKS.md).",
+        choices=("gevent", "gthread"),
+    )
     threads: int = _setting(
         0, "Request threads per gthread worker; 0 means 2 x `MAX_BATCH_SIZE` (at least 8).", minimum=0
     )

@@ -23,15 +23,15 @@ def run(*command: str, timeout_s: float = 300) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def gthread_server(start_server, demo_model_path):
+def one_worker_server(start_server, demo_model_path):
     return start_server(MODEL_PATH=str(demo_model_path), WORKERS="1", BATCH_TIMEOUT_MS="2")
 
 
-def test_checkout_locustfile_scans_without_failures(gthread_server, tmp_path):
+def test_checkout_locustfile_scans_without_failures(one_worker_server, tmp_path):
     prefix, report = tmp_path / "checkout", tmp_path / "batches.json"
     run(
         "-m", "locust", "-f", "locustfiles/checkout.py", "--headless", "-u", "10", "-r", "10", "-t", "4s",
-        "--host", gthread_server.url, "--csv", str(prefix), "--only-summary", "--batch-report", str(report),
+        "--host", one_worker_server.url, "--csv", str(prefix), "--only-summary", "--batch-report", str(report),
     )  # fmt: skip
     with open(f"{prefix}_stats.csv", newline="") as stream:
         aggregated = next(row for row in csv.DictReader(stream) if row["Name"] == "Aggregated")

@@ -35,7 +35,7 @@ def test_environment_values_are_parsed_by_type():
     [
         ({"MAX_BATCH_SIZE": "many"}, "MAX_BATCH_SIZE='many' is not a valid int"),
         ({"MAX_BATCH_SIZE": "0"}, "MAX_BATCH_SIZE=0 is below its minimum 1"),
-        ({"WORKER_CLASS": "sync"}, "WORKER_CLASS='sync' is not one of gthread, gevent"),
+        ({"WORKER_CLASS": "sync"}, "WORKER_CLASS='sync' is not one of gevent, gthread"),
         ({"RAM_HEADROOM": "1.5"}, "RAM_HEADROOM=1.5 is above its maximum"),
         ({"MAX_QUEUE": "4", "MAX_BATCH_SIZE": "8"}, "MAX_QUEUE=4 is smaller than MAX_BATCH_SIZE=8"),
         ({"BATCH_SIZES": "1,4,x"}, "not a comma-separated list"),
