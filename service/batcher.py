@@ -10,9 +10,9 @@ until its oldest request has waited `batch_timeout_s` or it is full. A backlog t
 always yields full batches, never batches of one.
 
 The queue is bounded: `submit()` refuses a request at once (QueueFull) when the instances
-waiting would exceed `max_queue`. Every accepted request is answered: with its result,
-with the exception its batch's forward pass raised, or with BatcherClosed if the batcher
-stopped before running it.
+waiting would exceed `max_queue`. Every accepted request is answered, with its result or
+with the exception its batch's forward pass raised: `close()` runs every request accepted
+before it and refuses later ones with BatcherClosed.
 """
 
 from __future__ import annotations
@@ -70,11 +70,6 @@ class BatcherStats:
     failed_batches: int = 0
     flushed_full: int = 0
     flushed_timeout: int = 0
-    largest_batch: int = 0
-
-    @property
-    def mean_batch_size(self) -> float:
-        return self.instances / self.batches if self.batches else 0.0
 
 
 class Batcher:
@@ -139,9 +134,7 @@ class Batcher:
             batch, stopping = self._next_batch()
             if batch:
                 self._run_batch(batch)
-        # Whatever arrived between the stop marker and now is still owed an answer.
-        for request in self._drain_remaining():
-            request.completion.fail(BatcherClosed("the server shut down before this request ran"))
+        # Nothing is left: submit() queues under the lock that close() takes before the stop marker.
 
     def _next_batch(self) -> tuple[list[PendingRequest], bool]:
         """Block for the first request, then gather per the policy in the module docstring."""
@@ -197,15 +190,3 @@ class Batcher:
                 request.completion.resolve(BatchOutcome(result, size, started_at - request.enqueued_at))
         self.stats.batches += 1
         self.stats.instances += size
-        self.stats.largest_batch = max(self.stats.largest_batch, size)
-
-    def _drain_remaining(self) -> list[PendingRequest]:
-        remaining = list(self._held_over)
-        self._held_over.clear()
-        while True:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                return remaining
-            if item is not _STOP:
-                remaining.append(item)

@@ -57,8 +57,6 @@ def predict(name: str | None = None, version: int | None = None):
         raise ServiceUnavailable("the server is shutting down") from None
     try:
         outcome = completion.wait()
-    except BatcherClosed:
-        raise ServiceUnavailable("the server shut down before this request ran") from None
     except Exception as error:
         raise ApiError(f"the forward pass failed: {type(error).__name__}: {error}") from error
     response = _json(encode_response(outcome.result, decoded.layout))

@@ -89,9 +89,6 @@ class ThreadCompletion:
     def wait(self, timeout_s=None):
         return self._future.result(timeout=timeout_s)
 
-    def done(self) -> bool:
-        return self._future.done()
-
 
 class GreenletCompletion:
     """For gevent workers: resolved from the batcher thread through the waiter's hub.
@@ -115,9 +112,6 @@ class GreenletCompletion:
 
     def wait(self, timeout_s=None):
         return self._result.get(timeout=timeout_s)
-
-    def done(self) -> bool:
-        return self._result.ready()
 
 
 def new_completion() -> Completion:
