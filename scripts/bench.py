@@ -4,7 +4,10 @@
 
 1. The in-process limit: the model's own compiled forward pass, no HTTP, in a child
    process with the server's thread settings: latency at batch 1 and instances per second
-   at MAX_BATCH_SIZE.
+   at MAX_BATCH_SIZE, one pass at a time, and also with two passes side by side (what the
+   server runs under load; CONCURRENT_BATCHES). A shared machine's speed drifts by 20% within minutes, so the child
+   measures it again after every load level, while the server idles, and each row is
+   compared with the mean of the measurements just before and just after it.
 2. Our server (real Gunicorn) under a closed-loop load at each concurrency (wrk when it is
    installed, else the Python load generator) and an open-loop load at each Poisson
    arrival rate (the Python load generator): throughput, p50, p99, errors, mean batch size,
@@ -25,6 +28,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,11 +52,26 @@ BASELINE_COMMAND = (
 class InProcessLimit:
     batch1_ms: float
     max_batch_size: int
-    max_batch_ms: float
+    max_batch_ms: float  # one full batch at a time
+    two_at_once_ms: float  # per full batch, while two run side by side
 
     @property
     def throughput_rps(self) -> float:
+        """The issue's in-process limit: instances per second of one full batch after another."""
         return self.max_batch_size / (self.max_batch_ms / 1000)
+
+    @property
+    def two_at_once_rps(self) -> float:
+        return self.max_batch_size / (self.two_at_once_ms / 1000)
+
+    @staticmethod
+    def mean(before: InProcessLimit, after: InProcessLimit) -> InProcessLimit:
+        return InProcessLimit(
+            (before.batch1_ms + after.batch1_ms) / 2,
+            before.max_batch_size,
+            (before.max_batch_ms + after.max_batch_ms) / 2,
+            (before.two_at_once_ms + after.two_at_once_ms) / 2,
+        )
 
 
 @dataclass(frozen=True)
@@ -60,41 +79,84 @@ class Measurement:
     server: str
     load: LoadResult
     server_cpu_percent: float  # percent of one core, summed over the server's processes
+    limit: InProcessLimit  # measured just before and just after this load
 
 
-def measure_in_process(model_path: str, max_batch_size: int, intra_op_threads: int, repeats: int) -> InProcessLimit:
-    """Runs in a child process: TF is configured as a worker would be, then timed without HTTP."""
+def serve_in_process_measurements(model_path: str, max_batch_size: int, intra_op_threads: int, repeats: int) -> None:
+    """Runs in a child process: TF is configured as a worker would be; each stdin line asks for one measurement."""
     import numpy as np
 
     from service.gpu import configure_tensorflow
     from service.model import load_served_model
 
-    configure_tensorflow(intra_op_threads, 1, None)
+    configure_tensorflow(intra_op_threads, 2, None)
     model = load_served_model(model_path, "bench", 1, (1, max_batch_size))
     model.warm_up()
-
-    def median_ms(size: int) -> float:
-        rng = np.random.default_rng(0)
-        batch = {
+    rng = np.random.default_rng(0)
+    batches = {
+        size: {
             info.name: rng.random((size, *(dim or 1 for dim in info.instance_shape))).astype(info.dtype)
             for info in model.signature.inputs
         }
+        for size in (1, max_batch_size)
+    }
+
+    def median_ms(size: int) -> float:
         timings = []
         for _ in range(repeats):
             started = time.perf_counter()
-            model.run(batch)
+            model.run(batches[size])
             timings.append(time.perf_counter() - started)
         return 1000 * statistics.median(timings)
 
-    return InProcessLimit(median_ms(1), max_batch_size, median_ms(max_batch_size))
+    def two_at_once_ms() -> float:
+        """Milliseconds per batch while two threads run full batches side by side."""
+
+        def run_batches():
+            for _ in range(repeats // 2):
+                model.run(batches[max_batch_size])
+
+        threads = [threading.Thread(target=run_batches) for _ in range(2)]
+        started = time.perf_counter()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return 1000 * (time.perf_counter() - started) / (2 * (repeats // 2))
+
+    print("ready", flush=True)
+    for _ in sys.stdin:
+        limit = InProcessLimit(median_ms(1), max_batch_size, median_ms(max_batch_size), two_at_once_ms())
+        print(json.dumps(limit.__dict__), flush=True)
 
 
-def in_process_limit(model_path: str, max_batch_size: int, intra_op_threads: int) -> InProcessLimit:
-    command = [sys.executable, __file__, "in-process", "--model", model_path, "--max-batch-size", str(max_batch_size)]
-    command += ["--intra-op-threads", str(intra_op_threads)]
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    done = subprocess.run(command, capture_output=True, text=True, check=True, env=env, cwd=PROJECT_ROOT)
-    return InProcessLimit(**json.loads(done.stdout.strip().splitlines()[-1]))
+class InProcessProbe:
+    """A child process holding the model, measuring its in-process limit whenever asked."""
+
+    def __init__(self, model_path: str, max_batch_size: int, intra_op_threads: int):
+        command = [sys.executable, __file__, "in-process", "--model", model_path]
+        command += ["--max-batch-size", str(max_batch_size), "--intra-op-threads", str(intra_op_threads)]
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+        self._child = subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=PROJECT_ROOT
+        )
+        if self._child.stdout.readline().strip() != "ready":
+            raise RuntimeError(f"the in-process measurement of {model_path} failed to start")
+
+    def measure(self) -> InProcessLimit:
+        self._child.stdin.write("measure\n")
+        self._child.stdin.flush()
+        return InProcessLimit(**json.loads(self._child.stdout.readline()))
+
+    def close(self) -> None:
+        self._child.stdin.close()
+        self._child.wait(timeout=60)
+
+    def __enter__(self) -> InProcessProbe:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
 
 
 def run_wrk(url: str, body: bytes, concurrency: int, duration_s: float) -> LoadResult:
@@ -136,9 +198,12 @@ def server_cpu_seconds(server: LiveServer) -> float:
     return total
 
 
-def measure_server(name: str, server: LiveServer, body: bytes, args, use_wrk: bool, progress) -> list[Measurement]:
+def measure_server(
+    name: str, server: LiveServer, probe: InProcessProbe, body: bytes, args, use_wrk: bool, progress
+) -> list[Measurement]:
     measurements = []
     run_closed_loop(server.url, body, max(args.concurrency), 2.0)  # settle thread pools and caches
+    before = probe.measure()
     loads = [("closed", c) for c in args.concurrency] + [("open", r) for r in args.rates]
     for mode, level in loads:
         progress(f"{name}: {mode} loop at {level:g} {'clients' if mode == 'closed' else 'requests/s'}")
@@ -151,27 +216,42 @@ def measure_server(name: str, server: LiveServer, body: bytes, args, use_wrk: bo
         else:
             result = run_open_loop(server.url, body, level, args.duration)
         server_cpu = 100 * (server_cpu_seconds(server) - cpu_before) / result.duration_s
-        measurements.append(Measurement(name, result, server_cpu))
-        progress(f"  {json.dumps(result.summary())}")
+        after = probe.measure()
+        measurements.append(Measurement(name, result, server_cpu, InProcessLimit.mean(before, after)))
+        before = after
+        progress(
+            f"  {json.dumps(result.summary())}; in-process batch {after.max_batch_size}: {after.max_batch_ms:.1f} ms"
+        )
     return measurements
 
 
-def format_table(limit: InProcessLimit, measurements: list[Measurement]) -> str:
+def format_table(measurements: list[Measurement]) -> str:
+    """Each row's ratios use the in-process limit measured around that row; the header gives their range."""
+    limits = [m.limit for m in measurements]
+
+    def span(figures, form: str) -> str:
+        return f"{min(figures):{form}}-{max(figures):{form}}"
+
     lines = [
-        f"In-process limit: batch 1 takes {limit.batch1_ms:.2f} ms; batch {limit.max_batch_size} takes "
-        f"{limit.max_batch_ms:.1f} ms = {limit.throughput_rps:.0f} instances/s.",
+        f"In-process limit, measured around each row: batch 1 takes {span([x.batch1_ms for x in limits], '.2f')} ms; "
+        f"batch {limits[0].max_batch_size} takes {span([x.max_batch_ms for x in limits], '.1f')} ms = "
+        f"{span([x.throughput_rps for x in limits], '.0f')} instances/s one batch at a time, "
+        f"{span([x.two_at_once_rps for x in limits], '.0f')} instances/s with two batches side by side.",
         "",
-        "| server | load | throughput (req/s) | of in-process limit | p50 (ms) | p50 / batch-1 | p99 (ms) | "
-        "p99 / batch-1 | errors | mean batch | server CPU | load-generator CPU |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| server | load | throughput (req/s) | in-process limit (inst/s) | of the limit | of two side by side | "
+        "p50 (ms) | batch-1 (ms) | p50 / batch-1 | p99 (ms) | p99 / batch-1 | errors | mean batch | server CPU | "
+        "load-generator CPU |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for m in measurements:
-        load = m.load
+        load, limit = m.load, m.limit
         level = f"closed, {load.level:g} clients" if load.mode == "closed" else f"open, {load.level:g} req/s"
         p50, p99 = load.percentile_ms(0.5), load.percentile_ms(0.99)
         lines.append(
-            f"| {m.server} | {level} | {load.throughput_rps:.1f} | {load.throughput_rps / limit.throughput_rps:.0%} | "
-            f"{p50:.1f} | {p50 / limit.batch1_ms:.2f}x | {p99:.1f} | {p99 / limit.batch1_ms:.2f}x | {load.errors} | "
+            f"| {m.server} | {level} | {load.throughput_rps:.1f} | {limit.throughput_rps:.0f} | "
+            f"{load.throughput_rps / limit.throughput_rps:.0%} | {load.throughput_rps / limit.two_at_once_rps:.0%} | "
+            f"{p50:.1f} | {limit.batch1_ms:.1f} | "
+            f"{p50 / limit.batch1_ms:.2f}x | {p99:.1f} | {p99 / limit.batch1_ms:.2f}x | {load.errors} | "
             f"{load.mean_batch_size:.1f} | {m.server_cpu_percent:.0f}% | {load.client_cpu_percent:.0f}% |"
         )
     return "\n".join(lines)
@@ -206,17 +286,15 @@ def main() -> int:
     args = parser.parse_args()
 
     if args.mode == "in-process":
-        limit = measure_in_process(args.model, args.max_batch_size, args.intra_op_threads, repeats=30)
-        print(json.dumps(limit.__dict__))
+        serve_in_process_measurements(args.model, args.max_batch_size, args.intra_op_threads, repeats=30)
         return 0
 
     def progress(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
     use_wrk = shutil.which("wrk") is not None and not args.python_client
-    progress(f"in-process limit of {args.model} ...")
-    limit = in_process_limit(args.model, args.max_batch_size, args.intra_op_threads)
-    progress(f"  batch 1: {limit.batch1_ms:.2f} ms; batch {limit.max_batch_size}: {limit.throughput_rps:.0f}/s")
+    progress(f"loading {args.model} in a child process for the in-process limit ...")
+    probe = InProcessProbe(args.model, args.max_batch_size, args.intra_op_threads)
     model_name = Path(args.model.rstrip("/")).stem
     env = {
         "MODEL_PATH": args.model,
@@ -224,14 +302,15 @@ def main() -> int:
         **dict(p.split("=", 1) for p in args.env),
     }
     measurements = []
-    with LiveServer(env) as server:
-        body = sample_body(server.url, model_name)
-        measurements += measure_server("ours", server, body, args, use_wrk, progress)
-    if not args.no_baseline:
-        with LiveServer({"MODEL_PATH": os.path.abspath(args.model)}, command=BASELINE_COMMAND) as baseline:
-            measurements += measure_server("baseline", baseline, body, args, use_wrk, progress)
+    with probe:
+        with LiveServer(env) as server:
+            body = sample_body(server.url, model_name)
+            measurements += measure_server("ours", server, probe, body, args, use_wrk, progress)
+        if not args.no_baseline:
+            with LiveServer({"MODEL_PATH": os.path.abspath(args.model)}, command=BASELINE_COMMAND) as baseline:
+                measurements += measure_server("baseline", baseline, probe, body, args, use_wrk, progress)
     closed_client = "wrk" if use_wrk else "the Python load generator"
-    table = format_table(limit, measurements)
+    table = format_table(measurements)
     header = (
         f"Model `{args.model}`, MAX_BATCH_SIZE={args.max_batch_size}, {args.duration:g} s per level; machine: "
         f"{machine_description()}; closed loop by {closed_client}, open loop (Poisson) by the Python load generator."

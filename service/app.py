@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 
@@ -11,8 +10,9 @@ from werkzeug.exceptions import HTTPException
 
 from service import routes
 from service.batcher import Batcher
-from service.errors import ApiError
+from service.errors import ApiError, NotFound, error_body
 from service.model import ServedModel, load_served_model
+from service.predict_endpoint import PredictEndpoint
 from service.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
@@ -26,6 +26,15 @@ class ModelServer:
     model: ServedModel
     batcher: Batcher
     ready: bool = False
+
+    def model_for(self, name: str | None, version: int | None) -> ServedModel:
+        """The served model if `name` and `version` (None: any) designate it; else NotFound."""
+        model = self.model
+        if name is not None and name != model.name:
+            raise NotFound(f"model {name!r} is not served here; this server serves {model.name!r}")
+        if version is not None and version != model.version:
+            raise NotFound(f"model {model.name!r} has no version {version}; it serves version {model.version}")
+        return model
 
     def close(self) -> bool:
         """Stop taking requests and answer every accepted one; True if done within the graceful timeout."""
@@ -51,6 +60,7 @@ def create_app(settings: Settings | None = None, model: ServedModel | None = Non
         max_batch_size=settings.max_batch_size,
         batch_timeout_s=settings.batch_timeout_ms / 1000,
         max_queue=settings.max_queue,
+        concurrent_batches=settings.concurrent_batches,
     )
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
@@ -59,7 +69,9 @@ def create_app(settings: Settings | None = None, model: ServedModel | None = Non
     app.register_error_handler(ApiError, _api_error)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected_error)
-    app.extensions["model_server"] = ModelServer(settings, model, batcher, ready=True)
+    server = ModelServer(settings, model, batcher, ready=True)
+    app.extensions["model_server"] = server
+    app.wsgi_app = PredictEndpoint(server, app.wsgi_app)
     return app
 
 
@@ -78,7 +90,7 @@ def _load_model_for_this_worker(settings: Settings) -> ServedModel:
 
 
 def _error_body(status: int, message: str, headers: dict | None = None) -> Response:
-    return Response(json.dumps({"error": message}), status=status, mimetype="application/json", headers=headers)
+    return Response(error_body(message), status=status, mimetype="application/json", headers=headers)
 
 
 def _api_error(error: ApiError) -> Response:

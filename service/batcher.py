@@ -1,13 +1,19 @@
 """Dynamic batching: merge the requests that arrive close together into one forward pass.
 
 The batcher is generic: it knows nothing of Flask or TensorFlow. It calls
-`predict(payloads) -> results` with the payloads of one batch, in arrival order, from one
-dedicated OS thread, and hands result i back to the caller of payload i.
+`predict(payloads) -> results` with the payloads of one batch, in arrival order, from
+dedicated OS threads, and hands result i back to the caller of payload i.
 
 When a batch is sent: a batch is formed as soon as one request is waiting. It first takes
 everything already queued (up to `max_batch_size` instances), then waits for more only
 until its oldest request has waited `batch_timeout_s` or it is full. A backlog therefore
 always yields full batches, never batches of one.
+
+Up to `concurrent_batches` forward passes run at once, one per batcher thread, and one
+thread forms a batch at a time. While a forward pass runs, the next batch is sent only
+when it is full, or else when the running pass ends: a full batch alongside keeps the
+cores busy that one pass leaves idle (on a CPU its threads wait on each other while the
+request threads take a core), and a partial one would only slow both.
 
 The queue is bounded: `submit()` refuses a request at once (QueueFull) when the instances
 waiting would exceed `max_queue`. Every accepted request is answered, with its result or
@@ -30,6 +36,7 @@ from service.threads import Completion, OsThread, new_completion, new_lock, new_
 log = logging.getLogger(__name__)
 
 _STOP = object()
+_PASS_ENDED = object()  # queued when a forward pass ends, to wake a thread waiting to send a partial batch
 
 
 class QueueFull(Exception):
@@ -79,11 +86,14 @@ class Batcher:
         max_batch_size: int,
         batch_timeout_s: float,
         max_queue: int,
+        concurrent_batches: int = 1,
         clock: Callable[[], float] = time.monotonic,
         name: str = "batcher",
     ):
-        if max_batch_size < 1 or max_queue < max_batch_size or batch_timeout_s < 0:
-            raise ValueError("need max_batch_size >= 1, max_queue >= max_batch_size and batch_timeout_s >= 0")
+        if max_batch_size < 1 or max_queue < max_batch_size or batch_timeout_s < 0 or concurrent_batches < 1:
+            raise ValueError(
+                "need max_batch_size >= 1, max_queue >= max_batch_size, batch_timeout_s >= 0, concurrent_batches >= 1"
+            )
         self._predict = predict
         self.max_batch_size = max_batch_size
         self.batch_timeout_s = batch_timeout_s
@@ -93,9 +103,11 @@ class Batcher:
         self._held_over: collections.deque[PendingRequest] = collections.deque()
         self._lock = new_lock()
         self._queued_instances = 0
+        self._passes_running = 0
+        self._forming = new_lock()  # held by the one thread forming a batch
         self._closed = False
         self.stats = BatcherStats()
-        self._thread = OsThread(self._run, name)
+        self._threads = [OsThread(self._run, f"{name}-{i}") for i in range(concurrent_batches)]
 
     @property
     def queue_depth(self) -> int:
@@ -126,19 +138,32 @@ class Batcher:
             already_closed, self._closed = self._closed, True
         if not already_closed:
             self._queue.put(_STOP)
-        return self._thread.join(timeout_s)
+        deadline = time.monotonic() + timeout_s
+        return all(thread.join(max(0.0, deadline - time.monotonic())) for thread in self._threads)
 
     def _run(self) -> None:
         stopping = False
         while not stopping:
-            batch, stopping = self._next_batch()
+            with self._forming:
+                batch, stopping = self._next_batch()
+                if stopping:
+                    self._queue.put(_STOP)  # for the next thread: every request before it is taken
+                if batch:
+                    with self._lock:
+                        self._passes_running += 1
             if batch:
                 self._run_batch(batch)
+                with self._lock:
+                    self._passes_running -= 1
+                if len(self._threads) > 1:
+                    self._queue.put(_PASS_ENDED)
         # Nothing is left: submit() queues under the lock that close() takes before the stop marker.
 
     def _next_batch(self) -> tuple[list[PendingRequest], bool]:
         """Block for the first request, then gather per the policy in the module docstring."""
         first = self._held_over.popleft() if self._held_over else self._queue.get()
+        while first is _PASS_ENDED:
+            first = self._queue.get()
         if first is _STOP:
             return [], True
         batch, size = [first], first.size
@@ -149,13 +174,20 @@ class Batcher:
             try:
                 item = self._queue.get_nowait()
             except queue.Empty:
-                wait_s = deadline - self._clock()
-                if wait_s <= 0:
-                    break
-                try:
-                    item = self._queue.get(timeout=wait_s)
-                except queue.Empty:
-                    break
+                if self._passes_running:
+                    item = self._queue.get()  # a request, or the running pass's end
+                else:
+                    wait_s = deadline - self._clock()
+                    if wait_s <= 0:
+                        break
+                    try:
+                        item = self._queue.get(timeout=wait_s)
+                    except queue.Empty:
+                        break
+            if item is _PASS_ENDED:
+                if self._passes_running or self._clock() < deadline:
+                    continue
+                break
             if item is _STOP:
                 stopping = True
                 break

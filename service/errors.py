@@ -6,6 +6,13 @@ Every client mistake is raised as an `ApiError` subclass and answered as
 
 from __future__ import annotations
 
+import orjson
+
+
+def error_body(message: str) -> bytes:
+    """The JSON body of every error answer."""
+    return orjson.dumps({"error": message})
+
 
 class ApiError(Exception):
     status = 500
@@ -22,6 +29,17 @@ class BadRequest(ApiError):
 
 class NotFound(ApiError):
     status = 404
+
+
+class MethodNotAllowed(ApiError):
+    status = 405
+
+    def __init__(self, message: str, allowed: str):
+        super().__init__(message, {"Allow": allowed})
+
+
+class PayloadTooLarge(ApiError):
+    status = 413
 
 
 class ServiceUnavailable(ApiError):

@@ -92,7 +92,8 @@ class WorkerPlan:
             f"  worker cap   {self.cap} = {self.cap_reason}",
             f"  workers      {self.workers}: {self.reason}",
             f"  per worker   {concurrency}; max batch {settings.max_batch_size}, "
-            f"timeout {settings.batch_timeout_ms:g} ms, queue {settings.max_queue} instances",
+            f"timeout {settings.batch_timeout_ms:g} ms, {settings.concurrent_batches} concurrent batches, "
+            f"queue {settings.max_queue} instances",
         ]
         for placement in self.placements:
             lines.append(
@@ -136,7 +137,7 @@ def plan_workers(settings: Settings, machine: Machine, footprint: Footprint, dis
         )
 
     intra_op = settings.intra_op_threads or max(1, machine.cores // workers)
-    inter_op = settings.inter_op_threads or 1
+    inter_op = settings.inter_op_threads or settings.concurrent_batches
     limits = _gpu_memory_limits(workers, gpus, settings, warnings)
     placements = tuple(
         WorkerPlacement(

@@ -53,7 +53,9 @@ class Settings:
         0, "Connections per gevent worker; 0 means max(1000, 2 x `MAX_BATCH_SIZE`).", minimum=0
     )
     intra_op_threads: int = _setting(0, "TensorFlow threads inside one op; 0 means cores // workers.", minimum=0)
-    inter_op_threads: int = _setting(0, "TensorFlow ops run in parallel; 0 means 1 per worker.", minimum=0)
+    inter_op_threads: int = _setting(
+        0, "TensorFlow ops run in parallel; 0 means `CONCURRENT_BATCHES`, so each forward pass runs an op.", minimum=0
+    )
     worker_timeout_s: int = _setting(
         120, "Gunicorn heartbeat timeout: a worker silent this long is killed (not a request timeout).", "s", minimum=1
     )
@@ -72,6 +74,13 @@ class Settings:
     )
     batch_sizes: str = _setting(
         "", "Padded batch sizes compiled and warmed up, comma-separated; empty means powers of two up to the maximum."
+    )
+    concurrent_batches: int = _setting(
+        2,
+        "Forward passes one worker runs at once; beyond the first, only full batches (BENCHMARKS.md).",
+        "batches",
+        minimum=1,
+        maximum=8,
     )
     max_queue: int = _setting(
         256, "Instances waiting in one worker's queue before new requests get 503.", "instances", minimum=1

@@ -5,11 +5,11 @@ from __future__ import annotations
 from bench import InProcessLimit, Measurement, format_table
 from loadgen import LoadResult
 
-LIMIT = InProcessLimit(batch1_ms=10.0, max_batch_size=32, max_batch_ms=40.0)
+LIMIT = InProcessLimit(batch1_ms=10.0, max_batch_size=32, max_batch_ms=40.0, two_at_once_ms=32.0)
 
 
 def test_in_process_throughput_is_instances_per_second_at_the_largest_batch():
-    assert LIMIT.throughput_rps == 800
+    assert LIMIT.throughput_rps == 800 and LIMIT.two_at_once_rps == 1000
 
 
 def test_table_states_throughput_and_latency_as_ratios():
@@ -18,7 +18,14 @@ def test_table_states_throughput_and_latency_as_ratios():
     load.batch_sizes = [32]
     baseline = LoadResult("open", 900, duration_s=10.0, latencies_s=[2.0], client_cpu_s=0.5)
     baseline.statuses = {200: 200, 503: 10}
-    table = format_table(LIMIT, [Measurement("ours", load, 150.0), Measurement("baseline", baseline, 95.0)])
-    assert "batch 32 takes 40.0 ms = 800 instances/s" in table
-    assert "| ours | closed, 128 clients | 700.0 | 88% | 15.0 | 1.50x | 30.0 | 3.00x | 0 | 32.0 | 150% | 10% |" in table
-    assert "| baseline | open, 900 req/s | 20.0 | 2% | 2000.0 | 200.00x |" in table
+    slower = InProcessLimit(batch1_ms=20.0, max_batch_size=32, max_batch_ms=80.0, two_at_once_ms=64.0)
+    table = format_table([Measurement("ours", load, 150.0, LIMIT), Measurement("baseline", baseline, 95.0, slower)])
+    assert "batch 1 takes 10.00-20.00 ms; batch 32 takes 40.0-80.0 ms = 400-800 instances/s one batch" in table
+    assert "500-1000 instances/s with two batches side by side" in table
+    assert "| ours | closed, 128 clients | 700.0 | 800 | 88% | 70% | 15.0 | 10.0 | 1.50x | 30.0 | 3.00x | 0 |" in table
+    assert "| baseline | open, 900 req/s | 20.0 | 400 | 5% | 4% | 2000.0 | 20.0 | 100.00x |" in table
+
+
+def test_each_row_is_compared_with_the_mean_of_the_limits_measured_around_it():
+    after = InProcessLimit(batch1_ms=20.0, max_batch_size=32, max_batch_ms=60.0, two_at_once_ms=48.0)
+    assert InProcessLimit.mean(LIMIT, after) == InProcessLimit(15.0, 32, 50.0, 40.0)

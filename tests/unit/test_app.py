@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
+import time
 
 import pytest
 
@@ -94,7 +96,7 @@ def test_body_over_the_limit_gets_413(client):
 
 
 def test_full_queue_gets_503_with_retry_after(settings, fake_model, fake_forward, make_rows):
-    app = create_app(settings, fake_model)
+    app = create_app(dataclasses.replace(settings, concurrent_batches=1), fake_model)
     client, server = app.test_client(), app.extensions["model_server"]
     fake_forward.gate.clear()
     fake_forward.entered.clear()
@@ -108,8 +110,10 @@ def test_full_queue_gets_503_with_retry_after(settings, fake_model, fake_forward
     try:
         assert fake_forward.entered.wait(10)  # the first request is running and holds the batcher
         threads += [post_full_request(), post_full_request()]  # 16 instances queued: the limit
-        while server.batcher.queue_depth < 16:
-            threading.Event().wait(0.001)  # poll until both requests are queued
+        deadline = time.monotonic() + 10
+        while server.batcher.queue_depth < 16:  # poll until both requests are queued
+            assert time.monotonic() < deadline, f"only {server.batcher.queue_depth} instances queued"
+            threading.Event().wait(0.001)
         answer = client.post("/predict", json={"instances": make_rows(1)})
         assert "queue is full" in error_of(answer, 503)
         assert int(answer.headers["Retry-After"]) >= 1

@@ -42,13 +42,13 @@ def predict():
     return GatedPredict()
 
 
-@pytest.fixture
-def make_batcher(predict):
+@pytest.fixture(params=[1, 2], ids=["one pass at a time", "two concurrent passes"])
+def make_batcher(predict, request):
     created = []
 
     def make(**options):
-        options = {"max_batch_size": 4, "batch_timeout_s": 0.0, "max_queue": 16, **options}
-        batcher = Batcher(predict, **options)
+        defaults = {"max_batch_size": 4, "batch_timeout_s": 0.0, "max_queue": 16, "concurrent_batches": request.param}
+        batcher = Batcher(predict, **{**defaults, **options})
         created.append(batcher)
         return batcher
 
@@ -175,6 +175,30 @@ def test_predict_returning_the_wrong_count_fails_the_batch():
         batcher.close()
 
 
+def test_a_full_batch_runs_beside_a_running_pass(make_batcher, predict):
+    batcher = make_batcher(max_batch_size=4, concurrent_batches=2)
+    predict.hold()
+    first = batcher.submit(1)
+    predict.wait_for_batch()
+    full = [batcher.submit(value) for value in range(2, 6)]
+    predict.wait_for_batch()  # started while the first pass is still held
+    assert predict.batches == [[1], [2, 3, 4, 5]]
+    predict.gate.set()
+    assert [c.wait(ANSWER_TIMEOUT_S).batch_size for c in [first, *full]] == [1, 4, 4, 4, 4]
+
+
+def test_a_partial_batch_waits_for_the_running_pass_not_for_its_timeout(make_batcher, predict):
+    batcher = make_batcher(max_batch_size=4, batch_timeout_s=0.0, concurrent_batches=2)
+    predict.hold()
+    first = batcher.submit(1)
+    predict.wait_for_batch()
+    partial = [batcher.submit(2), batcher.submit(3)]  # past their zero timeout, yet they keep waiting
+    partial.append(batcher.submit(4))
+    predict.gate.set()  # the first pass ends: what waits is sent, as one batch
+    assert [c.wait(ANSWER_TIMEOUT_S).result for c in [first, *partial]] == [10, 20, 30, 40]
+    assert predict.batches == [[1], [2, 3, 4]]
+
+
 def test_close_answers_every_accepted_request_then_refuses(make_batcher, predict):
     batcher = make_batcher(max_batch_size=2)
     predict.hold()
@@ -207,10 +231,11 @@ GEVENT_SCRIPT = textwrap.dedent(
             ticks.append(time.monotonic())
             gevent.sleep(0.005)
 
-    batcher = Batcher(slow_predict, max_batch_size=16, batch_timeout_s=0.01, max_queue=256)
+    batcher = Batcher(slow_predict, max_batch_size=16, batch_timeout_s=0.01, max_queue=256, concurrent_batches=2)
     gevent.spawn(ticker)
-    results = gevent.joinall([gevent.spawn(lambda v=v: batcher.submit(v).wait(10)) for v in range(64)])
-    outcomes = [g.value for g in results]
+    callers = [gevent.spawn(lambda v=v: batcher.submit(v).wait(10)) for v in range(64)]
+    gevent.joinall(callers)
+    outcomes = [g.value for g in callers]  # in the callers' order: joinall lists them as they finish
     assert [o.result for o in outcomes] == [v + 1 for v in range(64)], outcomes
     gaps = [b - a for a, b in zip(ticks, ticks[1:])]
     print(max(o.batch_size for o in outcomes), batcher.stats.batches, round(max(gaps), 3))

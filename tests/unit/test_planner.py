@@ -46,7 +46,9 @@ def test_cpu_default_gives_each_worker_two_cores_not_the_cap():
 def test_threads_split_the_cores_between_workers():
     plan = plan_workers(Settings(), machine(cores=8), footprint(), NO_GPU)
     assert {p.intra_op_threads for p in plan.placements} == {2}
-    assert {p.inter_op_threads for p in plan.placements} == {1}
+    assert {p.inter_op_threads for p in plan.placements} == {2}  # one op for each of the 2 concurrent batches
+    serial = plan_workers(Settings(concurrent_batches=1), machine(cores=8), footprint(), NO_GPU)
+    assert {p.inter_op_threads for p in serial.placements} == {1}
     overridden = plan_workers(Settings(intra_op_threads=3, inter_op_threads=2), machine(cores=8), footprint(), NO_GPU)
     assert overridden.placement(0).intra_op_threads == 3 and overridden.placement(0).inter_op_threads == 2
 

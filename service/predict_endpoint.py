@@ -1,0 +1,96 @@
+"""The predict routes as plain WSGI in front of Flask: the service's one hot path.
+
+On a CPU machine every request's Python work takes CPU from the forward pass it waits for
+(BENCHMARKS.md), and Flask's request machinery alone costs about 85 us a request. So the
+three predict routes are matched here with one regular expression and served without
+Flask; every other path goes to Flask unchanged. Each request goes through named stages:
+decode (on the request's own thread or greenlet), batch and predict (in the batcher's
+thread), then encode (back on the request's thread).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Iterable
+from http import HTTPStatus
+from typing import TYPE_CHECKING
+
+import orjson
+
+from service.batcher import BatcherClosed, QueueFull
+from service.codec import decode_request, encode_response
+from service.errors import ApiError, BadRequest, MethodNotAllowed, PayloadTooLarge, ServiceUnavailable, error_body
+
+if TYPE_CHECKING:
+    from service.app import ModelServer
+
+log = logging.getLogger(__name__)
+
+WsgiApp = Callable[[dict, Callable], Iterable[bytes]]
+
+PREDICT_PATH = re.compile(r"/predict|/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>[0-9]{1,9}))?:predict")
+
+
+class PredictEndpoint:
+    """WSGI middleware: `POST` to a predict path is answered here, anything else by `fallback`."""
+
+    def __init__(self, server: ModelServer, fallback: WsgiApp):
+        self._server = server
+        self._fallback = fallback
+
+    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        match = PREDICT_PATH.fullmatch(environ.get("PATH_INFO", ""))
+        if match is None:
+            return self._fallback(environ, start_response)
+        try:
+            status, body, headers = 200, *self._predict(match, environ)
+        except ApiError as error:
+            if error.status >= 500:
+                log.error("answering %d: %s", error.status, error.message)
+            status, body, headers = error.status, error_body(error.message), error.headers
+        except Exception as error:
+            log.exception("unexpected error")
+            status, body, headers = 500, error_body(f"internal error: {type(error).__name__}"), {}
+        start_response(
+            f"{status} {HTTPStatus(status).phrase}",
+            [("Content-Type", "application/json"), ("Content-Length", str(len(body))), *headers.items()],
+        )
+        return [body]
+
+    def _predict(self, match: re.Match, environ: dict) -> tuple[bytes, dict[str, str]]:
+        if environ["REQUEST_METHOD"] != "POST":
+            raise MethodNotAllowed(f"{environ['REQUEST_METHOD']} is not allowed here; predict takes POST", "POST")
+        server = self._server
+        version = match["version"]
+        model = server.model_for(match["name"], int(version) if version is not None else None)
+        if not server.ready:
+            raise ServiceUnavailable("the model is not ready yet or the worker is shutting down")
+        decoded = decode_request(self._read_body(environ), model.signature, server.settings.max_batch_size)
+        try:
+            completion = server.batcher.submit(decoded.inputs, decoded.count)
+        except QueueFull as error:
+            raise ServiceUnavailable(f"this worker's queue is full: {error}") from None
+        except BatcherClosed:
+            raise ServiceUnavailable("the server is shutting down") from None
+        try:
+            outcome = completion.wait()
+        except Exception as error:
+            raise ApiError(f"the forward pass failed: {type(error).__name__}: {error}") from error
+        body = orjson.dumps(encode_response(outcome.result, decoded.layout))
+        return body, {"X-Batch-Size": str(outcome.batch_size)}
+
+    def _read_body(self, environ: dict) -> bytes:
+        """The whole body, refused with 413 before it is read when it declares more than MAX_BODY_BYTES."""
+        limit = self._server.settings.max_body_bytes
+        declared = environ.get("CONTENT_LENGTH") or ""
+        if declared:
+            if not (declared.isascii() and declared.isdigit()):
+                raise BadRequest(f"Content-Length {declared!r} is not a byte count")
+            if int(declared) > limit:
+                raise PayloadTooLarge(f"the body has {declared} bytes; at most {limit} are accepted (MAX_BODY_BYTES)")
+            return environ["wsgi.input"].read(int(declared))
+        body = environ["wsgi.input"].read(limit + 1)  # chunked: read at most one byte past the limit
+        if len(body) > limit:
+            raise PayloadTooLarge(f"the body exceeds {limit} bytes (MAX_BODY_BYTES)")
+        return body
