@@ -198,11 +198,22 @@ def server_cpu_seconds(server: LiveServer) -> float:
     return total
 
 
+def wait_until_idle(server: LiveServer, deadline_s: float = 60.0) -> None:
+    """Wait for the server to work off what the load left queued, so the probe measures an idle machine."""
+    deadline = time.monotonic() + deadline_s
+    used = server_cpu_seconds(server)
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        used, previous = server_cpu_seconds(server), used
+        if used - previous < 0.05:  # under 10% of one core
+            return
+
+
 def measure_server(
     name: str, server: LiveServer, probe: InProcessProbe, body: bytes, args, use_wrk: bool, progress
 ) -> list[Measurement]:
     measurements = []
-    run_closed_loop(server.url, body, max(args.concurrency), 2.0)  # settle thread pools and caches
+    run_closed_loop(server.url, body, max(args.concurrency, default=32), 2.0)  # settle thread pools and caches
     before = probe.measure()
     loads = [("closed", c) for c in args.concurrency] + [("open", r) for r in args.rates]
     for mode, level in loads:
@@ -216,6 +227,7 @@ def measure_server(
         else:
             result = run_open_loop(server.url, body, level, args.duration)
         server_cpu = 100 * (server_cpu_seconds(server) - cpu_before) / result.duration_s
+        wait_until_idle(server)
         after = probe.measure()
         measurements.append(Measurement(name, result, server_cpu, InProcessLimit.mean(before, after)))
         before = after

@@ -52,8 +52,13 @@ class LoadResult:
     statuses: dict[int, int] = field(default_factory=dict)
     batch_sizes: list[int] = field(default_factory=list)
     connection_errors: int = 0
+    connection_error_kinds: dict[str, int] = field(default_factory=dict)  # exception name -> count
     client_cpu_s: float = 0.0
     reported_percentiles_ms: dict[float, float] | None = None  # from a tool (wrk) that keeps no latencies
+
+    def count_connection_error(self, kind: str) -> None:
+        self.connection_errors += 1
+        self.connection_error_kinds[kind] = self.connection_error_kinds.get(kind, 0) + 1
 
     @property
     def ok(self) -> int:
@@ -90,6 +95,7 @@ class LoadResult:
             "error_kinds": {
                 **{str(k): v for k, v in self.statuses.items() if k != 200},
                 "connection": self.connection_errors,
+                **{f"connection: {kind}": count for kind, count in self.connection_error_kinds.items()},
             },
             "throughput_rps": round(self.throughput_rps, 1),
             "p50_ms": round(self.percentile_ms(0.50), 2),
@@ -161,8 +167,8 @@ async def _closed_client(target: _Target, stop_at: float, result: LoadResult) ->
             if closing:
                 connection.close()
                 connection = None
-        except _CLIENT_ERRORS:
-            result.connection_errors += 1
+        except _CLIENT_ERRORS as error:
+            result.count_connection_error(type(error).__name__)
             if connection is not None:
                 connection.close()
             connection = None
@@ -174,24 +180,25 @@ async def _closed_client(target: _Target, stop_at: float, result: LoadResult) ->
 async def _open_request(target: _Target, idle: list, scheduled_at: float, result: LoadResult, open_count: list):
     connection = None
     for attempt in range(2):
-        # A kept-alive connection the server has since closed fails at once: retry it once on a new one.
-        reused = bool(idle)
-        connection = idle.pop() if idle else None
+        # A kept-alive connection the server has since closed (KEEPALIVE_S) fails at once: retry once on a
+        # new one, as HTTP clients' pools do, never on another idle one that may be just as stale.
+        reused = bool(idle) and attempt == 0
+        connection = idle.pop() if reused else None
         try:
             if connection is None:
                 if open_count[0] >= MAX_OPEN_LOOP_CONNECTIONS:
-                    result.connection_errors += 1  # the client itself is saturated: count it, do not wait
+                    result.count_connection_error("client saturated")  # count it, do not wait
                     return
                 open_count[0] += 1
                 connection = await target.connect()
             status, batch_size, closing = await asyncio.wait_for(connection.exchange(target.request), REQUEST_TIMEOUT_S)
-        except _CLIENT_ERRORS:
+        except _CLIENT_ERRORS as error:
             if connection is not None:
                 connection.close()
                 open_count[0] -= 1
             if reused and attempt == 0:
                 continue
-            result.connection_errors += 1
+            result.count_connection_error(f"{type(error).__name__} on a {'reused' if reused else 'new'} connection")
             return
         _record(result, status, batch_size, time.perf_counter() - scheduled_at)
         if closing:

@@ -70,6 +70,6 @@ def test_bench_measures_ours_and_the_baseline(demo_model_path, tmp_path, footpri
     assert len(rows) == 6  # two closed-loop and one open-loop level, for each server
     for line in rows:
         cells = [cell.strip() for cell in line.strip("|").split("|")]
-        assert float(cells[2]) > 0  # throughput
-        assert cells[8] == "0"  # errors
-    assert "In-process limit: batch 1 takes" in table
+        assert float(cells[2]) > 0 and float(cells[3]) > 0  # throughput, and the in-process limit around it
+        assert cells[11] == "0"  # errors
+    assert "In-process limit, measured around each row: batch 1 takes" in table
