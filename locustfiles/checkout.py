@@ -14,15 +14,16 @@ from __future__ import annotations
 
 import json
 import random
+import sys
+from pathlib import Path
 
 from locust import FastHttpUser, between, events, task
 
-_instance_cache: dict[str, object] = {}
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-_JSON_VALUE_FOR_DTYPE = {
-    "DT_BOOL": lambda rng: rng.random() < 0.5,
-    "DT_STRING": lambda rng: "product",
-}
+from service.signature import sample_instance
+
+_instance_cache: dict[str, object] = {}
 
 
 class BatchSizeReport:
@@ -65,21 +66,6 @@ def write_batch_report(environment, **_):
         report.write(environment.parsed_options.batch_report)
 
 
-def make_instance(metadata: dict, rng: random.Random):
-    """One instance for the model's first input: its shape (variable dimensions as 8) and dtype."""
-    inputs = metadata["metadata"]["signature_def"]["signature_def"]["serving_default"]["inputs"]
-    spec = next(iter(inputs.values()))
-    dims = [int(dim["size"]) for dim in spec["tensor_shape"]["dim"]][1:]
-    draw = _JSON_VALUE_FOR_DTYPE.get(spec["dtype"])
-    if draw is None:
-        draw = (lambda r: r.randint(0, 9)) if "INT" in spec["dtype"] else (lambda r: round(r.random(), 4))
-
-    def nested(shape):
-        return [nested(shape[1:]) for _ in range(8 if shape[0] < 0 else shape[0])] if shape else draw(rng)
-
-    return nested(dims)
-
-
 class CheckoutMachine(FastHttpUser):
     wait_time = between(1, 3)
 
@@ -88,7 +74,7 @@ class CheckoutMachine(FastHttpUser):
             name = self.environment.parsed_options.model_name if self.environment.parsed_options else ""
             name = name or self.client.get("/readyz").json()["model"]
             metadata = self.client.get(f"/v1/models/{name}/metadata").json()
-            _instance_cache["instance"] = make_instance(metadata, random.Random(0))
+            _instance_cache["instance"] = sample_instance(metadata, random.Random(0))
         self.body = json.dumps({"instances": [_instance_cache["instance"]]})
 
     @task

@@ -24,10 +24,16 @@ import math
 import random
 import resource
 import statistics
+import sys
 import time
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from service.signature import sample_instance
 
 REQUEST_TIMEOUT_S = 10.0
 _CLIENT_ERRORS = (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError)  # ConnectionError is an OSError
@@ -263,14 +269,8 @@ def sample_body(url: str, model_name: str, instances: int = 1) -> bytes:
     """A predict body of `instances` rows shaped after the model's first input, from its metadata."""
     with urllib.request.urlopen(f"{url}/v1/models/{model_name}/metadata") as answer:
         metadata = json.load(answer)
-    inputs = metadata["metadata"]["signature_def"]["signature_def"]["serving_default"]["inputs"]
-    dims = [max(1, int(d["size"])) for d in next(iter(inputs.values()))["tensor_shape"]["dim"]][1:]
-    values = random.Random(0)
-
-    def nested(shape):
-        return [nested(shape[1:]) for _ in range(shape[0])] if shape else round(values.random(), 4)
-
-    return json.dumps({"instances": [nested(dims) for _ in range(instances)]}).encode()
+    rng = random.Random(0)
+    return json.dumps({"instances": [sample_instance(metadata, rng) for _ in range(instances)]}).encode()
 
 
 def main() -> None:

@@ -98,6 +98,7 @@ class Batcher:
         self.max_batch_size = max_batch_size
         self.batch_timeout_s = batch_timeout_s
         self.max_queue = max_queue
+        self.concurrent_batches = concurrent_batches
         self._clock = clock
         self._queue = new_queue()
         self._held_over: collections.deque[PendingRequest] = collections.deque()
@@ -155,7 +156,7 @@ class Batcher:
                 self._run_batch(batch)
                 with self._lock:
                     self._passes_running -= 1
-                if len(self._threads) > 1:
+                if self.concurrent_batches > 1:
                     self._queue.put(_PASS_ENDED)
         # Nothing is left: submit() queues under the lock that close() takes before the stop marker.
 
