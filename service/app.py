@@ -9,7 +9,9 @@ from flask import Flask, Response
 from werkzeug.exceptions import HTTPException
 
 from service import routes
+from service.batch_policy import AdaptivePolicy, FixedTimeout, Observations
 from service.batcher import Batcher
+from service.cost_model import CostModel, largest_paying_size
 from service.errors import ApiError, NotFound, error_body
 from service.model import ServedModel, load_served_model
 from service.predict_endpoint import PredictEndpoint
@@ -52,16 +54,11 @@ def create_app(settings: Settings | None = None, model: ServedModel | None = Non
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s"
     )
+    memory_check_passes = 0
     if model is None:
-        model = _load_model_for_this_worker(settings)
-    model.warm_up()
-    batcher = Batcher(
-        model.predict,
-        max_batch_size=settings.max_batch_size,
-        batch_timeout_s=settings.batch_timeout_ms / 1000,
-        max_queue=settings.max_queue,
-        concurrent_batches=settings.concurrent_batches,
-    )
+        model, on_gpu = _load_model_for_this_worker(settings)
+        memory_check_passes = settings.concurrent_batches if on_gpu else 0
+    batcher = build_batcher(settings, model, model.warm_up(repeats=5, memory_check_passes=memory_check_passes))
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.url_map.converters["model_name"] = routes.ModelNameConverter
@@ -75,7 +72,34 @@ def create_app(settings: Settings | None = None, model: ServedModel | None = Non
     return app
 
 
-def _load_model_for_this_worker(settings: Settings) -> ServedModel:
+def build_batcher(settings: Settings, model: ServedModel, warm_up_seconds: dict[int, float]) -> Batcher:
+    """The worker's batcher, sized and seeded by the warm-up probe (`ServedModel.warm_up`).
+
+    The largest batch is the largest size the warm-up could run (on a GPU, what fits its
+    memory). Under the adaptive policy a batch counts as full at the size where larger ones
+    stop paying, and the probe's timings are its first cost model.
+    """
+    largest = max(warm_up_seconds)
+    observations = Observations(CostModel(warm_up_seconds))
+    if settings.batch_policy == "adaptive":
+        policy = AdaptivePolicy(observations, settings.latency_slo_ms / 1000, largest)
+        preferred = largest_paying_size(warm_up_seconds)
+    else:
+        policy, preferred = FixedTimeout(settings.batch_timeout_ms / 1000), largest
+    log.info("batching: %s policy, batches up to %d instances, full at %d", settings.batch_policy, largest, preferred)
+    return Batcher(
+        model.predict,
+        policy,
+        max_batch_size=largest,
+        max_queue=settings.max_queue,
+        concurrent_batches=settings.concurrent_batches,
+        preferred_batch_size=preferred,
+        observations=observations,
+    )
+
+
+def _load_model_for_this_worker(settings: Settings) -> tuple[ServedModel, bool]:
+    """The model, loaded after TensorFlow is configured for this worker's slot; and whether it runs on a GPU."""
     from service import gpu, hooks
 
     placement = hooks.current_placement()
@@ -84,9 +108,10 @@ def _load_model_for_this_worker(settings: Settings) -> ServedModel:
             placement.intra_op_threads, placement.inter_op_threads, placement.gpu_memory_limit_mb
         )
         log.info("worker slot %d: %s; TensorFlow devices %s", placement.slot, placement.device, devices)
-    return load_served_model(
+    model = load_served_model(
         settings.model_path, settings.served_model_name, settings.model_version, settings.padded_batch_sizes()
     )
+    return model, placement is not None and placement.gpu is not None
 
 
 def _error_body(status: int, message: str, headers: dict | None = None) -> Response:

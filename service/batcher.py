@@ -5,15 +5,16 @@ The batcher is generic: it knows nothing of Flask or TensorFlow. It calls
 dedicated OS threads, and hands result i back to the caller of payload i.
 
 When a batch is sent: a batch is formed as soon as one request is waiting. It first takes
-everything already queued (up to `max_batch_size` instances), then waits for more only
-until its oldest request has waited `batch_timeout_s` or it is full. A backlog therefore
-always yields full batches, never batches of one.
+everything already queued (up to `preferred_batch_size` instances), and is sent at once
+when full. Otherwise its policy (batch_policy.py) decides whether to send it now or to
+wait for more. A backlog therefore always yields full batches, never batches of one.
 
 Up to `concurrent_batches` forward passes run at once, one per batcher thread, and one
-thread forms a batch at a time. While a forward pass runs, the next batch is sent only
-when it is full, or else when the running pass ends: a full batch alongside keeps the
-cores busy that one pass leaves idle (on a CPU its threads wait on each other while the
-request threads take a core), and a partial one would only slow both.
+thread forms a batch at a time. While a forward pass runs, the next batch is sent when it
+is full; a partial one waits for the running pass to end (or, under the adaptive policy,
+for its latency objective): a full batch alongside keeps the cores busy that one pass
+leaves idle (on a CPU its threads wait on each other while the request threads take a
+core), and a partial one would only slow both.
 
 The queue is bounded: `submit()` refuses a request at once (QueueFull) when the instances
 waiting would exceed `max_queue`. Every accepted request is answered, with its result or
@@ -27,10 +28,12 @@ import collections
 import logging
 import queue
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from service.batch_policy import BatchPolicy, FormingBatch, Observations, SendReason
 from service.threads import Completion, OsThread, new_completion, new_lock, new_queue
 
 log = logging.getLogger(__name__)
@@ -73,30 +76,52 @@ class BatcherStats:
     """Counters since start; read them for tests and reports, they are not locked."""
 
     batches: int = 0
+    requests: int = 0
     instances: int = 0
     failed_batches: int = 0
-    flushed_full: int = 0
-    flushed_timeout: int = 0
+    queue_wait_s: float = 0.0  # summed over requests, from submit() to the start of their pass
+    sent_because: Counter = field(default_factory=Counter)  # SendReason -> batches
+
+    def describe(self) -> dict:
+        return {
+            "batches": self.batches,
+            "requests": self.requests,
+            "instances": self.instances,
+            "failed_batches": self.failed_batches,
+            "mean_batch_size": round(self.instances / self.batches, 3) if self.batches else None,
+            "mean_queue_wait_ms": round(1000 * self.queue_wait_s / self.requests, 3) if self.requests else None,
+            "sent_because": {reason.value: self.sent_because[reason] for reason in SendReason},
+        }
 
 
 class Batcher:
     def __init__(
         self,
         predict: Callable[[list], Sequence],
+        policy: BatchPolicy,
         max_batch_size: int,
-        batch_timeout_s: float,
         max_queue: int,
         concurrent_batches: int = 1,
+        preferred_batch_size: int | None = None,
+        observations: Observations | None = None,
         clock: Callable[[], float] = time.monotonic,
         name: str = "batcher",
     ):
-        if max_batch_size < 1 or max_queue < max_batch_size or batch_timeout_s < 0 or concurrent_batches < 1:
+        """`max_batch_size` bounds a request and a batch; a batch counts as full at `preferred_batch_size`.
+
+        `observations`, when given, is told of every arrival and every pass (its cost model
+        and arrival estimate are what the adaptive policy decides from).
+        """
+        preferred_batch_size = preferred_batch_size or max_batch_size
+        if not 1 <= preferred_batch_size <= max_batch_size <= max_queue or concurrent_batches < 1:
             raise ValueError(
-                "need max_batch_size >= 1, max_queue >= max_batch_size, batch_timeout_s >= 0, concurrent_batches >= 1"
+                "need 1 <= preferred_batch_size <= max_batch_size <= max_queue and concurrent_batches >= 1"
             )
         self._predict = predict
+        self.policy = policy
+        self.observations = observations
         self.max_batch_size = max_batch_size
-        self.batch_timeout_s = batch_timeout_s
+        self.preferred_batch_size = preferred_batch_size
         self.max_queue = max_queue
         self.concurrent_batches = concurrent_batches
         self._clock = clock
@@ -105,6 +130,7 @@ class Batcher:
         self._lock = new_lock()
         self._queued_instances = 0
         self._passes_running = 0
+        self._passes_started = 0
         self._forming = new_lock()  # held by the one thread forming a batch
         self._closed = False
         self.stats = BatcherStats()
@@ -130,6 +156,8 @@ class Batcher:
             if self._queued_instances + size > self.max_queue:
                 raise QueueFull(f"{self._queued_instances} instances are already waiting (limit {self.max_queue})")
             self._queued_instances += size
+            if self.observations is not None:
+                self.observations.arrived(request.enqueued_at, size)
             self._queue.put(request)  # under the lock, so nothing lands behind close()'s stop marker
         return request.completion
 
@@ -142,6 +170,20 @@ class Batcher:
         deadline = time.monotonic() + timeout_s
         return all(thread.join(max(0.0, deadline - time.monotonic())) for thread in self._threads)
 
+    def describe(self) -> dict:
+        """The policy, what it has learned, and what it did: for the stats endpoint."""
+        described = {
+            **self.policy.describe(),
+            "max_batch_size": self.max_batch_size,
+            "preferred_batch_size": self.preferred_batch_size,
+            "concurrent_batches": self.concurrent_batches,
+            "queue_depth": self.queue_depth,
+            **self.stats.describe(),
+        }
+        if self.observations is not None:
+            described.update(self.observations.describe(self._clock()))
+        return described
+
     def _run(self) -> None:
         stopping = False
         while not stopping:
@@ -151,62 +193,72 @@ class Batcher:
                     self._queue.put(_STOP)  # for the next thread: every request before it is taken
                 if batch:
                     with self._lock:
+                        passes_beside = self._passes_running
                         self._passes_running += 1
+                        self._passes_started += 1
+                        started = self._passes_started
             if batch:
-                self._run_batch(batch)
+                size, seconds = self._run_batch(batch)
                 with self._lock:
                     self._passes_running -= 1
+                    if self.observations is not None:
+                        ran_alone = passes_beside == 0 and self._passes_started == started
+                        self.observations.pass_ended(self._clock(), size, seconds, ran_alone)
                 if self.concurrent_batches > 1:
                     self._queue.put(_PASS_ENDED)
         # Nothing is left: submit() queues under the lock that close() takes before the stop marker.
 
     def _next_batch(self) -> tuple[list[PendingRequest], bool]:
-        """Block for the first request, then gather per the policy in the module docstring."""
+        """Block for the first request, then gather until full or until the policy says send."""
         first = self._held_over.popleft() if self._held_over else self._queue.get()
         while first is _PASS_ENDED:
             first = self._queue.get()
         if first is _STOP:
             return [], True
         batch, size = [first], first.size
-        deadline = first.enqueued_at + self.batch_timeout_s
-        stopping = held_over = False
-        while size < self.max_batch_size:
-            # Whatever is already queued is taken at once; only the wait for more is bounded.
+        stopping = timed_out = False
+        while True:
+            if size >= self.preferred_batch_size:
+                reason = SendReason.FULL
+                break
+            # Whatever is already queued is taken at once; only the wait for more is the policy's.
             try:
                 item = self._queue.get_nowait()
             except queue.Empty:
-                if self._passes_running:
+                now = self._clock()
+                decision = self.policy.decide(
+                    now, FormingBatch(size, first.enqueued_at, self._passes_running, timed_out)
+                )
+                if decision.send_because is not None:
+                    reason = decision.send_because
+                    break
+                timed_out = False
+                if decision.wait_until is None:
                     item = self._queue.get()  # a request, or the running pass's end
                 else:
-                    wait_s = deadline - self._clock()
-                    if wait_s <= 0:
-                        break
                     try:
-                        item = self._queue.get(timeout=wait_s)
+                        item = self._queue.get(timeout=max(0.0, decision.wait_until - now))
                     except queue.Empty:
-                        break
+                        timed_out = True
+                        continue
             if item is _PASS_ENDED:
-                if self._passes_running or self._clock() < deadline:
-                    continue
-                break
+                continue
             if item is _STOP:
-                stopping = True
+                stopping, reason = True, SendReason.SHUTDOWN
                 break
-            if size + item.size > self.max_batch_size:
+            if size + item.size > self.preferred_batch_size:
                 self._held_over.append(item)
-                held_over = True
+                reason = SendReason.FULL
                 break
             batch.append(item)
             size += item.size
-        if held_over or size >= self.max_batch_size:
-            self.stats.flushed_full += 1
-        else:
-            self.stats.flushed_timeout += 1
+        self.stats.sent_because[reason] += 1
         with self._lock:
             self._queued_instances -= size
         return batch, stopping
 
-    def _run_batch(self, batch: list[PendingRequest]) -> None:
+    def _run_batch(self, batch: list[PendingRequest]) -> tuple[int, float]:
+        """Run one forward pass and answer its requests; returns (instances, seconds the pass took)."""
         size = sum(request.size for request in batch)
         started_at = self._clock()
         try:
@@ -221,5 +273,9 @@ class Batcher:
         else:
             for request, result in zip(batch, results, strict=True):
                 request.completion.resolve(BatchOutcome(result, size, started_at - request.enqueued_at))
+        seconds = self._clock() - started_at
         self.stats.batches += 1
+        self.stats.requests += len(batch)
         self.stats.instances += size
+        self.stats.queue_wait_s += sum(started_at - request.enqueued_at for request in batch)
+        return size, seconds

@@ -11,16 +11,22 @@ module without it.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import statistics
+import sys
 import time
 from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from service.signature import ModelSignature, TensorInfo, describe_metadata
+from service.threads import OsThread
 
 log = logging.getLogger(__name__)
+
+# On a GPU a batch size is served only if this many more rows also fit, several passes at once.
+GPU_BATCH_MARGIN = 0.25
 
 Arrays = dict[str, np.ndarray]
 Forward = Callable[[Arrays], Arrays]
@@ -88,12 +94,24 @@ class ServedModel:
         outputs = self._forward(inputs)
         return {name: array[:count] for name, array in outputs.items()}
 
-    def warm_up(self, repeats: int = 3) -> dict[int, float]:
-        """Run every padded batch size so no shape is first built while serving.
+    def warm_up(self, repeats: int = 3, memory_check_passes: int = 0) -> dict[int, float]:
+        """Run every padded batch size so no shape is first built while serving; time each.
 
         Returns the median forward-pass time per batch size after the first (building) call.
+        With `memory_check_passes` (on a GPU: the worker's concurrent batches), each size is
+        first run that many times at once with GPU_BATCH_MARGIN more rows; the first size
+        that runs out of device memory ends the warm-up, and it and larger sizes are left out
+        of the answer (the largest size that fits is then the largest key).
         """
+        self.warm_up_seconds = {}
         for size in self.batch_sizes:
+            if memory_check_passes and not self._fits_in_memory(size, memory_check_passes):
+                log.warning(
+                    "batch %d with a %d%% margin does not fit the device's memory %s; serving batches up to %s",
+                    size, 100 * GPU_BATCH_MARGIN, f"({memory_check_passes} at once)",
+                    max(self.warm_up_seconds, default="none"),
+                )  # fmt: skip
+                break
             sample = {info.name: _sample_batch(info, size) for info in self.signature.inputs}
             self._forward(sample)
             timings = []
@@ -102,11 +120,33 @@ class ServedModel:
                 self._forward(sample)
                 timings.append(time.perf_counter() - started)
             self.warm_up_seconds[size] = statistics.median(timings)
+        if not self.warm_up_seconds:
+            raise ModelLoadError("not even a batch of 1 fits the device's memory; lower WORKERS_PER_GPU or the model")
         log.info(
             "warm-up done: %s",
             ", ".join(f"batch {size}: {seconds * 1000:.1f} ms" for size, seconds in self.warm_up_seconds.items()),
         )
         return self.warm_up_seconds
+
+    def _fits_in_memory(self, size: int, passes: int) -> bool:
+        """Run `passes` forward passes of `size` plus the margin at once; False if the device runs out of memory."""
+        probe_size = math.ceil(size * (1 + GPU_BATCH_MARGIN))
+        sample = {info.name: _sample_batch(info, probe_size) for info in self.signature.inputs}
+        errors: list[BaseException] = []
+
+        def one_pass():
+            try:
+                self._forward(sample)
+            except Exception as error:
+                errors.append(error)
+
+        threads = [OsThread(one_pass, f"memory-probe-{index}") for index in range(passes)]
+        for thread in threads:
+            thread.join(timeout_s=600)
+        out_of_memory = [error for error in errors if _is_out_of_memory(error)]
+        if len(out_of_memory) < len(errors):
+            raise next(error for error in errors if not _is_out_of_memory(error))
+        return not out_of_memory
 
 
 def load_served_model(path: str, name: str, version: int, batch_sizes: Sequence[int]) -> ServedModel:
@@ -193,6 +233,11 @@ def _numpy_forward(compiled, inputs: tuple[TensorInfo, ...], keep_alive) -> Forw
         return {name: tensor.numpy() for name, tensor in result.items()}
 
     return forward
+
+
+def _is_out_of_memory(error: BaseException) -> bool:
+    tf = sys.modules.get("tensorflow")
+    return tf is not None and isinstance(error, tf.errors.ResourceExhaustedError)
 
 
 def _instance_shape(shape, name: str) -> tuple[int | None, ...]:

@@ -66,7 +66,7 @@ class PredictEndpoint:
         model = server.model_for(match["name"], int(version) if version is not None else None)
         if not server.ready:
             raise ServiceUnavailable("the model is not ready yet or the worker is shutting down")
-        decoded = decode_request(self._read_body(environ), model.signature, server.settings.max_batch_size)
+        decoded = decode_request(self._read_body(environ), model.signature, server.batcher.max_batch_size)
         try:
             completion = server.batcher.submit(decoded.inputs, decoded.count)
         except QueueFull as error:

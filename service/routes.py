@@ -1,9 +1,11 @@
-"""The model's status and metadata routes (TensorFlow Serving's REST API) and health checks.
+"""The model's status and metadata routes (TensorFlow Serving's REST API), health checks and batching stats.
 
 The predict routes are not here: they are the hot path and skip Flask (predict_endpoint.py).
 """
 
 from __future__ import annotations
+
+import os
 
 import orjson
 from flask import Blueprint, Response, current_app
@@ -62,3 +64,12 @@ def readyz():
     if state.ready:
         return _json({"status": "ready", "model": state.model.name, "version": state.model.version})
     return _json({"status": "not ready", "error": "the model is loading or the worker is shutting down"}, 503)
+
+
+@blueprint.get("/stats")
+def stats():
+    """This worker's batching: its policy, what it has learned and why it sent its batches (per worker, not summed)."""
+    state = _state()
+    return _json(
+        {"pid": os.getpid(), "model": state.model.name, "version": state.model.version, **state.batcher.describe()}
+    )

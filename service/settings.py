@@ -68,9 +68,26 @@ class Settings:
     graceful_timeout_s: int = _setting(30, "Time a worker has to finish its requests after SIGTERM.", "s", minimum=1)
 
     # Batching
-    max_batch_size: int = _setting(32, "Most instances merged into one forward pass.", "instances", minimum=1)
+    batch_policy: str = _setting(
+        "fixed",
+        "When a partial batch is sent: `fixed` after `BATCH_TIMEOUT_MS`; `adaptive` when waiting for the requests "
+        "it expects stops saving latency, from the pass costs and arrivals it measures (README, Batching).",
+        choices=("fixed", "adaptive"),
+    )
+    max_batch_size: int = _setting(
+        32,
+        "Most instances in one request or forward pass; on a GPU the warm-up may lower it to what fits.",
+        "instances",
+        minimum=1,
+    )
     batch_timeout_ms: float = _setting(
-        1.0, "Longest time the oldest request of a batch waits for more to join it.", "ms", minimum=0
+        1.0, "`fixed` policy: longest time the oldest request of a batch waits for more to join it.", "ms", minimum=0
+    )
+    latency_slo_ms: float = _setting(
+        100.0,
+        "`adaptive` policy: no request is held back in the queue past what would make it take longer than this.",
+        "ms",
+        minimum=1,
     )
     batch_sizes: str = _setting(
         "", "Padded batch sizes compiled and warmed up, comma-separated; empty means powers of two up to the maximum."

@@ -10,7 +10,9 @@ import time
 
 import pytest
 
+from service.batch_policy import AdaptivePolicy, FixedTimeout, Observations
 from service.batcher import Batcher, BatcherClosed, BatchSizeMismatch, QueueFull
+from service.cost_model import CostModel
 
 ANSWER_TIMEOUT_S = 10
 
@@ -46,9 +48,9 @@ def predict():
 def make_batcher(predict, request):
     created = []
 
-    def make(**options):
-        defaults = {"max_batch_size": 4, "batch_timeout_s": 0.0, "max_queue": 16, "concurrent_batches": request.param}
-        batcher = Batcher(predict, **{**defaults, **options})
+    def make(batch_timeout_s=0.0, **options):
+        defaults = {"max_batch_size": 4, "max_queue": 16, "concurrent_batches": request.param}
+        batcher = Batcher(predict, FixedTimeout(batch_timeout_s), **{**defaults, **options})
         created.append(batcher)
         return batcher
 
@@ -77,7 +79,7 @@ def test_full_batch_is_sent_without_waiting_for_the_timeout(make_batcher):
     completions = [batcher.submit(value) for value in range(4)]
     outcomes = [completion.wait(ANSWER_TIMEOUT_S) for completion in completions]
     assert {outcome.batch_size for outcome in outcomes} == {4}
-    assert batcher.stats.flushed_full == 1
+    assert batcher.stats.sent_because == {"full": 1}
 
 
 def test_lone_request_is_sent_when_its_timeout_expires(make_batcher):
@@ -86,7 +88,7 @@ def test_lone_request_is_sent_when_its_timeout_expires(make_batcher):
     outcome = batcher.submit(7).wait(ANSWER_TIMEOUT_S)
     assert outcome.result == 70 and outcome.batch_size == 1
     assert time.monotonic() - started >= 0.05
-    assert batcher.stats.flushed_timeout == 1
+    assert batcher.stats.sent_because == {"timeout": 1}
 
 
 def test_requests_arriving_within_the_timeout_share_a_batch(make_batcher, predict):
@@ -156,7 +158,7 @@ def test_a_failing_batch_fails_only_its_own_requests(make_batcher):
             raise RuntimeError("model exploded")
         return [p.upper() for p in payloads]
 
-    batcher = Batcher(predict, max_batch_size=4, batch_timeout_s=0.0, max_queue=8)
+    batcher = Batcher(predict, FixedTimeout(0.0), max_batch_size=4, max_queue=8)
     try:
         with pytest.raises(RuntimeError, match="model exploded"):
             batcher.submit("poison").wait(ANSWER_TIMEOUT_S)
@@ -167,7 +169,7 @@ def test_a_failing_batch_fails_only_its_own_requests(make_batcher):
 
 
 def test_predict_returning_the_wrong_count_fails_the_batch():
-    batcher = Batcher(lambda payloads: payloads[:-1], max_batch_size=4, batch_timeout_s=0.0, max_queue=8)
+    batcher = Batcher(lambda payloads: payloads[:-1], FixedTimeout(0.0), max_batch_size=4, max_queue=8)
     try:
         with pytest.raises(BatchSizeMismatch):
             batcher.submit(1).wait(ANSWER_TIMEOUT_S)
@@ -218,6 +220,7 @@ GEVENT_SCRIPT = textwrap.dedent(
     from gevent import monkey; monkey.patch_all()
     import time, gevent
     from service.batcher import Batcher
+    from service.batch_policy import FixedTimeout
 
     blocking_sleep = monkey.get_original("time", "sleep")
 
@@ -231,7 +234,7 @@ GEVENT_SCRIPT = textwrap.dedent(
             ticks.append(time.monotonic())
             gevent.sleep(0.005)
 
-    batcher = Batcher(slow_predict, max_batch_size=16, batch_timeout_s=0.01, max_queue=256, concurrent_batches=2)
+    batcher = Batcher(slow_predict, FixedTimeout(0.01), max_batch_size=16, max_queue=256, concurrent_batches=2)
     gevent.spawn(ticker)
     callers = [gevent.spawn(lambda v=v: batcher.submit(v).wait(10)) for v in range(64)]
     gevent.joinall(callers)
