@@ -37,7 +37,7 @@ HORIZONS_S = (0.00025, 0.0005, 0.001, 0.002, 0.004, 0.008, 0.016)
 
 class SendReason(StrEnum):
     FULL = "full"  # the batch reached its size
-    DEADLINE = "deadline"  # waiting longer would make its oldest request miss LATENCY_SLO_MS
+    DEADLINE = "deadline"  # waiting any longer for more would make its oldest request miss LATENCY_SLO_MS
     NOTHING_COMING = "nothing_coming"  # no arrival expected soon enough to be worth waiting for
     TIMEOUT = "timeout"  # the wait ran out: BATCH_TIMEOUT_MS, or arrivals the adaptive policy expected did not come
     SHUTDOWN = "shutdown"  # the batcher is closing and sends what it holds
@@ -121,14 +121,13 @@ class AdaptivePolicy:
         self.max_batch_size = max_batch_size
 
     def decide(self, now: float, batch: FormingBatch) -> Decision:
-        cost = self.observations.cost_model.seconds
-        latest_send = batch.oldest_enqueued_at + self.latency_slo_s - cost(batch.instances)
         if batch.passes_running:
-            # The pass running holds this batch anyway and it grows meanwhile; a partial batch
-            # beside it would slow both. Only the objective sends it beside, while still meetable.
-            if batch.timed_out:
-                return Decision(SendReason.DEADLINE)
-            return Decision(wait_until=latest_send if latest_send > now else None)
+            # The pass running holds this batch anyway, and it grows meanwhile. Sent beside it, a
+            # partial batch would share the same cores and finish no sooner (measured on CPU).
+            return Decision()
+        latest_send = (
+            batch.oldest_enqueued_at + self.latency_slo_s - self.observations.cost_model.seconds(batch.instances)
+        )
         if now >= latest_send:
             return Decision(SendReason.DEADLINE)
         if batch.timed_out:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import threading
 import time
 
 import pytest
 
-from service.app import create_app
+from service.app import build_batcher, create_app
 
 
 def test_predict_row_format(client, make_rows):
@@ -130,3 +131,39 @@ def test_failing_forward_pass_gets_500_naming_the_cause_and_the_next_batch_works
     assert "FloatingPointError: overflow in layer 3" in message
     fake_forward.fail_with = None
     assert client.post("/predict", json={"instances": make_rows(1)}).status_code == 200
+
+
+@pytest.mark.parametrize("policy", ["fixed", "adaptive"])
+def test_stats_explain_the_batching_of_this_worker(settings, fake_model, make_rows, policy):
+    app = create_app(dataclasses.replace(settings, batch_policy=policy), fake_model)
+    client = app.test_client()
+    try:
+        for _ in range(3):
+            assert client.post("/predict", json={"instances": make_rows(2)}).status_code == 200
+        stats = client.get("/stats").get_json()
+    finally:
+        app.extensions["model_server"].close()
+    assert stats["policy"] == policy and stats["pid"] == os.getpid()
+    assert stats["requests"] == 3 and stats["instances"] == 6 and stats["mean_batch_size"] == 2
+    assert sum(stats["sent_because"].values()) == stats["batches"] == 3
+    assert set(stats["cost_model"]["ms_by_batch_size"]) == {"1", "2", "4", "8"}  # seeded by the warm-up
+    assert stats["arrivals"]["rate_per_s"] > 0
+
+
+def test_the_warm_up_probe_sizes_the_batcher(settings, fake_model, make_rows, monkeypatch):
+    # As on a GPU where batch 8 did not fit: requests and batches stop at 4.
+    monkeypatch.setattr(fake_model, "warm_up", lambda **_: {1: 0.010, 2: 0.011, 4: 0.012})
+    app = create_app(settings, fake_model)
+    try:
+        assert app.extensions["model_server"].batcher.max_batch_size == 4
+        assert "at most 4" in error_of(app.test_client().post("/predict", json={"instances": make_rows(5)}), 400)
+    finally:
+        app.extensions["model_server"].close()
+    # Under the adaptive policy a batch is full where larger ones stop paying.
+    flat = build_batcher(
+        dataclasses.replace(settings, batch_policy="adaptive"), fake_model, {1: 0.01, 2: 0.02, 4: 0.04}
+    )
+    try:
+        assert (flat.max_batch_size, flat.preferred_batch_size) == (4, 1)
+    finally:
+        flat.close()

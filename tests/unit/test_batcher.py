@@ -254,3 +254,49 @@ def test_under_gevent_forward_passes_run_off_the_event_loop():
     assert int(largest_batch) == 16 and int(batches) <= 5
     # Several 50 ms forward passes ran, yet the event loop never stalled for one of them.
     assert float(longest_tick_gap_s) < 0.04
+
+
+def adaptive_policy(seconds_by_size=None, max_batch=4):
+    observations = Observations(CostModel(seconds_by_size or {1: 0.010, 2: 0.012, 4: 0.014}))
+    return AdaptivePolicy(observations, latency_slo_s=0.1, max_batch_size=max_batch), observations
+
+
+def test_adaptive_sends_a_lone_request_at_once_and_explains_why():
+    policy, observations = adaptive_policy()
+    batcher = Batcher(lambda payloads: payloads, policy, max_batch_size=4, max_queue=8, observations=observations)
+    try:
+        assert batcher.submit("a").wait(ANSWER_TIMEOUT_S).batch_size == 1
+        described = batcher.describe()
+        assert described["policy"] == "adaptive" and described["sent_because"]["nothing_coming"] == 1
+        assert described["cost_model"]["batches_learned_from"] == 1  # it ran alone, so it taught the model
+        assert described["mean_batch_size"] == 1 and described["mean_queue_wait_ms"] < 1000
+    finally:
+        batcher.close()
+
+
+def test_a_batch_is_full_at_the_preferred_size(predict):
+    batcher = Batcher(predict, FixedTimeout(60.0), max_batch_size=8, max_queue=16, preferred_batch_size=4)
+    try:
+        predict.hold()
+        completions = [batcher.submit(value) for value in range(6)]
+        predict.wait_for_batch()
+        assert predict.batches == [[0, 1, 2, 3]]  # sent at 4 without waiting for the 60 s timeout
+        with pytest.raises(ValueError):
+            batcher.submit(9, size=9)
+        big = batcher.submit(8, size=8)  # a request above the preferred size is still served, alone
+        predict.gate.set()
+        assert [c.wait(ANSWER_TIMEOUT_S).batch_size for c in completions[:4]] == [4] * 4
+        # [4, 5] is sent as full the moment the next request would not fit beside it.
+        assert [c.wait(ANSWER_TIMEOUT_S).batch_size for c in completions[4:]] == [2, 2]
+        assert big.wait(ANSWER_TIMEOUT_S).batch_size == 8
+    finally:
+        predict.gate.set()
+        batcher.close(timeout_s=ANSWER_TIMEOUT_S)
+
+
+def test_closing_sends_what_is_being_formed_as_shutdown(predict):
+    batcher = Batcher(predict, FixedTimeout(60.0), max_batch_size=8, max_queue=16)
+    waiting = batcher.submit(1)
+    assert batcher.close(timeout_s=ANSWER_TIMEOUT_S)
+    assert waiting.wait(ANSWER_TIMEOUT_S).result == 10
+    assert batcher.stats.sent_because == {"shutdown": 1}

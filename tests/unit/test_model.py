@@ -72,3 +72,37 @@ def test_saved_model_directory_is_served(demo_model_path, demo_holdout, tmp_path
     np.testing.assert_allclose(
         np.concatenate([r["output_0"] for r in ours]), keras_model(images[:3]).numpy(), rtol=1e-5, atol=1e-6
     )
+
+
+def out_of_memory_above(rows: int, forward):
+    """A forward pass that runs out of device memory, as TensorFlow reports it, above `rows` rows."""
+    import tensorflow as tf
+
+    def run(arrays):
+        if len(arrays["x"]) > rows:
+            raise tf.errors.ResourceExhaustedError(
+                None, None, f"OOM when allocating tensor with {len(arrays['x'])} rows"
+            )
+        return forward(arrays)
+
+    return run
+
+
+def test_on_a_gpu_the_warm_up_keeps_the_sizes_that_fit_with_a_margin(fake_model, fake_forward):
+    # Batch 8 needs 10 rows with the 25% margin and fits; batch 16 would need 20 and does not.
+    model = ServedModel("m", 1, fake_model.signature, out_of_memory_above(12, fake_forward), (1, 2, 4, 8, 16))
+    timings = model.warm_up(repeats=1, memory_check_passes=2)
+    assert sorted(timings) == [1, 2, 4, 8]
+    assert fake_forward.batch_sizes.count(10) == 2  # batch 8's margin check: two passes at once
+
+
+def test_the_gpu_probe_passes_other_errors_on(fake_model, fake_forward):
+    fake_forward.fail_with = FloatingPointError("bad kernel")
+    with pytest.raises(FloatingPointError):
+        fake_model.warm_up(repeats=1, memory_check_passes=1)
+
+
+def test_when_not_even_batch_1_fits_the_model_cannot_be_served(fake_model, fake_forward):
+    model = ServedModel("m", 1, fake_model.signature, out_of_memory_above(0, fake_forward), (1, 2))
+    with pytest.raises(ModelLoadError, match="not even a batch of 1"):
+        model.warm_up(repeats=1, memory_check_passes=1)
