@@ -16,6 +16,11 @@
    per request (scripts/baseline_server.py).
 4. A markdown table: throughput as a fraction of the in-process limit, latency as a
    multiple of the in-process batch-1 latency.
+
+`--servers "fixed 1 ms:BATCH_TIMEOUT_MS=1" "adaptive:BATCH_POLICY=adaptive"` measures several
+configurations of our server in one run instead of one; `--compare-to adaptive` then adds a
+table that sets that one against the best of the others at each closed-loop level (mean
+latency from Little's law: clients / throughput).
 """
 
 from __future__ import annotations
@@ -269,6 +274,40 @@ def format_table(measurements: list[Measurement]) -> str:
     return "\n".join(lines)
 
 
+def parse_servers(specs: list[str]) -> list[tuple[str, dict[str, str]]]:
+    """`LABEL:NAME=VALUE,NAME=VALUE` -> (label, env) for each configuration of our server."""
+    servers = []
+    for spec in specs:
+        label, _, assignments = spec.partition(":")
+        servers.append((label, dict(pair.split("=", 1) for pair in assignments.split(",") if pair)))
+    return servers
+
+
+def format_comparison(measurements: list[Measurement], label: str) -> str:
+    """At each closed-loop level: `label` against the best other configuration of ours, by latency and throughput."""
+    lines = [
+        f"| clients | {label}: mean latency (ms) | best other | its mean latency (ms) | latency ratio | "
+        f"{label}: throughput (req/s) | best other | its throughput (req/s) | throughput ratio |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    closed = [m for m in measurements if m.load.mode == "closed" and m.server != "baseline"]
+    for level in sorted({m.load.level for m in closed}):
+        rows = {m.server: m.load for m in closed if m.load.level == level}
+        if label not in rows or len(rows) < 2:
+            continue
+        ours = rows.pop(label)
+        mean_ms = {name: 1000 * level / load.throughput_rps for name, load in rows.items()}
+        ours_ms = 1000 * level / ours.throughput_rps
+        fastest = min(mean_ms, key=mean_ms.get)
+        busiest = max(rows, key=lambda name: rows[name].throughput_rps)
+        lines.append(
+            f"| {level:g} | {ours_ms:.1f} | {fastest} | {mean_ms[fastest]:.1f} | {ours_ms / mean_ms[fastest]:.2f} | "
+            f"{ours.throughput_rps:.1f} | {busiest} | {rows[busiest].throughput_rps:.1f} | "
+            f"{ours.throughput_rps / rows[busiest].throughput_rps:.2f} |"
+        )
+    return "\n".join(lines)
+
+
 def machine_description() -> str:
     model_name = "unknown CPU"
     try:
@@ -292,6 +331,10 @@ def main() -> int:
     parser.add_argument("--rates", type=float, nargs="*", default=[50, 300, 900], help="open-loop requests/s")
     parser.add_argument("--duration", type=float, default=15.0, help="seconds per load level")
     parser.add_argument("--env", nargs="*", default=[], help="extra server settings, NAME=VALUE")
+    parser.add_argument(
+        "--servers", nargs="*", default=["ours:"], help="configurations of ours to measure, LABEL:NAME=VALUE,..."
+    )
+    parser.add_argument("--compare-to", help="a --servers label to set against the best of the others")
     parser.add_argument("--no-baseline", action="store_true", help="skip the baseline server")
     parser.add_argument("--python-client", action="store_true", help="use the Python load generator even with wrk")
     parser.add_argument("--markdown", type=Path, help="also write the table to this file")
@@ -315,14 +358,17 @@ def main() -> int:
     }
     measurements = []
     with probe:
-        with LiveServer(env) as server:
-            body = sample_body(server.url, model_name)
-            measurements += measure_server("ours", server, probe, body, args, use_wrk, progress)
+        for label, server_env in parse_servers(args.servers):
+            with LiveServer({**env, **server_env}) as server:
+                body = sample_body(server.url, model_name)
+                measurements += measure_server(label, server, probe, body, args, use_wrk, progress)
         if not args.no_baseline:
             with LiveServer({"MODEL_PATH": os.path.abspath(args.model)}, command=BASELINE_COMMAND) as baseline:
                 measurements += measure_server("baseline", baseline, probe, body, args, use_wrk, progress)
     closed_client = "wrk" if use_wrk else "the Python load generator"
     table = format_table(measurements)
+    if args.compare_to:
+        table += "\n\n" + format_comparison(measurements, args.compare_to)
     header = (
         f"Model `{args.model}`, MAX_BATCH_SIZE={args.max_batch_size}, {args.duration:g} s per level; machine: "
         f"{machine_description()}; closed loop by {closed_client}, open loop (Poisson) by the Python load generator."

@@ -3,6 +3,9 @@
     python scripts/tune_timeout.py sweep --model models/heavy.keras \\
         --timeouts 0 2 5 10 20 --users 1 20 100 --duration 30 --target-users 100 --metric avg
 
+`--policies fixed adaptive` also runs the adaptive policy (BATCH_POLICY=adaptive, which has
+no timeout) at every load; the plot shows it as one star per load beside the timeouts' curves.
+
 For every setting in the grid it starts a real Gunicorn server on a free port, waits for
 `/readyz`, runs the self-checkout Locust load (locustfiles/checkout.py) at each user count
 for a fixed time after the ramp-up, and stops the server. It records requests, failures,
@@ -44,10 +47,14 @@ class Setting:
     batch_timeout_ms: float
     max_batch_size: int | None = None
     workers: int | None = None
+    batch_policy: str = "fixed"
 
     def env(self) -> dict[str, str]:
         """The environment variables that select this setting."""
-        env = {"BATCH_TIMEOUT_MS": f"{self.batch_timeout_ms:g}"}
+        if self.batch_policy == "fixed":
+            env = {"BATCH_POLICY": "fixed", "BATCH_TIMEOUT_MS": f"{self.batch_timeout_ms:g}"}
+        else:
+            env = {"BATCH_POLICY": self.batch_policy}
         if self.max_batch_size is not None:
             env["MAX_BATCH_SIZE"] = str(self.max_batch_size)
         if self.workers is not None:
@@ -72,10 +79,11 @@ class SweepRow:
     p99_ms: float
     throughput_rps: float
     mean_batch_size: float
+    batch_policy: str = "fixed"
 
     @property
     def setting(self) -> Setting:
-        return Setting(self.batch_timeout_ms, self.max_batch_size, self.workers)
+        return Setting(self.batch_timeout_ms, self.max_batch_size, self.workers, self.batch_policy)
 
 
 def parse_locust_stats(stats_csv: Path) -> dict:
@@ -122,6 +130,8 @@ def write_csv(rows: list[SweepRow], path: Path) -> None:
 
 def read_csv(path: Path) -> list[SweepRow]:
     def parse(name, value):
+        if name == "batch_policy":
+            return value or "fixed"
         if value == "":
             return None
         return float(value) if name.endswith("_ms") or name in ("throughput_rps", "mean_batch_size") else int(value)
@@ -144,8 +154,10 @@ def plot(rows: list[SweepRow], path: Path, metric: str) -> None:
     figure, axes = plt.subplots(figsize=(9, 5.5))
     user_counts = sorted({row.users for row in rows})
     colours = {users: plt.get_cmap("tab10")(index % 10) for index, users in enumerate(user_counts)}
+    fixed = [row for row in rows if row.batch_policy == "fixed"]
+    adaptive = [row for row in rows if row.batch_policy != "fixed"]
     key = lambda row: (row.users, row.max_batch_size or 0, row.workers or 0)  # noqa: E731
-    for (users, max_batch, workers), group in itertools.groupby(sorted(rows, key=key), key=key):
+    for (users, max_batch, workers), group in itertools.groupby(sorted(fixed, key=key), key=key):
         group = sorted(group, key=lambda row: row.batch_timeout_ms)
         values = [getattr(row, METRICS[metric]) for row in group]
         label = f"{users} users" + (f", {workers} workers" if workers else "")
@@ -154,6 +166,13 @@ def plot(rows: list[SweepRow], path: Path, metric: str) -> None:
             continue
         label += f", max batch {max_batch}" if max_batch else ""
         axes.plot([row.batch_timeout_ms for row in group], values, "o-", color=colours[users], label=label)
+    if adaptive:
+        timeouts = sorted({row.batch_timeout_ms for row in fixed}) or [0.0]
+        x_adaptive = timeouts[-1] + max(2.0, 0.15 * (timeouts[-1] - timeouts[0]))
+        for row in adaptive:
+            axes.plot([x_adaptive], [getattr(row, METRICS[metric])], "*", markersize=14, color=colours[row.users])
+        axes.plot([], [], "*", color="grey", markersize=12, label="adaptive policy (one per load)")
+        axes.set_xticks([*timeouts, x_adaptive], [f"{t:g}" for t in timeouts] + ["adaptive"])
     axes.set_xlabel("BATCH_TIMEOUT_MS")
     axes.set_ylabel(f"{metric} response time (ms, log scale)")
     axes.set_yscale("log")
@@ -241,10 +260,13 @@ def run_checkout_load(url: str, users: int, duration_s: float, workdir: Path, pr
 
 def sweep(args) -> list[SweepRow]:
     grid = [
-        Setting(timeout, max_batch, workers)
+        Setting(timeout, max_batch, workers, policy)
         for max_batch in args.max_batch_sizes or [None]
         for workers in args.workers or [None]
-        for timeout in (args.timeouts if max_batch != 1 else args.timeouts[:1])  # no batching: timeout moot
+        for policy in args.policies
+        # Without batching the timeout is moot, and the adaptive policy has none.
+        for timeout in (args.timeouts if max_batch != 1 and policy == "fixed" else args.timeouts[:1])
+        if policy == "fixed" or max_batch != 1
     ]
     runs = len(grid) * len(args.users)
     ramp_up_s = sum(users / max(1, min(users, 50)) for users in args.users) / len(args.users)
@@ -258,7 +280,14 @@ def sweep(args) -> list[SweepRow]:
                 label = f"{setting.label()} users={users}"
                 measured = run_checkout_load(server.url, users, args.duration, Path(workdir), progress, label)
                 rows.append(
-                    SweepRow(setting.batch_timeout_ms, setting.max_batch_size, setting.workers, users, **measured)
+                    SweepRow(
+                        setting.batch_timeout_ms,
+                        setting.max_batch_size,
+                        setting.workers,
+                        users,
+                        **measured,
+                        batch_policy=setting.batch_policy,
+                    )
                 )
     return rows
 
@@ -271,6 +300,7 @@ def main() -> int:
     run.add_argument("--timeouts", type=float, nargs="+", default=[0, 1, 2, 5, 10, 20, 50], help="BATCH_TIMEOUT_MS")
     run.add_argument("--max-batch-sizes", type=int, nargs="*", help="MAX_BATCH_SIZE values (1 means no batching)")
     run.add_argument("--workers", type=int, nargs="*", help="WORKERS values (default: the planner's choice)")
+    run.add_argument("--policies", nargs="+", choices=["fixed", "adaptive"], default=["fixed"], help="BATCH_POLICY")
     run.add_argument("--users", type=int, nargs="+", default=[1, 20, 100], help="simulated checkout machines")
     run.add_argument("--duration", type=float, default=30, help="seconds measured per load, after ramp-up")
     run.add_argument("--target-users", type=int, help="recommend for this load (default: the largest)")

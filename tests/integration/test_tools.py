@@ -45,17 +45,22 @@ def test_timeout_sweep_reports_and_recommends(demo_model_path, tmp_path, footpri
     out = tmp_path / "sweep"
     done = run(
         "scripts/tune_timeout.py", "sweep", "--model", str(demo_model_path), "--timeouts", "0", "5",
-        "--users", "4", "--duration", "3", "--env", f"FOOTPRINT_CACHE={footprint_cache}", "WORKERS=1",
+        "--users", "4", "--duration", "3", "--policies", "fixed", "adaptive",
+        "--env", f"FOOTPRINT_CACHE={footprint_cache}", "WORKERS=1",
         "--out", str(out),
     )  # fmt: skip
     with open(out.with_suffix(".csv"), newline="") as stream:
         rows = list(csv.DictReader(stream))
-    assert [(row["batch_timeout_ms"], row["users"]) for row in rows] == [("0.0", "4"), ("5.0", "4")]
+    assert [(row["batch_policy"], row["batch_timeout_ms"], row["users"]) for row in rows] == [
+        ("fixed", "0.0", "4"),
+        ("fixed", "5.0", "4"),
+        ("adaptive", "0.0", "4"),
+    ]
     assert all(int(row["requests"]) > 0 and int(row["failures"]) == 0 for row in rows)
     assert all(float(row["mean_batch_size"]) >= 1 for row in rows)
     assert out.with_suffix(".png").stat().st_size > 10_000
-    assert "best for 4 users by avg: BATCH_TIMEOUT_MS=" in done.stdout
-    assert "[2/2] BATCH_TIMEOUT_MS=5 users=4" in done.stdout  # progress shown
+    assert "best for 4 users by avg: BATCH_POLICY=" in done.stdout
+    assert "[3/3] BATCH_POLICY=adaptive users=4" in done.stdout  # progress shown
 
 
 def test_bench_measures_ours_and_the_baseline(demo_model_path, tmp_path, footprint_cache):

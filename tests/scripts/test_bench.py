@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench import InProcessLimit, Measurement, format_table
+from bench import InProcessLimit, Measurement, format_comparison, format_table, parse_servers
 from loadgen import LoadResult
 
 LIMIT = InProcessLimit(batch1_ms=10.0, max_batch_size=32, max_batch_ms=40.0, two_at_once_ms=32.0)
@@ -29,3 +29,26 @@ def test_table_states_throughput_and_latency_as_ratios():
 def test_each_row_is_compared_with_the_mean_of_the_limits_measured_around_it():
     after = InProcessLimit(batch1_ms=20.0, max_batch_size=32, max_batch_ms=60.0, two_at_once_ms=48.0)
     assert InProcessLimit.mean(LIMIT, after) == InProcessLimit(15.0, 32, 50.0, 40.0)
+
+
+def closed(clients: int, throughput_rps: float) -> LoadResult:
+    load = LoadResult("closed", clients, duration_s=10.0, latencies_s=[0.01])
+    load.statuses = {200: int(throughput_rps * 10)}
+    return load
+
+
+def test_servers_are_a_label_and_their_settings():
+    assert parse_servers(["ours:", "adaptive:BATCH_POLICY=adaptive,LATENCY_SLO_MS=50"]) == [
+        ("ours", {}),
+        ("adaptive", {"BATCH_POLICY": "adaptive", "LATENCY_SLO_MS": "50"}),
+    ]
+
+
+def test_comparison_sets_one_configuration_against_the_best_other_at_each_level():
+    measurements = [
+        Measurement(name, closed(8, rps), 100.0, LIMIT)
+        for name, rps in (("fixed 0 ms", 160.0), ("fixed 5 ms", 200.0), ("adaptive", 190.0))
+    ]
+    table = format_comparison(measurements, "adaptive")
+    # 8 clients at 200 req/s wait 40 ms on average; at 190, 42.1 ms.
+    assert "| 8 | 42.1 | fixed 5 ms | 40.0 | 1.05 | 190.0 | fixed 5 ms | 200.0 | 0.95 |" in table

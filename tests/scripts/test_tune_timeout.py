@@ -15,8 +15,10 @@ from tune_timeout import (
 )
 
 
-def row(timeout, users, avg, failures=0, p95=None, max_batch=32, requests=100):
-    return SweepRow(timeout, max_batch, None, users, requests, failures, avg, avg, p95 or avg * 2, avg * 3, 10.0, 2.0)
+def row(timeout, users, avg, failures=0, p95=None, max_batch=32, requests=100, policy="fixed"):
+    return SweepRow(
+        timeout, max_batch, None, users, requests, failures, avg, avg, p95 or avg * 2, avg * 3, 10.0, 2.0, policy
+    )
 
 
 ROWS = [
@@ -27,6 +29,7 @@ ROWS = [
     row(5, 100, 40.0, failures=3),  # fastest on average, but it failed requests
     row(20, 100, 60.0, p95=300),
     row(0, 100, 500.0, max_batch=1),
+    row(0, 20, 21.0, policy="adaptive"),
 ]
 
 
@@ -43,8 +46,13 @@ def test_recommendation_needs_the_target_load():
 
 
 def test_setting_env_is_what_the_server_reads():
-    assert Setting(2.5, 16, 3).env() == {"BATCH_TIMEOUT_MS": "2.5", "MAX_BATCH_SIZE": "16", "WORKERS": "3"}
-    assert Setting(0).env() == {"BATCH_TIMEOUT_MS": "0"}
+    assert Setting(2.5, 16, 3).env() == {
+        "BATCH_POLICY": "fixed",
+        "BATCH_TIMEOUT_MS": "2.5",
+        "MAX_BATCH_SIZE": "16",
+        "WORKERS": "3",
+    }
+    assert Setting(0, batch_policy="adaptive").env() == {"BATCH_POLICY": "adaptive"}
 
 
 def test_csv_round_trip(tmp_path):
@@ -62,7 +70,16 @@ def test_plot_writes_a_png(tmp_path):
 def test_table_has_a_line_per_row():
     table = format_table(ROWS).splitlines()
     assert len(table) == 2 + len(ROWS)
-    assert "| BATCH_TIMEOUT_MS=5 MAX_BATCH_SIZE=32 | 100 | 100 | 3 | 40.0 |" in table[6]
+    assert "| BATCH_POLICY=fixed BATCH_TIMEOUT_MS=5 MAX_BATCH_SIZE=32 | 100 | 100 | 3 | 40.0 |" in table[6]
+    assert table[-1].startswith("| BATCH_POLICY=adaptive MAX_BATCH_SIZE=32 | 20 |")
+
+
+def test_a_csv_from_before_the_policies_reads_as_fixed(tmp_path):
+    path = tmp_path / "old.csv"
+    write_csv(ROWS[:1], path)
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(line.rsplit(",", 1)[0] for line in lines) + "\n")
+    assert read_csv(path) == ROWS[:1]
 
 
 def test_parses_locusts_aggregated_row(tmp_path):
