@@ -91,8 +91,8 @@ class WorkerPlan:
             f"({'cached measurement' if footprint.cached else 'measured now'})",
             f"  worker cap   {self.cap} = {self.cap_reason}",
             f"  workers      {self.workers}: {self.reason}",
-            f"  per worker   {concurrency}; max batch {settings.max_batch_size}, "
-            f"timeout {settings.batch_timeout_ms:g} ms, {settings.concurrent_batches} concurrent batches, "
+            f"  per worker   {concurrency}; max batch {settings.max_batch_size}, {_policy(settings)}, "
+            f"{settings.concurrent_batches} concurrent batches, "
             f"queue {settings.max_queue} instances",
         ]
         for placement in self.placements:
@@ -182,6 +182,12 @@ def _gpu_memory_limits(workers: int, gpus: tuple[Gpu, ...], settings: Settings, 
                 raise PlanError(f"{count} workers on GPU {gpu.index} leave no memory for the model; lower WORKERS")
         limits.append(limit)
     return limits
+
+
+def _policy(settings: Settings) -> str:
+    if settings.batch_policy == "adaptive":
+        return f"adaptive policy, objective {settings.latency_slo_ms:g} ms"
+    return f"timeout {settings.batch_timeout_ms:g} ms"
 
 
 def _gib(value: float) -> str:

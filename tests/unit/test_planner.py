@@ -102,3 +102,6 @@ def test_plan_describes_itself_in_one_block():
     text = plan_workers(Settings(), machine(cores=8), footprint(), gpus(16000)).describe(Settings())
     for expected in ("8 cores", "GPU 0 Test GPU 16000 MB", "1000 MiB per worker", "worker cap", "memory limit"):
         assert expected in text
+    assert "timeout 1 ms" in text
+    adaptive = Settings(batch_policy="adaptive", latency_slo_ms=50)
+    assert "adaptive policy, objective 50 ms" in plan_workers(adaptive, machine(), footprint(), gpus()).describe(adaptive)
