@@ -104,4 +104,5 @@ def test_plan_describes_itself_in_one_block():
         assert expected in text
     assert "timeout 1 ms" in text
     adaptive = Settings(batch_policy="adaptive", latency_slo_ms=50)
-    assert "adaptive policy, objective 50 ms" in plan_workers(adaptive, machine(), footprint(), gpus()).describe(adaptive)
+    adaptive_plan = plan_workers(adaptive, machine(), footprint(), gpus())
+    assert "adaptive policy, objective 50 ms" in adaptive_plan.describe(adaptive)
