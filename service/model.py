@@ -107,9 +107,8 @@ class ServedModel:
         for size in self.batch_sizes:
             if memory_check_passes and not self._fits_in_memory(size, memory_check_passes):
                 log.warning(
-                    "batch %d with a %d%% margin does not fit the device's memory %s; serving batches up to %s",
-                    size, 100 * GPU_BATCH_MARGIN, f"({memory_check_passes} at once)",
-                    max(self.warm_up_seconds, default="none"),
+                    "batch %d with a %d%% margin (%d at once) does not fit the device's memory; serving up to %s",
+                    size, 100 * GPU_BATCH_MARGIN, memory_check_passes, max(self.warm_up_seconds, default="none"),
                 )  # fmt: skip
                 break
             sample = {info.name: _sample_batch(info, size) for info in self.signature.inputs}

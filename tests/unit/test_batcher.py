@@ -48,9 +48,11 @@ def predict():
 def make_batcher(predict, request):
     created = []
 
-    def make(batch_timeout_s=0.0, **options):
+    def make(batch_timeout_s=0.0, forward=None, policy=None, **options):
+        """A batcher over `forward` (the gated predict by default) with `policy` (a fixed timeout by default)."""
         defaults = {"max_batch_size": 4, "max_queue": 16, "concurrent_batches": request.param}
-        batcher = Batcher(predict, FixedTimeout(batch_timeout_s), **{**defaults, **options})
+        policy = policy or FixedTimeout(batch_timeout_s)
+        batcher = Batcher(forward or predict, policy, **{**defaults, **options})
         created.append(batcher)
         return batcher
 
@@ -158,23 +160,17 @@ def test_a_failing_batch_fails_only_its_own_requests(make_batcher):
             raise RuntimeError("model exploded")
         return [p.upper() for p in payloads]
 
-    batcher = Batcher(predict, FixedTimeout(0.0), max_batch_size=4, max_queue=8)
-    try:
-        with pytest.raises(RuntimeError, match="model exploded"):
-            batcher.submit("poison").wait(ANSWER_TIMEOUT_S)
-        assert batcher.submit("fine").wait(ANSWER_TIMEOUT_S).result == "FINE"
-        assert batcher.stats.failed_batches == 1
-    finally:
-        batcher.close()
+    batcher = make_batcher(forward=predict)
+    with pytest.raises(RuntimeError, match="model exploded"):
+        batcher.submit("poison").wait(ANSWER_TIMEOUT_S)
+    assert batcher.submit("fine").wait(ANSWER_TIMEOUT_S).result == "FINE"
+    assert batcher.stats.failed_batches == 1
 
 
-def test_predict_returning_the_wrong_count_fails_the_batch():
-    batcher = Batcher(lambda payloads: payloads[:-1], FixedTimeout(0.0), max_batch_size=4, max_queue=8)
-    try:
-        with pytest.raises(BatchSizeMismatch):
-            batcher.submit(1).wait(ANSWER_TIMEOUT_S)
-    finally:
-        batcher.close()
+def test_predict_returning_the_wrong_count_fails_the_batch(make_batcher):
+    batcher = make_batcher(forward=lambda payloads: payloads[:-1])
+    with pytest.raises(BatchSizeMismatch):
+        batcher.submit(1).wait(ANSWER_TIMEOUT_S)
 
 
 def test_a_full_batch_runs_beside_a_running_pass(make_batcher, predict):
@@ -261,41 +257,34 @@ def adaptive_policy(seconds_by_size=None, max_batch=4):
     return AdaptivePolicy(observations, latency_slo_s=0.1, max_batch_size=max_batch), observations
 
 
-def test_adaptive_sends_a_lone_request_at_once_and_explains_why():
+def test_adaptive_sends_a_lone_request_at_once_and_explains_why(make_batcher):
     policy, observations = adaptive_policy()
-    batcher = Batcher(lambda payloads: payloads, policy, max_batch_size=4, max_queue=8, observations=observations)
-    try:
-        assert batcher.submit("a").wait(ANSWER_TIMEOUT_S).batch_size == 1
-        described = batcher.describe()
-        assert described["policy"] == "adaptive" and described["sent_because"]["nothing_coming"] == 1
-        assert described["cost_model"]["batches_learned_from"] == 1  # it ran alone, so it taught the model
-        assert described["mean_batch_size"] == 1 and described["mean_queue_wait_ms"] < 1000
-    finally:
-        batcher.close()
+    batcher = make_batcher(policy=policy, observations=observations)
+    assert batcher.submit(1).wait(ANSWER_TIMEOUT_S).batch_size == 1
+    described = batcher.describe()
+    assert described["policy"] == "adaptive" and described["sent_because"]["nothing_coming"] == 1
+    assert described["cost_model"]["batches_learned_from"] == 1  # it ran alone, so it taught the model
+    assert described["mean_batch_size"] == 1 and described["mean_queue_wait_ms"] < 1000
 
 
-def test_a_batch_is_full_at_the_preferred_size(predict):
-    batcher = Batcher(predict, FixedTimeout(60.0), max_batch_size=8, max_queue=16, preferred_batch_size=4)
-    try:
-        predict.hold()
-        completions = [batcher.submit(value) for value in range(6)]
-        predict.wait_for_batch()
-        assert predict.batches == [[0, 1, 2, 3]]  # sent at 4 without waiting for the 60 s timeout
-        with pytest.raises(ValueError):
-            batcher.submit(9, size=9)
-        big = batcher.submit(8, size=8)  # a request above the preferred size is still served, alone
-        predict.gate.set()
-        assert [c.wait(ANSWER_TIMEOUT_S).batch_size for c in completions[:4]] == [4] * 4
-        # [4, 5] is sent as full the moment the next request would not fit beside it.
-        assert [c.wait(ANSWER_TIMEOUT_S).batch_size for c in completions[4:]] == [2, 2]
-        assert big.wait(ANSWER_TIMEOUT_S).batch_size == 8
-    finally:
-        predict.gate.set()
-        batcher.close(timeout_s=ANSWER_TIMEOUT_S)
+def test_a_batch_is_full_at_the_preferred_size(make_batcher, predict):
+    batcher = make_batcher(batch_timeout_s=60.0, max_batch_size=8, preferred_batch_size=4)
+    predict.hold()
+    completions = [batcher.submit(value) for value in range(6)]
+    predict.wait_for_batch()
+    assert predict.batches == [[0, 1, 2, 3]]  # sent at 4 without waiting for the 60 s timeout
+    with pytest.raises(ValueError):
+        batcher.submit(9, size=9)
+    big = batcher.submit(8, size=8)  # a request above the preferred size is still served, alone
+    predict.gate.set()
+    assert [c.wait(ANSWER_TIMEOUT_S).batch_size for c in completions[:4]] == [4] * 4
+    # [4, 5] is sent as full the moment the next request would not fit beside it.
+    assert [c.wait(ANSWER_TIMEOUT_S).batch_size for c in completions[4:]] == [2, 2]
+    assert big.wait(ANSWER_TIMEOUT_S).batch_size == 8
 
 
-def test_closing_sends_what_is_being_formed_as_shutdown(predict):
-    batcher = Batcher(predict, FixedTimeout(60.0), max_batch_size=8, max_queue=16)
+def test_closing_sends_what_is_being_formed_as_shutdown(make_batcher):
+    batcher = make_batcher(batch_timeout_s=60.0, max_batch_size=8)
     waiting = batcher.submit(1)
     assert batcher.close(timeout_s=ANSWER_TIMEOUT_S)
     assert waiting.wait(ANSWER_TIMEOUT_S).result == 10
