@@ -69,7 +69,7 @@ class Settings:
 
     # Batching
     batch_policy: str = _setting(
-        "fixed",
+        "adaptive",
         "When a partial batch is sent: `fixed` after `BATCH_TIMEOUT_MS`; `adaptive` when waiting for the requests "
         "it expects stops saving latency, from the pass costs and arrivals it measures (README, Batching).",
         choices=("fixed", "adaptive"),

@@ -37,7 +37,9 @@ class RecordingForward:
 
 @pytest.fixture
 def settings() -> Settings:
-    return Settings(model_name="fake", max_batch_size=8, batch_timeout_ms=2, max_queue=16, max_body_bytes=4096)
+    return Settings(
+        model_name="fake", batch_policy="fixed", max_batch_size=8, batch_timeout_ms=2, max_queue=16, max_body_bytes=4096
+    )
 
 
 @pytest.fixture

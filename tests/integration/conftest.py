@@ -6,7 +6,13 @@ import pytest
 
 from service.launcher import LiveServer
 
-DEMO_SERVER_SETTINGS = {"WORKERS": "2", "MAX_BATCH_SIZE": "16", "BATCH_TIMEOUT_MS": "20", "MAX_BODY_BYTES": "100000"}
+DEMO_SERVER_SETTINGS = {
+    "WORKERS": "2",
+    "MAX_BATCH_SIZE": "16",
+    "BATCH_POLICY": "fixed",  # a long timeout, so the tests see batches form
+    "BATCH_TIMEOUT_MS": "20",
+    "MAX_BODY_BYTES": "100000",
+}
 
 
 @pytest.fixture(scope="session")

@@ -98,7 +98,12 @@ def test_master_never_loads_tensorflow_and_logs_its_plan(demo_server):
 @pytest.fixture(scope="module")
 def tiny_queue_server(start_server, demo_model_path):
     return start_server(
-        MODEL_PATH=str(demo_model_path), WORKERS="1", MAX_BATCH_SIZE="1", MAX_QUEUE="1", BATCH_TIMEOUT_MS="0"
+        MODEL_PATH=str(demo_model_path),
+        WORKERS="1",
+        MAX_BATCH_SIZE="1",
+        MAX_QUEUE="1",
+        BATCH_POLICY="fixed",
+        BATCH_TIMEOUT_MS="0",
     )
 
 
