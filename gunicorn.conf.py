@@ -1,9 +1,10 @@
 """Gunicorn configuration: sized from the machine and the model, never importing TensorFlow."""
 
-from service import hooks
+from service import hooks, logs
 from service.settings import load_settings
 
 settings = load_settings()
+metrics_dir = hooks.prepare_metrics_dir(settings)  # before anything imports prometheus_client
 plan = hooks.plan_for_this_machine(settings)
 
 bind = settings.bind
@@ -15,12 +16,14 @@ timeout = settings.worker_timeout_s
 graceful_timeout = settings.graceful_timeout_s
 keepalive = settings.keepalive_s
 loglevel = settings.log_level
+logconfig_dict = logs.logging_config(settings)
+logger_class = logs.GunicornLogger
 preload_app = False  # each worker imports TensorFlow itself, after fork
 control_socket_disable = True
 
 
 def on_starting(server):
-    server.log.info(plan.describe(settings))
+    server.log.info(plan.describe(settings), extra={"event": "sizing_plan", "plan": plan.as_dict()})
 
 
 def pre_fork(server, worker):
@@ -33,3 +36,11 @@ def post_fork(server, worker):
 
 def worker_exit(server, worker):
     hooks.drain_worker(worker)
+
+
+def child_exit(server, worker):
+    hooks.forget_worker_metrics(worker)
+
+
+def on_exit(server):
+    hooks.remove_metrics_dir(settings, metrics_dir)

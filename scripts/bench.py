@@ -274,6 +274,23 @@ def format_table(measurements: list[Measurement]) -> str:
     return "\n".join(lines)
 
 
+def measurements_json(model_path: str, measurements: list[Measurement]) -> dict:
+    """Every row as plain data: the model, the server, the load's summary and the in-process limit around it."""
+    return {
+        "model": model_path,
+        "machine": machine_description(),
+        "rows": [
+            {
+                "server": m.server,
+                **m.load.summary(),
+                "server_cpu_percent": round(m.server_cpu_percent),
+                "limit": vars(m.limit),
+            }
+            for m in measurements
+        ],
+    }
+
+
 def parse_servers(specs: list[str]) -> list[tuple[str, dict[str, str]]]:
     """`LABEL:NAME=VALUE,NAME=VALUE` -> (label, env) for each configuration of our server."""
     servers = []
@@ -338,6 +355,7 @@ def main() -> int:
     parser.add_argument("--no-baseline", action="store_true", help="skip the baseline server")
     parser.add_argument("--python-client", action="store_true", help="use the Python load generator even with wrk")
     parser.add_argument("--markdown", type=Path, help="also write the table to this file")
+    parser.add_argument("--json", type=Path, help="also write every row as JSON (scripts/capacity.py reads it)")
     args = parser.parse_args()
 
     if args.mode == "in-process":
@@ -377,6 +395,9 @@ def main() -> int:
     if args.markdown:
         args.markdown.parent.mkdir(parents=True, exist_ok=True)
         args.markdown.write_text(header + "\n\n" + table + "\n")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(measurements_json(args.model, measurements), indent=1) + "\n")
     return 0
 
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import logging
+import logging.config
+import time
 from dataclasses import dataclass
 
 from flask import Flask, Response
 from werkzeug.exceptions import HTTPException
 
-from service import routes
+from service import api_docs, logs, metrics, routes
+from service.access import AccessLayer
 from service.batch_policy import AdaptivePolicy, FixedTimeout, Observations
 from service.batcher import Batcher
 from service.cost_model import CostModel, largest_paying_size
@@ -51,9 +54,9 @@ def create_app(settings: Settings | None = None, model: ServedModel | None = Non
     Gunicorn worker accepts no connection before it can serve at full speed.
     """
     settings = settings or load_settings()
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s"
-    )
+    if not logging.getLogger().handlers:  # under Gunicorn the master has configured it (logconfig_dict)
+        logging.config.dictConfig(logs.logging_config(settings))
+    started = time.monotonic()
     memory_check_passes = 0
     if model is None:
         model, on_gpu = _load_model_for_this_worker(settings)
@@ -63,12 +66,14 @@ def create_app(settings: Settings | None = None, model: ServedModel | None = Non
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.url_map.converters["model_name"] = routes.ModelNameConverter
     app.register_blueprint(routes.blueprint)
+    app.register_blueprint(api_docs.blueprint)
     app.register_error_handler(ApiError, _api_error)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected_error)
     server = ModelServer(settings, model, batcher, ready=True)
     app.extensions["model_server"] = server
-    app.wsgi_app = PredictEndpoint(server, app.wsgi_app)
+    app.wsgi_app = AccessLayer(PredictEndpoint(server, app.wsgi_app))
+    metrics.worker_serving(model.name, model.version, time.monotonic() - started)
     return app
 
 
@@ -95,6 +100,7 @@ def build_batcher(settings: Settings, model: ServedModel, warm_up_seconds: dict[
         concurrent_batches=settings.concurrent_batches,
         preferred_batch_size=preferred,
         observations=observations,
+        observer=metrics.BatchMetrics(),
     )
 
 

@@ -31,7 +31,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from service.batch_policy import BatchPolicy, FormingBatch, Observations, SendReason
 from service.threads import Completion, OsThread, new_completion, new_lock, new_queue
@@ -71,6 +71,16 @@ class PendingRequest:
     completion: Completion = field(repr=False)
 
 
+class BatcherObserver(Protocol):
+    """Told of the queue and of every forward pass, for metrics (service.metrics.BatchMetrics)."""
+
+    def queue_changed(self, queued_instances: int, in_flight_instances: int) -> None: ...
+
+    def batch_ran(
+        self, reason: SendReason, instances: int, queue_waits_s: list[float], forward_s: float, failed: bool
+    ) -> None: ...
+
+
 @dataclass
 class BatcherStats:
     """Counters since start; read them for tests and reports, they are not locked."""
@@ -104,13 +114,15 @@ class Batcher:
         concurrent_batches: int = 1,
         preferred_batch_size: int | None = None,
         observations: Observations | None = None,
+        observer: BatcherObserver | None = None,
         clock: Callable[[], float] = time.monotonic,
         name: str = "batcher",
     ):
         """`max_batch_size` bounds a request and a batch; a batch counts as full at `preferred_batch_size`.
 
         `observations`, when given, is told of every arrival and every pass (its cost model
-        and arrival estimate are what the adaptive policy decides from).
+        and arrival estimate are what the adaptive policy decides from); `observer`, when
+        given, of every change of the queue and of every pass's outcome.
         """
         preferred_batch_size = preferred_batch_size or max_batch_size
         if not 1 <= preferred_batch_size <= max_batch_size <= max_queue or concurrent_batches < 1:
@@ -120,6 +132,7 @@ class Batcher:
         self._predict = predict
         self.policy = policy
         self.observations = observations
+        self._observer = observer
         self.max_batch_size = max_batch_size
         self.preferred_batch_size = preferred_batch_size
         self.max_queue = max_queue
@@ -129,6 +142,7 @@ class Batcher:
         self._held_over: collections.deque[PendingRequest] = collections.deque()
         self._lock = new_lock()
         self._queued_instances = 0
+        self._in_flight_instances = 0
         self._passes_running = 0
         self._passes_started = 0
         self._forming = new_lock()  # held by the one thread forming a batch
@@ -156,8 +170,10 @@ class Batcher:
             if self._queued_instances + size > self.max_queue:
                 raise QueueFull(f"{self._queued_instances} instances are already waiting (limit {self.max_queue})")
             self._queued_instances += size
+            self._in_flight_instances += size
             if self.observations is not None:
                 self.observations.arrived(request.enqueued_at, size)
+            self._queue_changed()
             self._queue.put(request)  # under the lock, so nothing lands behind close()'s stop marker
         return request.completion
 
@@ -184,11 +200,16 @@ class Batcher:
             described.update(self.observations.describe(self._clock()))
         return described
 
+    def _queue_changed(self) -> None:
+        """Tell the observer the queue's depth; called under the lock, so reports arrive in order."""
+        if self._observer is not None:
+            self._observer.queue_changed(self._queued_instances, self._in_flight_instances)
+
     def _run(self) -> None:
         stopping = False
         while not stopping:
             with self._forming:
-                batch, stopping = self._next_batch()
+                batch, reason, stopping = self._next_batch()
                 if stopping:
                     self._queue.put(_STOP)  # for the next thread: every request before it is taken
                 if batch:
@@ -198,9 +219,11 @@ class Batcher:
                         self._passes_started += 1
                         started = self._passes_started
             if batch:
-                size, seconds = self._run_batch(batch)
+                size, seconds = self._run_batch(batch, reason)
                 with self._lock:
                     self._passes_running -= 1
+                    self._in_flight_instances -= size
+                    self._queue_changed()
                     if self.observations is not None:
                         ran_alone = passes_beside == 0 and self._passes_started == started
                         self.observations.pass_ended(self._clock(), size, seconds, ran_alone)
@@ -208,13 +231,17 @@ class Batcher:
                     self._queue.put(_PASS_ENDED)
         # Nothing is left: submit() queues under the lock that close() takes before the stop marker.
 
-    def _next_batch(self) -> tuple[list[PendingRequest], bool]:
-        """Block for the first request, then gather until full or until the policy says send."""
+    def _next_batch(self) -> tuple[list[PendingRequest], SendReason | None, bool]:
+        """Block for the first request, then gather until full or until the policy says send.
+
+        Returns the batch (empty when stopping with nothing queued), why it was sent, and
+        whether the stop marker was reached.
+        """
         first = self._held_over.popleft() if self._held_over else self._queue.get()
         while first is _PASS_ENDED:
             first = self._queue.get()
         if first is _STOP:
-            return [], True
+            return [], None, True
         batch, size = [first], first.size
         stopping = timed_out = False
         while True:
@@ -255,12 +282,14 @@ class Batcher:
         self.stats.sent_because[reason] += 1
         with self._lock:
             self._queued_instances -= size
-        return batch, stopping
+            self._queue_changed()
+        return batch, reason, stopping
 
-    def _run_batch(self, batch: list[PendingRequest]) -> tuple[int, float]:
+    def _run_batch(self, batch: list[PendingRequest], reason: SendReason) -> tuple[int, float]:
         """Run one forward pass and answer its requests; returns (instances, seconds the pass took)."""
         size = sum(request.size for request in batch)
         started_at = self._clock()
+        failed = False
         try:
             results = self._predict([request.payload for request in batch])
             if len(results) != len(batch):
@@ -268,14 +297,18 @@ class Batcher:
         except Exception as error:  # the batch fails, the thread keeps serving
             log.exception("forward pass failed for a batch of %d instances", size)
             self.stats.failed_batches += 1
+            failed = True
             for request in batch:
                 request.completion.fail(error)
         else:
             for request, result in zip(batch, results, strict=True):
                 request.completion.resolve(BatchOutcome(result, size, started_at - request.enqueued_at))
         seconds = self._clock() - started_at
+        queue_waits_s = [started_at - request.enqueued_at for request in batch]
         self.stats.batches += 1
         self.stats.requests += len(batch)
         self.stats.instances += size
-        self.stats.queue_wait_s += sum(started_at - request.enqueued_at for request in batch)
+        self.stats.queue_wait_s += sum(queue_waits_s)
+        if self._observer is not None:
+            self._observer.batch_ran(reason, size, queue_waits_s, seconds, failed)
         return size, seconds

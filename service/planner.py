@@ -15,6 +15,7 @@ machines, the workers that fit in GPU memory. Within the cap the default is not 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -65,6 +66,10 @@ class WorkerPlan:
 
     def placement(self, slot: int) -> WorkerPlacement:
         return self.placements[slot % len(self.placements)]
+
+    def as_dict(self) -> dict:
+        """The plan as plain data, for the master's structured log event."""
+        return dataclasses.asdict(self)
 
     def describe(self, settings: Settings) -> str:
         """The plan as one readable block for the master's log."""

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING
 
 import orjson
 
+from service import metrics
+from service.access import BATCH_SIZE_KEY, ROUTE_KEY
 from service.batcher import BatcherClosed, QueueFull
 from service.codec import decode_request, encode_response
 from service.errors import ApiError, BadRequest, MethodNotAllowed, PayloadTooLarge, ServiceUnavailable, error_body
@@ -29,6 +31,7 @@ log = logging.getLogger(__name__)
 
 WsgiApp = Callable[[dict, Callable], Iterable[bytes]]
 
+PREDICT_ROUTES = ("/predict", "/v1/models/{name}:predict", "/v1/models/{name}/versions/{version}:predict")
 PREDICT_PATH = re.compile(r"/predict|/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>[0-9]{1,9}))?:predict")
 
 
@@ -43,6 +46,7 @@ class PredictEndpoint:
         match = PREDICT_PATH.fullmatch(environ.get("PATH_INFO", ""))
         if match is None:
             return self._fallback(environ, start_response)
+        environ[ROUTE_KEY] = _route_template(match)
         try:
             status, body, headers = 200, *self._predict(match, environ)
         except ApiError as error:
@@ -65,18 +69,22 @@ class PredictEndpoint:
         version = match["version"]
         model = server.model_for(match["name"], int(version) if version is not None else None)
         if not server.ready:
+            metrics.rejected_requests.labels("not_ready").inc()
             raise ServiceUnavailable("the model is not ready yet or the worker is shutting down")
         decoded = decode_request(self._read_body(environ), model.signature, server.batcher.max_batch_size)
         try:
             completion = server.batcher.submit(decoded.inputs, decoded.count)
         except QueueFull as error:
+            metrics.rejected_requests.labels("queue_full").inc()
             raise ServiceUnavailable(f"this worker's queue is full: {error}") from None
         except BatcherClosed:
+            metrics.rejected_requests.labels("shutting_down").inc()
             raise ServiceUnavailable("the server is shutting down") from None
         try:
             outcome = completion.wait()
         except Exception as error:
             raise ApiError(f"the forward pass failed: {type(error).__name__}: {error}") from error
+        environ[BATCH_SIZE_KEY] = outcome.batch_size
         body = orjson.dumps(encode_response(outcome.result, decoded.layout))
         return body, {"X-Batch-Size": str(outcome.batch_size)}
 
@@ -94,3 +102,9 @@ class PredictEndpoint:
         if len(body) > limit:
             raise PayloadTooLarge(f"the body exceeds {limit} bytes (MAX_BODY_BYTES)")
         return body
+
+
+def _route_template(match: re.Match) -> str:
+    if match["name"] is None:
+        return PREDICT_ROUTES[0]
+    return PREDICT_ROUTES[1] if match["version"] is None else PREDICT_ROUTES[2]

@@ -1,4 +1,4 @@
-"""The model's status and metadata routes (TensorFlow Serving's REST API), health checks and batching stats.
+"""The model's status and metadata routes (TensorFlow Serving's REST API), health checks, stats and metrics.
 
 The predict routes are not here: they are the hot path and skip Flask (predict_endpoint.py).
 """
@@ -8,8 +8,11 @@ from __future__ import annotations
 import os
 
 import orjson
-from flask import Blueprint, Response, current_app
+from flask import Blueprint, Response, current_app, request
 from werkzeug.routing import BaseConverter
+
+from service import metrics
+from service.access import ROUTE_KEY, route_template
 
 blueprint = Blueprint("serving", __name__)
 
@@ -18,6 +21,13 @@ class ModelNameConverter(BaseConverter):
     """A model name stops at ':' so `/v1/models/m:predict` never reads as a model called `m:predict`."""
 
     regex = "[^/:]+"
+
+
+@blueprint.before_app_request
+def label_route():
+    """Name the matched route for the access layer's metrics and log (unmatched paths stay unlabelled)."""
+    if request.url_rule is not None:
+        request.environ[ROUTE_KEY] = route_template(request.url_rule.rule)
 
 
 def _state():
@@ -73,3 +83,10 @@ def stats():
     return _json(
         {"pid": os.getpid(), "model": state.model.name, "version": state.model.version, **state.batcher.describe()}
     )
+
+
+@blueprint.get("/metrics")
+def prometheus_metrics():
+    """Every worker's metrics in Prometheus' text format, whichever worker answers the scrape."""
+    body, content_type = metrics.exposition()
+    return Response(body, mimetype=None, content_type=content_type)

@@ -122,7 +122,23 @@ class Settings:
     )
     workers_per_gpu: int = _setting(1, "Workers placed on each GPU when `WORKERS` is 0.", minimum=1)
 
-    log_level: str = _setting("info", "Log level.", choices=("debug", "info", "warning", "error"))
+    # Operations
+    log_level: str = _setting(
+        "info", "Log level; `info` logs one access event per request.", choices=("debug", "info", "warning", "error")
+    )
+    log_format: str = _setting(
+        "text",
+        "`json` writes one JSON object a line (for log collectors; the container image sets it); `text` is for people.",
+        choices=("text", "json"),
+    )
+    log_file: str = _setting(
+        "", "Write logs to this file instead of stderr, rotated at midnight, keeping 7 days; empty means stderr."
+    )
+    metrics_dir: str = _setting(
+        "",
+        "Directory where workers keep their Prometheus metric files, emptied at start; empty means a new "
+        "temporary directory.",
+    )
 
     def __post_init__(self):
         for spec in dataclasses.fields(self):

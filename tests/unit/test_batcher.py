@@ -289,3 +289,47 @@ def test_closing_sends_what_is_being_formed_as_shutdown(make_batcher):
     assert batcher.close(timeout_s=ANSWER_TIMEOUT_S)
     assert waiting.wait(ANSWER_TIMEOUT_S).result == 10
     assert batcher.stats.sent_because == {"shutdown": 1}
+
+
+class RecordingObserver:
+    """What metrics would be told: queue changes and finished passes."""
+
+    def __init__(self):
+        self.queue: list[tuple[int, int]] = []
+        self.batches: list[tuple[str, int, int, bool]] = []
+
+    def queue_changed(self, queued_instances, in_flight_instances):
+        self.queue.append((queued_instances, in_flight_instances))
+
+    def batch_ran(self, reason, instances, queue_waits_s, forward_s, failed):
+        assert forward_s >= 0 and all(wait >= 0 for wait in queue_waits_s)
+        self.batches.append((reason.value, instances, len(queue_waits_s), failed))
+
+
+def test_the_observer_sees_the_queue_and_every_pass(make_batcher, predict):
+    observer = RecordingObserver()
+    batcher = make_batcher(max_batch_size=4, observer=observer)
+    predict.hold()
+    running = batcher.submit(1, size=2)
+    predict.wait_for_batch()
+    queued = [batcher.submit(value) for value in (2, 3)]
+    assert observer.queue[-1] == (2, 4)  # two waiting, four accepted and unanswered
+    predict.gate.set()
+    for completion in [running, *queued]:
+        completion.wait(ANSWER_TIMEOUT_S)
+    assert batcher.close(timeout_s=ANSWER_TIMEOUT_S)
+    assert [batch[1:] for batch in observer.batches] == [(2, 1, False), (2, 2, False)]
+    assert observer.queue[-1] == (0, 0)
+
+
+def test_the_observer_is_told_of_a_failed_pass(make_batcher):
+    observer = RecordingObserver()
+
+    def explode(payloads):
+        raise RuntimeError("model exploded")
+
+    batcher = make_batcher(forward=explode, observer=observer)
+    with pytest.raises(RuntimeError):
+        batcher.submit(1).wait(ANSWER_TIMEOUT_S)
+    assert batcher.close(timeout_s=ANSWER_TIMEOUT_S)
+    assert observer.batches == [("timeout", 1, 1, True)] and observer.queue[-1] == (0, 0)

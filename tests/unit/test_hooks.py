@@ -59,3 +59,32 @@ def test_worker_exit_drains_the_apps_batcher(app):
     hooks.drain_worker(SimpleNamespace(wsgi=app))
     assert not server.ready
     hooks.drain_worker(SimpleNamespace())  # a worker that never loaded the app
+
+
+def test_metrics_dir_is_emptied_at_start_and_kept_when_configured(tmp_path, monkeypatch):
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "")
+    configured = tmp_path / "metrics"
+    configured.mkdir()
+    (configured / "counter_123.db").write_bytes(b"stale")
+    (configured / "keep.txt").write_text("not ours")
+    path = hooks.prepare_metrics_dir(Settings(metrics_dir=str(configured)))
+    assert path == configured and os.environ["PROMETHEUS_MULTIPROC_DIR"] == str(configured)
+    assert sorted(p.name for p in configured.iterdir()) == ["keep.txt"]
+    hooks.remove_metrics_dir(Settings(metrics_dir=str(configured)), path)
+    assert configured.exists()
+
+
+def test_without_a_metrics_dir_a_temporary_one_is_made_and_removed(monkeypatch):
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "")
+    path = hooks.prepare_metrics_dir(Settings())
+    assert path.is_dir() and not any(path.iterdir()) and os.environ["PROMETHEUS_MULTIPROC_DIR"] == str(path)
+    hooks.remove_metrics_dir(Settings(), path)
+    assert not path.exists()
+
+
+def test_a_dead_workers_live_gauge_files_are_removed(tmp_path, monkeypatch):
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    for name in ("gauge_livesum_41.db", "gauge_liveall_41.db", "counter_41.db", "gauge_livesum_42.db"):
+        (tmp_path / name).write_bytes(b"")
+    hooks.forget_worker_metrics(SimpleNamespace(pid=41))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["counter_41.db", "gauge_livesum_42.db"]
