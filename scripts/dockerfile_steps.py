@@ -128,7 +128,8 @@ def run_steps(dockerfile: Path, state: ImageState) -> list[str]:
     patterns = ignored_patterns(context)
     command: list[str] = []
     parser = DockerfileParser(path=str(dockerfile))
-    for number, step in enumerate(parser.structure, 1):
+    steps = [step for step in parser.structure if step["instruction"] != "COMMENT"]
+    for number, step in enumerate(steps, 1):
         instruction, value = step["instruction"], step["value"]
         print(f"step {number}: {instruction} {value}", flush=True)
         started = time.monotonic()

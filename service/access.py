@@ -2,8 +2,8 @@
 
 Every answer carries `X-Request-ID`: the client's own when it sent a usable one, else a new
 one, so a client's report can be matched with the server's log line. Routes are labelled by
-their template (`/v1/models/{name}:predict`), never by the raw path, so a client cannot
-create metric series at will.
+their template (`/v1/models/{name}:predict`), never by the raw path, and unknown methods
+count as `other`, so a client cannot create metric series at will.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ WsgiApp = Callable[[dict, Callable], Iterable[bytes]]
 ROUTE_KEY = "model_server.route"  # environ key: the route template, set by whoever matched the path
 BATCH_SIZE_KEY = "model_server.batch_size"  # environ key: instances in the request's forward pass
 UNMATCHED_ROUTE = "unmatched"
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})  # others count as "other"
 
 _USABLE_REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}")  # visible ASCII, at most 128 characters
 _FLASK_PARAMETER = re.compile(r"<(?:[^:<>]+:)?([^<>]+)>")
@@ -62,7 +63,7 @@ class AccessLayer:
     def _record(environ: dict, request_id: str, status_code: int, duration_s: float) -> None:
         route = environ.get(ROUTE_KEY, UNMATCHED_ROUTE)
         method = environ.get("REQUEST_METHOD", "")
-        metrics.http_requests.labels(route, method, str(status_code)).inc()
+        metrics.http_requests.labels(route, method if method in KNOWN_METHODS else "other", str(status_code)).inc()
         metrics.http_request_duration.labels(route).observe(duration_s)
         if log.isEnabledFor(logging.INFO):
             batch_size = environ.get(BATCH_SIZE_KEY)

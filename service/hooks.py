@@ -77,8 +77,6 @@ def place_worker(plan: WorkerPlan, worker) -> None:
     """post_fork, in the worker: record its placement and pin its GPU before TensorFlow loads."""
     global _this_worker_placement
     _this_worker_placement = plan.placement(worker.slot)
-    # TensorFlow's C++ INFO and WARNING lines bypass Python's logging (and its JSON); keep its errors.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     pin_visible_gpu(_this_worker_placement.gpu.uuid if _this_worker_placement.gpu else None)
 
 

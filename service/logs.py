@@ -22,6 +22,12 @@ TEXT_FORMAT = "%(asctime)s [%(process)d] %(levelname)s %(name)s [%(request_id)s]
 JSON_FIELDS = "%(levelname)s %(name)s %(process)d %(request_id)s %(message)s"
 ROTATED_FILES_KEPT = 7  # LOG_FILE rotates at midnight and keeps a week
 
+# Every request logs an access event, so records skip what no format here prints: the
+# caller's file and line, and the thread (under gevent, a lookup per greenlet).
+logging.logThreads = False
+logging.logMultiprocessing = False
+logging._srcfile = None
+
 
 class GunicornLogger(Logger):
     """Gunicorn's logger without its own access log: the app writes a richer one (access.py)."""
@@ -42,7 +48,7 @@ def logging_config(settings: Settings) -> dict:
     """A `logging.config.dictConfig` for the whole process, Gunicorn's own loggers included."""
     if settings.log_format == "json":
         formatter = {
-            "()": "pythonjsonlogger.json.JsonFormatter",
+            "()": "pythonjsonlogger.orjson.OrjsonFormatter",
             "fmt": JSON_FIELDS,
             "rename_fields": {"levelname": "level", "name": "logger", "process": "pid"},
             "timestamp": "time",

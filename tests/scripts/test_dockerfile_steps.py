@@ -36,6 +36,7 @@ def context(tmp_path):
     python = f"{sys.version_info.major}.{sys.version_info.minor}"
     (context / "Dockerfile").write_text(
         textwrap.dedent(f"""\
+            # a comment, as in the real one
             FROM python:{python}-slim
             ARG NAME=demo
             ENV GREETING="hello ${{NAME}}" \\

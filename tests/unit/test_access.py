@@ -54,6 +54,13 @@ def test_requests_are_counted_by_route_template_and_status(client, make_rows, me
     assert requests_counted(route, method, status) == before + 1
 
 
+def test_unknown_methods_and_paths_cannot_create_series(client):
+    before = requests_counted("unmatched", "other", "404")
+    client.open("/made-up-path-1", method="BREW")
+    client.open("/made-up-path-2", method="BREW2")
+    assert requests_counted("unmatched", "other", "404") == before + 2
+
+
 def test_each_request_logs_one_access_event_with_its_id_route_status_and_batch(client, make_rows, caplog):
     caplog.set_level(logging.INFO, logger="model_server.access")
     answer = client.post("/v1/models/fake:predict", json={"instances": make_rows(3)}, headers={"X-Request-ID": "r1"})
