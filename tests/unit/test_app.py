@@ -9,6 +9,7 @@ import threading
 import time
 
 import pytest
+from prometheus_client import REGISTRY
 
 from service.app import build_batcher, create_app
 
@@ -46,12 +47,19 @@ def test_status_and_metadata(client):
     assert x["dtype"] == "DT_FLOAT" and [d["size"] for d in x["tensor_shape"]["dim"]] == ["-1", "3"]
 
 
-def test_health_and_readiness(client, app):
+def rejected(reason: str) -> float:
+    return REGISTRY.get_sample_value("model_server_rejected_requests_total", {"reason": reason}) or 0.0
+
+
+def test_health_and_readiness(client, app, make_rows):
     assert client.get("/healthz").status_code == 200
     assert client.get("/readyz").status_code == 200
     app.extensions["model_server"].close()
     assert client.get("/readyz").status_code == 503
     assert client.get("/healthz").status_code == 200
+    refused_before = rejected("not_ready")
+    assert client.post("/predict", json={"instances": make_rows(1)}).status_code == 503
+    assert rejected("not_ready") == refused_before + 1
 
 
 def error_of(answer, status):
@@ -115,9 +123,11 @@ def test_full_queue_gets_503_with_retry_after(settings, fake_model, fake_forward
         while server.batcher.queue_depth < 16:  # poll until both requests are queued
             assert time.monotonic() < deadline, f"only {server.batcher.queue_depth} instances queued"
             threading.Event().wait(0.001)
+        refused_before = rejected("queue_full")
         answer = client.post("/predict", json={"instances": make_rows(1)})
         assert "queue is full" in error_of(answer, 503)
         assert int(answer.headers["Retry-After"]) >= 1
+        assert rejected("queue_full") == refused_before + 1
     finally:
         fake_forward.gate.set()
         for thread in threads:
