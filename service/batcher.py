@@ -18,8 +18,9 @@ core), and a partial one would only slow both.
 
 The queue is bounded: `submit()` refuses a request at once (QueueFull) when the instances
 waiting would exceed `max_queue`. Every accepted request is answered, with its result or
-with the exception its batch's forward pass raised: `close()` runs every request accepted
-before it and refuses later ones with BatcherClosed.
+with the exception its forward pass raised: when a batch of several requests fails, each
+is run again alone, so one bad input fails only its own request. `close()` runs every
+request accepted before it and refuses later ones with BatcherClosed.
 """
 
 from __future__ import annotations
@@ -89,6 +90,7 @@ class BatcherStats:
     requests: int = 0
     instances: int = 0
     failed_batches: int = 0
+    failed_requests_alone: int = 0  # after their batch failed, retried alone, and failed again
     queue_wait_s: float = 0.0  # summed over requests, from submit() to the start of their pass
     sent_because: Counter = field(default_factory=Counter)  # SendReason -> batches
 
@@ -98,6 +100,7 @@ class BatcherStats:
             "requests": self.requests,
             "instances": self.instances,
             "failed_batches": self.failed_batches,
+            "failed_requests_alone": self.failed_requests_alone,
             "mean_batch_size": round(self.instances / self.batches, 3) if self.batches else None,
             "mean_queue_wait_ms": round(1000 * self.queue_wait_s / self.requests, 3) if self.requests else None,
             "sent_because": {reason.value: self.sent_because[reason] for reason in SendReason},
@@ -285,6 +288,19 @@ class Batcher:
             self._queue_changed()
         return batch, reason, stopping
 
+    def _run_alone(self, request: PendingRequest, started_at: float) -> None:
+        """After its batch failed: one request's own pass, so one bad input fails only its sender."""
+        try:
+            results = self._predict([request.payload])
+            if len(results) != 1:
+                raise BatchSizeMismatch(f"predict returned {len(results)} results for 1 request")
+        except Exception as error:
+            log.exception("forward pass failed for a request of %d instances, run alone", request.size)
+            self.stats.failed_requests_alone += 1
+            request.completion.fail(error)
+        else:
+            request.completion.resolve(BatchOutcome(results[0], request.size, started_at - request.enqueued_at))
+
     def _run_batch(self, batch: list[PendingRequest], reason: SendReason) -> tuple[int, float]:
         """Run one forward pass and answer its requests; returns (instances, seconds the pass took)."""
         size = sum(request.size for request in batch)
@@ -295,11 +311,15 @@ class Batcher:
             if len(results) != len(batch):
                 raise BatchSizeMismatch(f"predict returned {len(results)} results for {len(batch)} requests")
         except Exception as error:  # the batch fails, the thread keeps serving
-            log.exception("forward pass failed for a batch of %d instances", size)
             self.stats.failed_batches += 1
             failed = True
-            for request in batch:
-                request.completion.fail(error)
+            if len(batch) == 1:
+                log.exception("forward pass failed for a request of %d instances", size)
+                batch[0].completion.fail(error)
+            else:
+                log.warning("forward pass failed for %d requests (%s); running each alone", len(batch), error)
+                for request in batch:
+                    self._run_alone(request, started_at)
         else:
             for request, result in zip(batch, results, strict=True):
                 request.completion.resolve(BatchOutcome(result, size, started_at - request.enqueued_at))

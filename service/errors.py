@@ -42,6 +42,12 @@ class PayloadTooLarge(ApiError):
     status = 413
 
 
+class UnprocessableContent(ApiError):
+    """Well-formed input the model itself refused (for example a value outside what it accepts)."""
+
+    status = 422
+
+
 class ServiceUnavailable(ApiError):
     """The worker cannot take the request now; `Retry-After` says when to try again."""
 

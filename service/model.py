@@ -36,6 +36,10 @@ class ModelLoadError(RuntimeError):
     """The model file cannot be served; the message says why."""
 
 
+class InputRejected(ValueError):
+    """The model refused these inputs (TensorFlow's InvalidArgumentError): the client's to fix."""
+
+
 class ServedModel:
     """A forward pass over padded batches, with the request-level split and merge around it.
 
@@ -228,10 +232,30 @@ def _compile_saved_model(path: str) -> tuple[ModelSignature, Forward]:
 def _numpy_forward(compiled, inputs: tuple[TensorInfo, ...], keep_alive) -> Forward:
     def forward(arrays: Arrays) -> Arrays:
         forward.keep_alive = keep_alive  # the model's variables must outlive the function
-        result = compiled(*(arrays[info.name] for info in inputs))
+        try:
+            result = compiled(*(arrays[info.name] for info in inputs))
+        except Exception as error:
+            if _is_invalid_argument(error):
+                raise InputRejected(_without_graph_noise(error.message)) from error
+            raise
         return {name: tensor.numpy() for name, tensor in result.items()}
 
     return forward
+
+
+_GRAPH_NOISE = ("Graph execution error", "Detected at node", "<stack traces", "[[{{node")
+
+
+def _without_graph_noise(message: str) -> str:
+    """The lines of a TF error that speak of the input, not of the graph that raised it."""
+    lines = [line.strip() for line in message.splitlines()]
+    useful = [line for line in lines if line and not line.startswith(_GRAPH_NOISE)]
+    return "; ".join(useful) or message
+
+
+def _is_invalid_argument(error: BaseException) -> bool:
+    tf = sys.modules.get("tensorflow")
+    return tf is not None and isinstance(error, tf.errors.InvalidArgumentError)
 
 
 def _is_out_of_memory(error: BaseException) -> bool:

@@ -22,7 +22,16 @@ from service import metrics
 from service.access import BATCH_SIZE_KEY, ROUTE_KEY
 from service.batcher import BatcherClosed, QueueFull
 from service.codec import decode_request, encode_response
-from service.errors import ApiError, BadRequest, MethodNotAllowed, PayloadTooLarge, ServiceUnavailable, error_body
+from service.errors import (
+    ApiError,
+    BadRequest,
+    MethodNotAllowed,
+    PayloadTooLarge,
+    ServiceUnavailable,
+    UnprocessableContent,
+    error_body,
+)
+from service.model import InputRejected
 
 if TYPE_CHECKING:
     from service.app import ModelServer
@@ -82,6 +91,8 @@ class PredictEndpoint:
             raise ServiceUnavailable("the server is shutting down") from None
         try:
             outcome = completion.wait()
+        except InputRejected as error:
+            raise UnprocessableContent(f"the model rejected this input: {error}") from error
         except Exception as error:
             raise ApiError(f"the forward pass failed: {type(error).__name__}: {error}") from error
         environ[BATCH_SIZE_KEY] = outcome.batch_size

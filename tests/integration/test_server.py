@@ -136,9 +136,21 @@ def guarded_model_path(tmp_path_factory):
     return path
 
 
-def test_failing_forward_pass_fails_only_its_batch_on_a_saved_model(start_server, guarded_model_path):
-    server = start_server(MODEL_PATH=str(guarded_model_path), WORKERS="1", WORKER_CLASS="gevent")
-    failed = post(f"{server.url}/v1/models/guarded:predict", {"instances": [[5000, 1]]})
-    assert failed.status_code == 500 and "InvalidArgumentError" in failed.json()["error"]
-    fine = post(f"{server.url}/v1/models/guarded:predict", {"instances": [[1, 2]]})
-    assert fine.status_code == 200 and fine.json() == {"predictions": [[2.0, 4.0]]}
+def test_a_poison_input_fails_only_its_own_request_on_a_saved_model(start_server, guarded_model_path):
+    server = start_server(
+        MODEL_PATH=str(guarded_model_path), WORKERS="1", WORKER_CLASS="gevent", BATCH_POLICY="fixed",
+        BATCH_TIMEOUT_MS="200", MAX_BATCH_SIZE="8",
+    )  # fmt: skip
+    url = f"{server.url}/v1/models/guarded:predict"
+    bodies = [{"instances": [[i, 1]]} for i in range(6)]
+    bodies[3] = {"instances": [[5000, 1]]}  # the model asserts its inputs are below 1000
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        answers = list(pool.map(lambda body: post(url, body), bodies))
+    poisoned = answers.pop(3)
+    message = poisoned.json()["error"]
+    assert poisoned.status_code == 422 and "assertion failed: [input out of the model" in message
+    assert "Graph execution error" not in message
+    assert [a.status_code for a in answers] == [200] * 5
+    assert [a.json()["predictions"] for a in answers] == [[[2.0 * i, 2.0]] for i in (0, 1, 2, 4, 5)]
+    stats = requests.get(f"{server.url}/stats", timeout=10).json()
+    assert stats["failed_batches"] == 1 and stats["failed_requests_alone"] == 1, "they shared the failed batch"

@@ -333,3 +333,22 @@ def test_the_observer_is_told_of_a_failed_pass(make_batcher):
         batcher.submit(1).wait(ANSWER_TIMEOUT_S)
     assert batcher.close(timeout_s=ANSWER_TIMEOUT_S)
     assert observer.batches == [("timeout", 1, 1, True)] and observer.queue[-1] == (0, 0)
+
+
+def test_a_poison_request_fails_alone_and_its_batch_neighbours_are_answered(make_batcher, predict):
+    passes = []
+
+    def forward(payloads):
+        passes.append(list(payloads))
+        if "poison" in payloads:
+            raise ValueError("input out of range")
+        return [payload.upper() for payload in payloads]
+
+    batcher = make_batcher(forward=forward, batch_timeout_s=60.0, max_batch_size=3)
+    completions = [batcher.submit(payload) for payload in ("a", "poison", "b")]  # one full batch
+    with pytest.raises(ValueError, match="out of range"):
+        completions[1].wait(ANSWER_TIMEOUT_S)
+    assert [completions[i].wait(ANSWER_TIMEOUT_S).result for i in (0, 2)] == ["A", "B"]
+    assert passes == [["a", "poison", "b"], ["a"], ["poison"], ["b"]]
+    assert batcher.close(timeout_s=ANSWER_TIMEOUT_S)
+    assert (batcher.stats.failed_batches, batcher.stats.failed_requests_alone) == (1, 1)
