@@ -12,6 +12,7 @@ import orjson
 import swagger_ui
 from flask import Blueprint, Response, current_app
 
+from service.api_keys import OPEN_PATHS, parse_api_keys
 from service.openapi import openapi_document
 
 SWAGGER_UI_ASSETS = Path(swagger_ui.__file__).parent / "static"
@@ -42,7 +43,8 @@ def openapi_json():
     """The API of this server, with the served model's instance and prediction shapes."""
     server = current_app.extensions["model_server"]
     model = server.model
-    document = openapi_document(model.name, model.version, model.signature, server.batcher.max_batch_size)
+    open_paths = OPEN_PATHS if parse_api_keys(server.settings.api_keys) else None
+    document = openapi_document(model.name, model.version, model.signature, server.batcher.max_batch_size, open_paths)
     return Response(orjson.dumps(document), mimetype="application/json")
 
 

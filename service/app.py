@@ -12,6 +12,7 @@ from werkzeug.exceptions import HTTPException
 
 from service import api_docs, logs, metrics, routes
 from service.access import AccessLayer
+from service.api_keys import ApiKeyGuard, parse_api_keys
 from service.batch_policy import AdaptivePolicy, FixedTimeout, Observations
 from service.batcher import Batcher
 from service.cost_model import CostModel, largest_paying_size
@@ -72,7 +73,9 @@ def create_app(settings: Settings | None = None, model: ServedModel | None = Non
     app.register_error_handler(Exception, _unexpected_error)
     server = ModelServer(settings, model, batcher, ready=True)
     app.extensions["model_server"] = server
-    app.wsgi_app = AccessLayer(PredictEndpoint(server, app.wsgi_app))
+    served = PredictEndpoint(server, app.wsgi_app)
+    keys = parse_api_keys(settings.api_keys)
+    app.wsgi_app = AccessLayer(ApiKeyGuard(served, keys) if keys else served)
     metrics.worker_serving(model.name, model.version, time.monotonic() - started)
     return app
 

@@ -25,8 +25,13 @@ def _template() -> dict:
     return yaml.safe_load(TEMPLATE_PATH.read_text())
 
 
-def openapi_document(model_name: str, model_version: int, signature: ModelSignature, max_instances: int) -> dict:
-    """The document for this model; a new dict each call, safe to change."""
+def openapi_document(
+    model_name: str, model_version: int, signature: ModelSignature, max_instances: int, open_paths=None
+) -> dict:
+    """The document for this model; a new dict each call, safe to change.
+
+    `open_paths`, when given, says API keys are on and which paths need none.
+    """
     document = copy.deepcopy(_template())
     document["info"]["description"] += f"\nThis server serves model `{model_name}`, version {model_version}."
     parameters = document["components"]["parameters"]
@@ -42,7 +47,27 @@ def openapi_document(model_name: str, model_version: int, signature: ModelSignat
     ]:
         if "instances" in body_schema["properties"]:
             body_schema["properties"]["instances"]["maxItems"] = max_instances
+    if open_paths is not None:
+        _require_api_keys(document, open_paths)
     return document
+
+
+def _require_api_keys(document: dict, open_paths) -> None:
+    document["components"]["securitySchemes"] = {
+        "bearer": {"type": "http", "scheme": "bearer"},
+        "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+    }
+    document["security"] = [{"bearer": []}, {"apiKey": []}]
+    for path, operations in document["paths"].items():
+        for operation in operations.values():
+            if path in open_paths:
+                operation["security"] = []
+            else:
+                operation["responses"] = {
+                    **operation["responses"],
+                    "401": {"$ref": "#/components/responses/Error401"},
+                    "403": {"$ref": "#/components/responses/Error403"},
+                }
 
 
 def _keyed(infos: tuple[TensorInfo, ...], schema_of) -> dict:

@@ -103,6 +103,11 @@ class Settings:
         256, "Instances waiting in one worker's queue before new requests get 503.", "instances", minimum=1
     )
     max_body_bytes: int = _setting(10 * 1024 * 1024, "Largest request body accepted (413 beyond).", "bytes", minimum=1)
+    api_keys: str = _setting(
+        "",
+        "Comma-separated API keys; when set, every route but `/healthz`, `/readyz` and the API docs needs one, as "
+        "`Authorization: Bearer <key>` or `X-API-Key` (401 without, 403 with a wrong one). Empty means no keys.",
+    )
 
     # Sizing
     ram_headroom: float = _setting(
