@@ -51,6 +51,10 @@ class BatcherClosed(Exception):
     """The batcher is shutting down and takes no more requests."""
 
 
+class DeadlineExceeded(Exception):
+    """The request's deadline passed while it waited; it was taken out before its forward pass."""
+
+
 class BatchSizeMismatch(RuntimeError):
     """`predict` returned a different number of results than it was given payloads."""
 
@@ -70,6 +74,7 @@ class PendingRequest:
     size: int
     enqueued_at: float
     completion: Completion = field(repr=False)
+    deadline: float | None = None  # on the batcher's clock
 
 
 class BatcherObserver(Protocol):
@@ -91,6 +96,7 @@ class BatcherStats:
     instances: int = 0
     failed_batches: int = 0
     failed_requests_alone: int = 0  # after their batch failed, retried alone, and failed again
+    expired: int = 0  # requests whose deadline passed in the queue, answered DeadlineExceeded
     queue_wait_s: float = 0.0  # summed over requests, from submit() to the start of their pass
     sent_because: Counter = field(default_factory=Counter)  # SendReason -> batches
 
@@ -101,6 +107,7 @@ class BatcherStats:
             "instances": self.instances,
             "failed_batches": self.failed_batches,
             "failed_requests_alone": self.failed_requests_alone,
+            "expired": self.expired,
             "mean_batch_size": round(self.instances / self.batches, 3) if self.batches else None,
             "mean_queue_wait_ms": round(1000 * self.queue_wait_s / self.requests, 3) if self.requests else None,
             "sent_because": {reason.value: self.sent_because[reason] for reason in SendReason},
@@ -158,15 +165,19 @@ class Batcher:
         """Instances accepted and not yet taken into a forward pass."""
         return self._queued_instances
 
-    def submit(self, payload: Any, size: int = 1) -> Completion:
+    def submit(self, payload: Any, size: int = 1, timeout_s: float | None = None) -> Completion:
         """Queue a request of `size` instances; wait on the returned completion for a BatchOutcome.
 
         Raises QueueFull when the queue is full, BatcherClosed after `close()`, and
         ValueError if `size` is not between 1 and `max_batch_size` (a request is never split).
+        A request still waiting `timeout_s` after it was queued is answered DeadlineExceeded
+        instead of being run.
         """
         if not 1 <= size <= self.max_batch_size:
             raise ValueError(f"a request must hold 1 to {self.max_batch_size} instances, got {size}")
-        request = PendingRequest(payload, size, self._clock(), new_completion())
+        now = self._clock()
+        deadline = now + timeout_s if timeout_s is not None else None
+        request = PendingRequest(payload, size, now, new_completion(), deadline)
         with self._lock:
             if self._closed:
                 raise BatcherClosed("the server is shutting down")
@@ -215,6 +226,7 @@ class Batcher:
                 batch, reason, stopping = self._next_batch()
                 if stopping:
                     self._queue.put(_STOP)  # for the next thread: every request before it is taken
+                batch = self._without_expired(batch)
                 if batch:
                     with self._lock:
                         passes_beside = self._passes_running
@@ -287,6 +299,23 @@ class Batcher:
             self._queued_instances -= size
             self._queue_changed()
         return batch, reason, stopping
+
+    def _without_expired(self, batch: list[PendingRequest]) -> list[PendingRequest]:
+        """Answer the requests whose deadline has passed, so no forward pass is spent on them."""
+        now = self._clock()
+        live, expired = [], []
+        for request in batch:
+            (expired if request.deadline is not None and now >= request.deadline else live).append(request)
+        if not expired:
+            return batch
+        for request in expired:
+            waited_ms = 1000 * (now - request.enqueued_at)
+            request.completion.fail(DeadlineExceeded(f"its deadline passed after {waited_ms:.0f} ms in the queue"))
+        self.stats.expired += len(expired)
+        with self._lock:
+            self._in_flight_instances -= sum(request.size for request in expired)
+            self._queue_changed()
+        return live
 
     def _run_alone(self, request: PendingRequest, started_at: float) -> None:
         """After its batch failed: one request's own pass, so one bad input fails only its sender."""

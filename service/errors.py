@@ -48,6 +48,12 @@ class UnprocessableContent(ApiError):
     status = 422
 
 
+class GatewayTimeout(ApiError):
+    """The request's deadline passed before it could be run."""
+
+    status = 504
+
+
 class ServiceUnavailable(ApiError):
     """The worker cannot take the request now; `Retry-After` says when to try again."""
 

@@ -11,6 +11,7 @@ thread), then encode (back on the request's thread).
 from __future__ import annotations
 
 import logging
+import math
 import re
 from collections.abc import Callable, Iterable
 from http import HTTPStatus
@@ -20,11 +21,12 @@ import orjson
 
 from service import metrics
 from service.access import BATCH_SIZE_KEY, ROUTE_KEY
-from service.batcher import BatcherClosed, QueueFull
+from service.batcher import BatcherClosed, DeadlineExceeded, QueueFull
 from service.codec import decode_request, encode_response
 from service.errors import (
     ApiError,
     BadRequest,
+    GatewayTimeout,
     MethodNotAllowed,
     PayloadTooLarge,
     ServiceUnavailable,
@@ -82,7 +84,7 @@ class PredictEndpoint:
             raise ServiceUnavailable("the model is not ready yet or the worker is shutting down")
         decoded = decode_request(self._read_body(environ), model.signature, server.batcher.max_batch_size)
         try:
-            completion = server.batcher.submit(decoded.inputs, decoded.count)
+            completion = server.batcher.submit(decoded.inputs, decoded.count, self._timeout_s(environ))
         except QueueFull as error:
             metrics.rejected_requests.labels("queue_full").inc()
             raise ServiceUnavailable(f"this worker's queue is full: {error}") from None
@@ -93,11 +95,28 @@ class PredictEndpoint:
             outcome = completion.wait()
         except InputRejected as error:
             raise UnprocessableContent(f"the model rejected this input: {error}") from error
+        except DeadlineExceeded as error:
+            metrics.rejected_requests.labels("deadline").inc()
+            raise GatewayTimeout(f"the request was not run: {error}") from None
         except Exception as error:
             raise ApiError(f"the forward pass failed: {type(error).__name__}: {error}") from error
         environ[BATCH_SIZE_KEY] = outcome.batch_size
         body = orjson.dumps(encode_response(outcome.result, decoded.layout))
         return body, {"X-Batch-Size": str(outcome.batch_size)}
+
+    def _timeout_s(self, environ: dict) -> float | None:
+        """The client's `X-Request-Timeout-Ms`, at most REQUEST_TIMEOUT_MS; else that; None for no deadline."""
+        server_ms = self._server.settings.request_timeout_ms or None
+        raw = environ.get("HTTP_X_REQUEST_TIMEOUT_MS")
+        if raw is None:
+            return server_ms / 1000 if server_ms else None
+        try:
+            client_ms = float(raw)
+        except ValueError:
+            client_ms = math.nan
+        if not (math.isfinite(client_ms) and client_ms > 0):
+            raise BadRequest(f"X-Request-Timeout-Ms {raw!r} is not a positive number of milliseconds")
+        return min(client_ms, server_ms or client_ms) / 1000
 
     def _read_body(self, environ: dict) -> bytes:
         """The whole body, refused with 413 before it is read when it declares more than MAX_BODY_BYTES."""

@@ -102,6 +102,13 @@ class Settings:
     max_queue: int = _setting(
         256, "Instances waiting in one worker's queue before new requests get 503.", "instances", minimum=1
     )
+    request_timeout_ms: float = _setting(
+        0.0,
+        "Deadline of a predict request from its arrival: one still queued when it passes is answered 504 without "
+        "being run. A client's `X-Request-Timeout-Ms` header sets its own, at most this when set. 0 means none.",
+        "ms",
+        minimum=0,
+    )
     max_body_bytes: int = _setting(10 * 1024 * 1024, "Largest request body accepted (413 beyond).", "bytes", minimum=1)
     api_keys: str = _setting(
         "",

@@ -177,3 +177,56 @@ def test_the_warm_up_probe_sizes_the_batcher(settings, fake_model, make_rows, mo
         assert (flat.max_batch_size, flat.preferred_batch_size) == (4, 1)
     finally:
         flat.close()
+
+
+@pytest.mark.parametrize("header", ["soon", "0", "-5", "nan", "inf"])
+def test_a_bad_request_timeout_header_gets_400(client, make_rows, header):
+    answer = client.post("/predict", json={"instances": make_rows(1)}, headers={"X-Request-Timeout-Ms": header})
+    assert "X-Request-Timeout-Ms" in error_of(answer, 400)
+
+
+def test_a_request_past_its_deadline_in_the_queue_gets_504_and_is_not_run(
+    settings, fake_model, fake_forward, make_rows
+):
+    app = create_app(dataclasses.replace(settings, concurrent_batches=1, request_timeout_ms=60_000), fake_model)
+    client, server = app.test_client(), app.extensions["model_server"]
+    warm_up_passes = len(fake_forward.batch_sizes)
+    fake_forward.gate.clear()
+    fake_forward.entered.clear()
+    first = threading.Thread(target=client.post, args=("/predict",), kwargs={"json": {"instances": make_rows(1)}})
+    first.start()
+    answers = []
+    try:
+        assert fake_forward.entered.wait(10)  # the first request holds the model
+        late = threading.Thread(
+            target=lambda: answers.append(
+                client.post("/predict", json={"instances": make_rows(2)}, headers={"X-Request-Timeout-Ms": "1"})
+            )
+        )
+        late.start()
+        deadline = time.monotonic() + 10
+        while server.batcher.queue_depth < 2:  # poll until it is queued behind the running pass
+            assert time.monotonic() < deadline
+            threading.Event().wait(0.001)
+        queued_at = time.monotonic()
+        while time.monotonic() < queued_at + 0.005:  # let its 1 ms deadline pass, by the clock
+            threading.Event().wait(0.001)
+    finally:
+        fake_forward.gate.set()
+        first.join(10)
+    late.join(10)
+    assert "deadline passed" in error_of(answers[0], 504)
+    assert fake_forward.batch_sizes[warm_up_passes:] == [1]  # the late request's rows never reached the model
+    assert server.batcher.stats.expired == 1
+    server.close()
+
+
+def test_the_servers_request_timeout_caps_the_clients(settings, fake_model):
+    from service.predict_endpoint import PredictEndpoint
+
+    app = create_app(dataclasses.replace(settings, request_timeout_ms=500), fake_model)
+    endpoint = PredictEndpoint(app.extensions["model_server"], app.wsgi_app)
+    assert endpoint._timeout_s({}) == 0.5
+    assert endpoint._timeout_s({"HTTP_X_REQUEST_TIMEOUT_MS": "100"}) == 0.1
+    assert endpoint._timeout_s({"HTTP_X_REQUEST_TIMEOUT_MS": "9000"}) == 0.5
+    app.extensions["model_server"].close()

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from service.batch_policy import AdaptivePolicy, FixedTimeout, Observations
-from service.batcher import Batcher, BatcherClosed, BatchSizeMismatch, QueueFull
+from service.batcher import Batcher, BatcherClosed, BatchSizeMismatch, DeadlineExceeded, QueueFull
 from service.cost_model import CostModel
 
 ANSWER_TIMEOUT_S = 10
@@ -352,3 +352,32 @@ def test_a_poison_request_fails_alone_and_its_batch_neighbours_are_answered(make
     assert passes == [["a", "poison", "b"], ["a"], ["poison"], ["b"]]
     assert batcher.close(timeout_s=ANSWER_TIMEOUT_S)
     assert (batcher.stats.failed_batches, batcher.stats.failed_requests_alone) == (1, 1)
+
+
+class ManualClock:
+    """A clock the test moves; the batcher reads deadlines from it."""
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_a_request_whose_deadline_passed_in_the_queue_is_not_run(make_batcher, predict):
+    clock = ManualClock()
+    batcher = make_batcher(clock=clock, max_batch_size=4)
+    predict.hold()
+    running = batcher.submit(1)
+    predict.wait_for_batch()
+    late = batcher.submit(2, timeout_s=0.05)
+    on_time = batcher.submit(3, timeout_s=5.0)
+    no_deadline = batcher.submit(4)
+    clock.now += 1.0  # the first pass took a second: 2's deadline is gone, 3's is not
+    predict.gate.set()
+    with pytest.raises(DeadlineExceeded, match="1000 ms in the queue"):
+        late.wait(ANSWER_TIMEOUT_S)
+    assert [c.wait(ANSWER_TIMEOUT_S).result for c in (running, on_time, no_deadline)] == [10, 30, 40]
+    assert predict.batches == [[1], [3, 4]]  # no forward pass spent on 2
+    assert batcher.close(timeout_s=ANSWER_TIMEOUT_S)
+    assert batcher.stats.expired == 1 and batcher.queue_depth == 0
