@@ -13,6 +13,7 @@ import copy
 import functools
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from service.signature import ModelSignature, TensorInfo
@@ -88,12 +89,22 @@ def _batch_schema(info: TensorInfo, max_instances: int) -> dict:
 
 def _tensor_schema(info: TensorInfo) -> dict:
     """Nested arrays of one instance's shape, down to the JSON type of its dtype."""
-    schema: dict = {"type": _json_type(info.dtype)}
+    schema: dict = {"type": _json_type(info.dtype), **_range(info.dtype)}
     for dim in reversed(info.instance_shape):
         schema = {"type": "array", "items": schema}
         if dim is not None:
             schema.update(minItems=dim, maxItems=dim)
     return schema
+
+
+def _range(dtype: str) -> dict:
+    """The values the dtype holds, as the codec checks them: 1e300 is a JSON number but no float32."""
+    try:
+        limits = np.iinfo(dtype) if dtype.startswith(("int", "uint")) else np.finfo(dtype)
+    except (TypeError, ValueError):  # string, bool, or a dtype NumPy does not know (bfloat16)
+        return {}
+    as_json = int if isinstance(limits, np.iinfo) else float
+    return {"minimum": as_json(limits.min), "maximum": as_json(limits.max)}
 
 
 def _json_type(dtype: str) -> str:

@@ -32,7 +32,8 @@ def test_every_route_is_documented_and_every_documented_path_exists(app, documen
 
 def test_the_model_fills_in_instances_predictions_and_limits(document):
     schemas = document["components"]["schemas"]
-    three_numbers = {"type": "array", "items": {"type": "number"}, "minItems": 3, "maxItems": 3}
+    float32 = {"type": "number", "minimum": -3.4028234663852886e38, "maximum": 3.4028234663852886e38}
+    three_numbers = {"type": "array", "items": float32, "minItems": 3, "maxItems": 3}
     assert schemas["Instance"] == three_numbers and schemas["Prediction"] == three_numbers
     assert schemas["ColumnarInputs"] == {"type": "array", "minItems": 1, "maxItems": 8, "items": three_numbers}
     assert document["components"]["parameters"]["ModelName"]["schema"] == {"enum": ["fake"]}
@@ -53,7 +54,7 @@ def test_several_inputs_are_objects_keyed_by_name():
                 "type": "array",
                 "minItems": 2,
                 "maxItems": 2,
-                "items": {"type": "array", "items": {"type": "integer"}},
+                "items": {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 255}},
             },
             "flag": {"type": "boolean"},
         },
