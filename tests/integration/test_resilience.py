@@ -1,0 +1,161 @@
+"""Graceful shutdown and worker crashes under load, on real Gunicorn servers, outcomes counted.
+
+Clients open a new connection per request and send their own `X-Request-ID`, so a request
+the server accepted can be told from one it never saw: the JSON access log names every
+request a worker handled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import psutil
+import pytest
+import requests
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass
+class Outcomes:
+    answered: dict[str, int] = field(default_factory=dict)  # request id -> status
+    retry_after: dict[str, str] = field(default_factory=dict)
+    connection_errors: Counter = field(default_factory=Counter)  # exception name -> count
+    retried: int = 0
+
+
+class LoadClients:
+    """`clients` threads posting one instance each in a loop until stopped; with `retry_once`, a
+    request that fails with a connection error is sent once more (a new id), as a careful client would."""
+
+    def __init__(self, url: str, body: dict, clients: int, retry_once: bool = False):
+        self.outcomes = Outcomes()
+        self._url, self._body, self._retry_once = url, json.dumps(body), retry_once
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._run, args=(i,)) for i in range(clients)]
+
+    def __enter__(self) -> LoadClients:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(60)
+
+    def _send(self, request_id: str) -> requests.Response:
+        headers = {"X-Request-ID": request_id, "Connection": "close", "Content-Type": "application/json"}
+        return requests.post(self._url, data=self._body, headers=headers, timeout=60)
+
+    def _run(self, client: int) -> None:
+        sent = 0
+        while not self._stop.is_set():
+            sent += 1
+            request_id = f"c{client}-{sent}"
+            try:
+                answer = self._send(request_id)
+            except requests.ConnectionError as error:
+                with self._lock:
+                    self.outcomes.connection_errors[_root_cause(error)] += 1
+                if not self._retry_once:
+                    continue
+                request_id += "-retry"
+                try:
+                    answer = self._send(request_id)
+                except requests.ConnectionError as again:
+                    with self._lock:
+                        self.outcomes.connection_errors[f"after retry: {_root_cause(again)}"] += 1
+                    continue
+                with self._lock:
+                    self.outcomes.retried += 1
+            with self._lock:
+                self.outcomes.answered[request_id] = answer.status_code
+                if "Retry-After" in answer.headers:
+                    self.outcomes.retry_after[request_id] = answer.headers["Retry-After"]
+
+
+def wait_until(condition, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} within {timeout_s:.0f} s"
+        time.sleep(0.05)  # polling interval
+
+
+def _root_cause(error: BaseException) -> str:
+    while error.__context__ is not None or error.__cause__ is not None:
+        error = error.__cause__ or error.__context__
+    return type(error).__name__
+
+
+def handled_by_workers(log: str) -> dict[str, int]:
+    """Request id -> status, for every request a worker's app handled (the JSON access events)."""
+    events = (json.loads(line) for line in log.splitlines() if line.startswith("{"))
+    return {e["request_id"]: e["status"] for e in events if e.get("event") == "access" and e["route"] == "/predict"}
+
+
+@pytest.fixture
+def image_body(demo_holdout) -> dict:
+    images, _ = demo_holdout
+    return {"instances": images[:1].tolist()}
+
+
+def test_sigterm_under_load_loses_no_accepted_request(start_server, demo_model_path, image_body):
+    server = start_server(MODEL_PATH=str(demo_model_path), WORKERS="2", LOG_FORMAT="json", GRACEFUL_TIMEOUT_S="20")
+    with LoadClients(f"{server.url}/predict", image_body, clients=16) as load:
+        wait_until(lambda: len(load.outcomes.answered) >= 300, 60, "300 requests served before the signal")
+        signalled = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        code = server.process.wait(60)
+        stopped_after_s = time.monotonic() - signalled
+    outcomes = load.outcomes
+    accepted = handled_by_workers(server.log())
+    lost = [rid for rid in accepted if rid not in outcomes.answered]
+    statuses = Counter(outcomes.answered.values())
+    print(f"SIGTERM: {len(accepted)} accepted, statuses {dict(statuses)}, lost {len(lost)}, "
+          f"refused connections {dict(outcomes.connection_errors)}, stopped in {stopped_after_s:.1f} s")  # fmt: skip
+    assert code == 0 and stopped_after_s < 20
+    assert lost == []
+    assert set(statuses) <= {200, 503}
+    assert all(outcomes.retry_after.get(rid) for rid, status in outcomes.answered.items() if status == 503)
+    assert all(accepted[rid] == status for rid, status in outcomes.answered.items())
+
+
+def test_a_killed_worker_is_replaced_and_a_retrying_client_sees_no_failure(start_server, demo_model_path, image_body):
+    server = start_server(MODEL_PATH=str(demo_model_path), WORKERS="2", LOG_FORMAT="json")
+    master = psutil.Process(server.process.pid)
+    deadline = time.monotonic() + 120
+    while (
+        len(master.children()) < 2
+        or requests.get(f"{server.url}/metrics", timeout=10).text.count("model_server_workers_alive 2.0") == 0
+    ):
+        assert time.monotonic() < deadline, "two workers never served"
+        time.sleep(0.2)  # polling interval
+    with LoadClients(f"{server.url}/predict", image_body, clients=16, retry_once=True) as load:
+        wait_until(lambda: len(load.outcomes.answered) >= 200, 60, "200 requests served before the kill")
+        victim = master.children()[0]
+        killed_at = time.monotonic()
+        os.kill(victim.pid, signal.SIGKILL)
+        while True:  # until a replacement serves: two workers alive in the metrics again
+            assert time.monotonic() - killed_at < 60, "the killed worker was not replaced within 60 s"
+            pids = {p.pid for p in master.children()}
+            metrics = requests.get(f"{server.url}/metrics", timeout=10).text
+            if victim.pid not in pids and len(pids) == 2 and "model_server_workers_alive 2.0" in metrics:
+                break
+            time.sleep(0.1)  # polling interval
+        replaced_after_s = time.monotonic() - killed_at
+        served_before = len(load.outcomes.answered)
+        wait_until(lambda: len(load.outcomes.answered) >= served_before + 200, 60, "200 more served after")
+    outcomes = load.outcomes
+    statuses = Counter(outcomes.answered.values())
+    print(f"kill -9: replaced in {replaced_after_s:.1f} s; statuses {dict(statuses)}; "
+          f"connection errors {dict(outcomes.connection_errors)}; retried {outcomes.retried}")  # fmt: skip
+    assert statuses == {200: sum(statuses.values())}
+    assert not any(kind.startswith("after retry") for kind in outcomes.connection_errors)
