@@ -24,6 +24,7 @@ WsgiApp = Callable[[dict, Callable], Iterable[bytes]]
 ROUTE_KEY = "model_server.route"  # environ key: the route template, set by whoever matched the path
 BATCH_SIZE_KEY = "model_server.batch_size"  # environ key: instances in the request's forward pass
 UNMATCHED_ROUTE = "unmatched"
+LOGGED_PATH_CHARS = 256  # a hostile path must not make a line long enough to interleave with others
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})  # others count as "other"
 
 _USABLE_REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}")  # visible ASCII, at most 128 characters
@@ -67,10 +68,13 @@ class AccessLayer:
         metrics.http_request_duration.labels(route).observe(duration_s)
         if log.isEnabledFor(logging.INFO):
             batch_size = environ.get(BATCH_SIZE_KEY)
+            path = environ.get("PATH_INFO", "")
+            if len(path) > LOGGED_PATH_CHARS:
+                path = path[:LOGGED_PATH_CHARS] + "..."
             log.info(
                 "%s %s %d %.1f ms%s",
                 method,
-                environ.get("PATH_INFO", ""),
+                path,
                 status_code,
                 1000 * duration_s,
                 f" batch {batch_size}" if batch_size is not None else "",
@@ -78,7 +82,7 @@ class AccessLayer:
                     "event": "access",
                     "request_id": request_id,
                     "method": method,
-                    "path": environ.get("PATH_INFO", ""),
+                    "path": path,
                     "route": route,
                     "status": status_code,
                     "duration_ms": round(1000 * duration_s, 3),

@@ -44,7 +44,19 @@ _PASS_ENDED = object()  # queued when a forward pass ends, to wake a thread wait
 
 
 class QueueFull(Exception):
-    """The worker's queue holds `max_queue` instances already; retry later."""
+    """The worker's queue holds `max_queue` instances already; retry after `retry_after_s`."""
+
+    def __init__(self, message: str, retry_after_s: float):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class DeadlineUnreachable(Exception):
+    """Refused at the door: the queue ahead and its own pass would outlast the request's budget."""
+
+    def __init__(self, message: str, retry_after_s: float):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class BatcherClosed(Exception):
@@ -165,13 +177,17 @@ class Batcher:
         """Instances accepted and not yet taken into a forward pass."""
         return self._queued_instances
 
-    def submit(self, payload: Any, size: int = 1, timeout_s: float | None = None) -> Completion:
+    def submit(
+        self, payload: Any, size: int = 1, timeout_s: float | None = None, budget_s: float | None = None
+    ) -> Completion:
         """Queue a request of `size` instances; wait on the returned completion for a BatchOutcome.
 
         Raises QueueFull when the queue is full, BatcherClosed after `close()`, and
         ValueError if `size` is not between 1 and `max_batch_size` (a request is never split).
-        A request still waiting `timeout_s` after it was queued is answered DeadlineExceeded
-        instead of being run.
+        With `budget_s`, raises DeadlineUnreachable when requests are queued and the predicted
+        time to answer this one (`predicted_latency_s`) exceeds it: refused at once rather
+        than accepted to fail late. A request still waiting `timeout_s` after it was queued is
+        answered DeadlineExceeded instead of being run.
         """
         if not 1 <= size <= self.max_batch_size:
             raise ValueError(f"a request must hold 1 to {self.max_batch_size} instances, got {size}")
@@ -182,7 +198,18 @@ class Batcher:
             if self._closed:
                 raise BatcherClosed("the server is shutting down")
             if self._queued_instances + size > self.max_queue:
-                raise QueueFull(f"{self._queued_instances} instances are already waiting (limit {self.max_queue})")
+                raise QueueFull(
+                    f"{self._queued_instances} instances are already waiting (limit {self.max_queue})",
+                    self._drain_seconds(),
+                )
+            if budget_s is not None and self._queued_instances:
+                predicted_s = self._predicted_latency_s(size)
+                if predicted_s > budget_s:
+                    raise DeadlineUnreachable(
+                        f"{self._queued_instances} instances are waiting: an answer would take about "
+                        f"{1000 * predicted_s:.0f} ms, beyond its {1000 * budget_s:.0f} ms",
+                        predicted_s - budget_s + self._full_pass_seconds(),
+                    )
             self._queued_instances += size
             self._in_flight_instances += size
             if self.observations is not None:
@@ -190,6 +217,28 @@ class Batcher:
             self._queue_changed()
             self._queue.put(request)  # under the lock, so nothing lands behind close()'s stop marker
         return request.completion
+
+    def predicted_latency_s(self, size: int = 1) -> float:
+        """Expected time to answer a request of `size` instances submitted now (0 without a cost model)."""
+        with self._lock:
+            return self._predicted_latency_s(size)
+
+    def _predicted_latency_s(self, size: int) -> float:
+        """The queue ahead drained in full batches, then this request's pass; half a pass for one running."""
+        if self.observations is None:
+            return 0.0
+        cost = self.observations.cost_model
+        full = self.preferred_batch_size
+        ahead = self._queued_instances
+        running_s = 0.5 * self._full_pass_seconds() if self._passes_running else 0.0
+        return running_s + (ahead // full) * cost.seconds(full) + cost.seconds(min(full, ahead % full + size))
+
+    def _full_pass_seconds(self) -> float:
+        return self.observations.cost_model.seconds(self.preferred_batch_size) if self.observations else 0.0
+
+    def _drain_seconds(self) -> float:
+        """How long the queue as it is takes to empty, at the measured cost of full batches."""
+        return self._queued_instances / self.preferred_batch_size * self._full_pass_seconds()
 
     def close(self, timeout_s: float = 30.0) -> bool:
         """Refuse new requests, answer every accepted one, stop the thread; True if it stopped in time."""

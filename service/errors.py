@@ -6,6 +6,8 @@ Every client mistake is raised as an `ApiError` subclass and answered as
 
 from __future__ import annotations
 
+import math
+
 import orjson
 
 
@@ -59,5 +61,6 @@ class ServiceUnavailable(ApiError):
 
     status = 503
 
-    def __init__(self, message: str, retry_after_s: int = 1):
-        super().__init__(message, {"Retry-After": str(retry_after_s)})
+    def __init__(self, message: str, retry_after_s: float = 1.0):
+        # Retry-After counts whole seconds; never 0, which would invite an immediate retry.
+        super().__init__(message, {"Retry-After": str(max(1, math.ceil(retry_after_s)))})

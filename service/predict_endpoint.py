@@ -21,7 +21,7 @@ import orjson
 
 from service import metrics
 from service.access import BATCH_SIZE_KEY, ROUTE_KEY
-from service.batcher import BatcherClosed, DeadlineExceeded, QueueFull
+from service.batcher import BatcherClosed, DeadlineExceeded, DeadlineUnreachable, QueueFull
 from service.codec import decode_request, encode_response
 from service.errors import (
     ApiError,
@@ -84,10 +84,15 @@ class PredictEndpoint:
             raise ServiceUnavailable("the model is not ready yet or the worker is shutting down")
         decoded = decode_request(self._read_body(environ), model.signature, server.batcher.max_batch_size)
         try:
-            completion = server.batcher.submit(decoded.inputs, decoded.count, self._timeout_s(environ))
+            timeout_s = self._timeout_s(environ)
+            budget_s = timeout_s if timeout_s is not None else server.settings.latency_slo_ms / 1000
+            completion = server.batcher.submit(decoded.inputs, decoded.count, timeout_s, budget_s)
         except QueueFull as error:
             metrics.rejected_requests.labels("queue_full").inc()
-            raise ServiceUnavailable(f"this worker's queue is full: {error}") from None
+            raise ServiceUnavailable(f"this worker's queue is full: {error}", error.retry_after_s) from None
+        except DeadlineUnreachable as error:
+            metrics.rejected_requests.labels("deadline_unreachable").inc()
+            raise ServiceUnavailable(f"the deadline cannot be met: {error}", error.retry_after_s) from None
         except BatcherClosed:
             metrics.rejected_requests.labels("shutting_down").inc()
             raise ServiceUnavailable("the server is shutting down") from None

@@ -85,7 +85,9 @@ class Settings:
     )
     latency_slo_ms: float = _setting(
         100.0,
-        "`adaptive` policy: no request is held back in the queue past what would make it take longer than this.",
+        "Latency objective: a request whose predicted wait and pass exceed it (or its own deadline) is refused "
+        "with 503 while others queue, `/readyz` answers 503 while new requests would, and under `adaptive` "
+        "no request is held back past it.",
         "ms",
         minimum=1,
     )

@@ -52,7 +52,8 @@ def wait_for_serving_workers(url: str, count: int, timeout_s: float = 120.0) -> 
 
 
 def json_events(log: str) -> list[dict]:
-    return [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    # split on newlines only: str.splitlines() also breaks at U+0085, which a fuzzed path can hold
+    return [json.loads(line) for line in log.split("\n") if line.startswith("{")]
 
 
 def predict_instances(url: str, images, count: int, request_id: str) -> requests.Response:

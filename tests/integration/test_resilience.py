@@ -97,7 +97,7 @@ def _root_cause(error: BaseException) -> str:
 
 def handled_by_workers(log: str) -> dict[str, int]:
     """Request id -> status, for every request a worker's app handled (the JSON access events)."""
-    events = (json.loads(line) for line in log.splitlines() if line.startswith("{"))
+    events = (json.loads(line) for line in log.split("\n") if line.startswith("{"))
     return {e["request_id"]: e["status"] for e in events if e.get("event") == "access" and e["route"] == "/predict"}
 
 

@@ -105,3 +105,10 @@ def test_metrics_endpoint_serves_prometheus_text(client, make_rows):
         "model_server_model_load_duration_seconds",
     ):
         assert name in text, name
+
+
+def test_a_long_path_is_cut_in_the_access_log(client, caplog):
+    caplog.set_level(logging.INFO, logger="model_server.access")
+    client.get("/" + "x" * 10_000)
+    (event,) = access_events(caplog)
+    assert event.path == "/" + "x" * 255 + "..." and len(event.getMessage()) < 400

@@ -230,3 +230,51 @@ def test_the_servers_request_timeout_caps_the_clients(settings, fake_model):
     assert endpoint._timeout_s({"HTTP_X_REQUEST_TIMEOUT_MS": "100"}) == 0.1
     assert endpoint._timeout_s({"HTTP_X_REQUEST_TIMEOUT_MS": "9000"}) == 0.5
     app.extensions["model_server"].close()
+
+
+def test_overload_is_refused_at_the_door_and_readyz_sheds_until_the_queue_drains(
+    settings, fake_model, fake_forward, make_rows
+):
+    from service.cost_model import CostModel
+
+    app = create_app(dataclasses.replace(settings, concurrent_batches=1, latency_slo_ms=100), fake_model)
+    client, server = app.test_client(), app.extensions["model_server"]
+    server.batcher.observations.cost_model = CostModel({1: 0.03, 2: 0.05, 4: 0.08, 8: 0.12})  # a slow model
+    fake_forward.gate.clear()
+    fake_forward.entered.clear()
+
+    def post_in_background():
+        thread = threading.Thread(target=client.post, args=("/predict",), kwargs={"json": {"instances": make_rows(1)}})
+        thread.start()
+        return thread
+
+    threads = [post_in_background()]
+    try:
+        assert fake_forward.entered.wait(10)  # one pass running and held
+        threads.append(post_in_background())  # nothing queued yet: accepted whatever the prediction
+        deadline = time.monotonic() + 10
+        while server.batcher.queue_depth < 1:
+            assert time.monotonic() < deadline
+            threading.Event().wait(0.001)
+        refused_before = rejected("deadline_unreachable")
+        # Half the running pass (60 ms) and a pass of two (50 ms) exceed the 100 ms objective.
+        answer = client.post("/predict", json={"instances": make_rows(1)})
+        assert "deadline cannot be met" in error_of(answer, 503) and answer.headers["Retry-After"] == "1"
+        assert rejected("deadline_unreachable") == refused_before + 1
+        overloaded = client.get("/readyz")
+        assert overloaded.status_code == 503 and overloaded.json["status"] == "overloaded"
+        patient = []  # a request that grants itself 5 s is within its own budget: accepted
+        headers = {"X-Request-Timeout-Ms": "5000"}
+        kwargs = {"json": {"instances": make_rows(1)}, "headers": headers}
+        threads.append(threading.Thread(target=lambda: patient.append(client.post("/predict", **kwargs))))
+        threads[-1].start()
+        while server.batcher.queue_depth < 2:
+            assert time.monotonic() < deadline
+            threading.Event().wait(0.001)
+    finally:
+        fake_forward.gate.set()
+        for thread in threads:
+            thread.join(10)
+    assert patient[0].status_code == 200
+    assert client.get("/readyz").status_code == 200  # drained: ready again
+    server.close()

@@ -11,7 +11,14 @@ import time
 import pytest
 
 from service.batch_policy import AdaptivePolicy, FixedTimeout, Observations
-from service.batcher import Batcher, BatcherClosed, BatchSizeMismatch, DeadlineExceeded, QueueFull
+from service.batcher import (
+    Batcher,
+    BatcherClosed,
+    BatchSizeMismatch,
+    DeadlineExceeded,
+    DeadlineUnreachable,
+    QueueFull,
+)
 from service.cost_model import CostModel
 
 ANSWER_TIMEOUT_S = 10
@@ -381,3 +388,27 @@ def test_a_request_whose_deadline_passed_in_the_queue_is_not_run(make_batcher, p
     assert predict.batches == [[1], [3, 4]]  # no forward pass spent on 2
     assert batcher.close(timeout_s=ANSWER_TIMEOUT_S)
     assert batcher.stats.expired == 1 and batcher.queue_depth == 0
+
+
+def test_admission_refuses_what_the_queue_makes_too_late_and_says_when_to_retry(make_batcher, predict):
+    costs = Observations(CostModel({1: 0.010, 2: 0.012, 4: 0.020}))
+    # One pass at a time, so the nine queued below stay queued while the first pass is held.
+    batcher = make_batcher(max_batch_size=4, max_queue=12, observations=costs, concurrent_batches=1)
+    predict.hold()
+    running = batcher.submit(0)
+    predict.wait_for_batch()
+    first = batcher.submit(1, budget_s=0.001)  # nothing queued: never refused, whatever the budget
+    queued = [first, *(batcher.submit(i, size=1) for i in range(2, 10))]  # 9 waiting
+    # ahead 9 = two full passes (40 ms) + a pass of 2 (12 ms) + half the running pass (10 ms)
+    assert batcher.predicted_latency_s(1) == pytest.approx(0.062)
+    with pytest.raises(DeadlineUnreachable) as refused:
+        batcher.submit(99, budget_s=0.050)
+    assert refused.value.retry_after_s == pytest.approx(0.062 - 0.050 + 0.020)
+    accepted = batcher.submit(100, budget_s=0.100)
+    with pytest.raises(QueueFull) as full:
+        batcher.submit(101, size=3)
+    assert full.value.retry_after_s == pytest.approx(10 / 4 * 0.020)  # ten waiting, drained in full passes
+    predict.gate.set()
+    for completion in [running, *queued, accepted]:
+        completion.wait(ANSWER_TIMEOUT_S)
+    assert batcher.predicted_latency_s(1) <= 0.010 + 1e-9
