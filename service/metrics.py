@@ -43,7 +43,8 @@ http_request_duration = Histogram(
 )
 rejected_requests = Counter(
     "model_server_rejected_requests",
-    "Predict requests refused without a forward pass, by reason.",
+    "Predict requests answered without a forward pass, by reason (queue_full, deadline_unreachable, deadline, "
+    "shutting_down, not_ready).",
     ["reason"],
 )
 queue_wait = Histogram(
