@@ -104,25 +104,37 @@ def test_body_over_the_limit_gets_413(client):
     error_of(client.post("/predict", data=b"[" + b"0," * 4096 + b"0]"), 413)
 
 
+class BackgroundPost(threading.Thread):
+    """A POST /predict from its own thread (it blocks while the fake model is held); `answer` once joined."""
+
+    def __init__(self, client, instances: list, headers: dict | None = None):
+        super().__init__()
+        self.answer = None
+        self._call = lambda: client.post("/predict", json={"instances": instances}, headers=headers or {})
+        self.start()
+
+    def run(self):
+        self.answer = self._call()
+
+
+def wait_for_queue_depth(server, instances: int) -> None:
+    deadline = time.monotonic() + 10
+    while server.batcher.queue_depth < instances:  # polling, not a sleep to make timing happen
+        assert time.monotonic() < deadline, f"only {server.batcher.queue_depth} instances queued"
+        threading.Event().wait(0.001)
+
+
 def test_full_queue_gets_503_with_retry_after(settings, fake_model, fake_forward, make_rows):
     app = create_app(dataclasses.replace(settings, concurrent_batches=1), fake_model)
     client, server = app.test_client(), app.extensions["model_server"]
     fake_forward.gate.clear()
     fake_forward.entered.clear()
 
-    def post_full_request():
-        thread = threading.Thread(target=client.post, args=("/predict",), kwargs={"json": {"instances": make_rows(8)}})
-        thread.start()
-        return thread
-
-    threads = [post_full_request()]
+    threads = [BackgroundPost(client, make_rows(8))]
     try:
         assert fake_forward.entered.wait(10)  # the first request is running and holds the batcher
-        threads += [post_full_request(), post_full_request()]  # 16 instances queued: the limit
-        deadline = time.monotonic() + 10
-        while server.batcher.queue_depth < 16:  # poll until both requests are queued
-            assert time.monotonic() < deadline, f"only {server.batcher.queue_depth} instances queued"
-            threading.Event().wait(0.001)
+        threads += [BackgroundPost(client, make_rows(8)), BackgroundPost(client, make_rows(8))]
+        wait_for_queue_depth(server, 16)  # the limit
         refused_before = rejected("queue_full")
         answer = client.post("/predict", json={"instances": make_rows(1)})
         assert "queue is full" in error_of(answer, 503)
@@ -193,21 +205,11 @@ def test_a_request_past_its_deadline_in_the_queue_gets_504_and_is_not_run(
     warm_up_passes = len(fake_forward.batch_sizes)
     fake_forward.gate.clear()
     fake_forward.entered.clear()
-    first = threading.Thread(target=client.post, args=("/predict",), kwargs={"json": {"instances": make_rows(1)}})
-    first.start()
-    answers = []
+    first = BackgroundPost(client, make_rows(1))
     try:
         assert fake_forward.entered.wait(10)  # the first request holds the model
-        late = threading.Thread(
-            target=lambda: answers.append(
-                client.post("/predict", json={"instances": make_rows(2)}, headers={"X-Request-Timeout-Ms": "1"})
-            )
-        )
-        late.start()
-        deadline = time.monotonic() + 10
-        while server.batcher.queue_depth < 2:  # poll until it is queued behind the running pass
-            assert time.monotonic() < deadline
-            threading.Event().wait(0.001)
+        late = BackgroundPost(client, make_rows(2), {"X-Request-Timeout-Ms": "1"})
+        wait_for_queue_depth(server, 2)  # queued behind the running pass
         queued_at = time.monotonic()
         while time.monotonic() < queued_at + 0.005:  # let its 1 ms deadline pass, by the clock
             threading.Event().wait(0.001)
@@ -215,7 +217,7 @@ def test_a_request_past_its_deadline_in_the_queue_gets_504_and_is_not_run(
         fake_forward.gate.set()
         first.join(10)
     late.join(10)
-    assert "deadline passed" in error_of(answers[0], 504)
+    assert "deadline passed" in error_of(late.answer, 504)
     assert fake_forward.batch_sizes[warm_up_passes:] == [1]  # the late request's rows never reached the model
     assert server.batcher.stats.expired == 1
     server.close()
@@ -243,19 +245,11 @@ def test_overload_is_refused_at_the_door_and_readyz_sheds_until_the_queue_drains
     fake_forward.gate.clear()
     fake_forward.entered.clear()
 
-    def post_in_background():
-        thread = threading.Thread(target=client.post, args=("/predict",), kwargs={"json": {"instances": make_rows(1)}})
-        thread.start()
-        return thread
-
-    threads = [post_in_background()]
+    threads = [BackgroundPost(client, make_rows(1))]
     try:
         assert fake_forward.entered.wait(10)  # one pass running and held
-        threads.append(post_in_background())  # nothing queued yet: accepted whatever the prediction
-        deadline = time.monotonic() + 10
-        while server.batcher.queue_depth < 1:
-            assert time.monotonic() < deadline
-            threading.Event().wait(0.001)
+        threads.append(BackgroundPost(client, make_rows(1)))  # nothing queued yet: accepted whatever the prediction
+        wait_for_queue_depth(server, 1)
         refused_before = rejected("deadline_unreachable")
         # Half the running pass (60 ms) and a pass of two (50 ms) exceed the 100 ms objective.
         answer = client.post("/predict", json={"instances": make_rows(1)})
@@ -263,18 +257,13 @@ def test_overload_is_refused_at_the_door_and_readyz_sheds_until_the_queue_drains
         assert rejected("deadline_unreachable") == refused_before + 1
         overloaded = client.get("/readyz")
         assert overloaded.status_code == 503 and overloaded.json["status"] == "overloaded"
-        patient = []  # a request that grants itself 5 s is within its own budget: accepted
-        headers = {"X-Request-Timeout-Ms": "5000"}
-        kwargs = {"json": {"instances": make_rows(1)}, "headers": headers}
-        threads.append(threading.Thread(target=lambda: patient.append(client.post("/predict", **kwargs))))
-        threads[-1].start()
-        while server.batcher.queue_depth < 2:
-            assert time.monotonic() < deadline
-            threading.Event().wait(0.001)
+        patient = BackgroundPost(client, make_rows(1), {"X-Request-Timeout-Ms": "5000"})  # within its own budget
+        threads.append(patient)
+        wait_for_queue_depth(server, 2)
     finally:
         fake_forward.gate.set()
         for thread in threads:
             thread.join(10)
-    assert patient[0].status_code == 200
+    assert patient.answer.status_code == 200
     assert client.get("/readyz").status_code == 200  # drained: ready again
     server.close()
