@@ -66,6 +66,15 @@ class Settings:
         minimum=0,
     )
     graceful_timeout_s: int = _setting(30, "Time a worker has to finish its requests after SIGTERM.", "s", minimum=1)
+    max_requests: int = _setting(
+        0,
+        "Recycle a worker after this many requests (it finishes them first; a new one loads meanwhile), to bound "
+        "slow leaks; 0 means never.",
+        minimum=0,
+    )
+    max_requests_jitter: int = _setting(
+        0, "Up to this many more requests per worker, at random, so workers do not all recycle at once.", minimum=0
+    )
 
     # Batching
     batch_policy: str = _setting(

@@ -159,3 +159,21 @@ def test_a_killed_worker_is_replaced_and_a_retrying_client_sees_no_failure(start
           f"connection errors {dict(outcomes.connection_errors)}; retried {outcomes.retried}")  # fmt: skip
     assert statuses == {200: sum(statuses.values())}
     assert not any(kind.startswith("after retry") for kind in outcomes.connection_errors)
+
+
+def test_workers_recycled_by_max_requests_drop_no_request(start_server, demo_model_path, image_body):
+    server = start_server(
+        MODEL_PATH=str(demo_model_path), WORKERS="2", MAX_REQUESTS="150", MAX_REQUESTS_JITTER="50", LOG_FORMAT="json"
+    )
+    master = psutil.Process(server.process.pid)
+    first_workers = {p.pid for p in master.children()}
+    with LoadClients(f"{server.url}/predict", image_body, clients=8) as load:
+        wait_until(lambda: len(load.outcomes.answered) >= 1000, 120, "1,000 requests answered")
+    statuses = Counter(load.outcomes.answered.values())
+    events = [json.loads(line) for line in server.log().split("\n") if line.startswith("{")]
+    workers_seen = {event["pid"] for event in events if event.get("event") == "access"}
+    errors = dict(load.outcomes.connection_errors)
+    print(f"max_requests: {sum(statuses.values())} answered {dict(statuses)}, connection errors {errors}, "
+          f"{len(workers_seen)} worker processes served")  # fmt: skip
+    assert len(workers_seen - first_workers) >= 2, "workers were recycled"
+    assert statuses == {200: sum(statuses.values())} and not load.outcomes.connection_errors

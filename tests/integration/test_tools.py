@@ -78,3 +78,14 @@ def test_bench_measures_ours_and_the_baseline(demo_model_path, tmp_path, footpri
         assert float(cells[2]) > 0 and float(cells[3]) > 0  # throughput, and the in-process limit around it
         assert cells[11] == "0"  # errors
     assert "In-process limit, measured around each row: batch 1 takes" in table
+
+
+def test_soak_reports_each_workers_memory_growth(demo_model_path, footprint_cache):
+    done = subprocess.run(
+        [sys.executable, "scripts/soak.py", "--model", str(demo_model_path), "--requests", "1000",
+         "--max-growth", "0.5", "--env", f"FOOTPRINT_CACHE={footprint_cache}"],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    summary = done.stdout.strip().splitlines()[-1]
+    assert ", 0 failed; RSS growth per worker: " in summary and "%" in summary
