@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from loadgen import sample_body
 
-from service.launcher import PROJECT_ROOT, free_port
+from service.launcher import PROJECT_ROOT, ServerFailedToStart, free_port, wait_until_ready
 
 READY_TIMEOUT_S = 300.0
 _VARIABLE = re.compile(r"\$\{(\w+)\}|\$(\w+)")
@@ -184,7 +184,10 @@ def serve_and_check(command: list[str], state: ImageState) -> None:
     print(f"CMD {command} on port {port}", flush=True)
     server = subprocess.Popen(command, cwd=state.path("."), env=env, start_new_session=True)
     try:
-        _wait_ready(url, server)
+        try:
+            wait_until_ready(url, server, READY_TIMEOUT_S)
+        except ServerFailedToStart as error:
+            raise StepFailed(f"CMD: {error}") from None
         model_name = json.load(urllib.request.urlopen(f"{url}/readyz", timeout=10))["model"]
         request = urllib.request.Request(f"{url}/predict", data=sample_body(url, model_name), method="POST")
         with urllib.request.urlopen(request, timeout=30) as answer:
@@ -201,21 +204,6 @@ def serve_and_check(command: list[str], state: ImageState) -> None:
     if code != 0:
         raise StepFailed(f"the server exited with {code} after SIGTERM")
     print("  stopped cleanly on SIGTERM")
-
-
-def _wait_ready(url: str, server: subprocess.Popen) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise StepFailed(f"the server exited with {server.returncode} before it was ready")
-        try:
-            with urllib.request.urlopen(f"{url}/readyz", timeout=2) as answer:
-                if answer.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        time.sleep(0.5)
-    raise StepFailed(f"not ready within {READY_TIMEOUT_S:.0f} s")
 
 
 def main() -> int:

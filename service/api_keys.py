@@ -10,7 +10,7 @@ from __future__ import annotations
 import hmac
 from collections.abc import Callable, Iterable
 
-from service.errors import error_body
+from service.errors import ApiError, Forbidden, Unauthorized, error_body, write_json
 
 WsgiApp = Callable[[dict, Callable], Iterable[bytes]]
 
@@ -36,17 +36,17 @@ class ApiKeyGuard:
         path = environ.get("PATH_INFO", "")
         if path in OPEN_PATHS or path.startswith(OPEN_PREFIXES):
             return self._app(environ, start_response)
-        presented = _presented_key(environ)
-        if presented is None:
-            return _refuse(
-                start_response,
-                "401 Unauthorized",
-                "this server needs an API key: send `Authorization: Bearer <key>` or `X-API-Key: <key>`",
-                [("WWW-Authenticate", 'Bearer realm="model-server"')],
-            )
-        if not self._is_known(presented):
-            return _refuse(start_response, "403 Forbidden", "this API key is not valid here", [])
+        try:
+            self._check(_presented_key(environ))
+        except ApiError as error:
+            return write_json(start_response, error.status, error_body(error.message), error.headers)
         return self._app(environ, start_response)
+
+    def _check(self, presented: bytes | None) -> None:
+        if presented is None:
+            raise Unauthorized("this server needs an API key: send `Authorization: Bearer <key>` or `X-API-Key: <key>`")
+        if not self._is_known(presented):
+            raise Forbidden("this API key is not valid here")
 
     def _is_known(self, presented: bytes) -> bool:
         matched = False
@@ -62,9 +62,3 @@ def _presented_key(environ: dict) -> bytes | None:
         scheme, _, credentials = environ.get("HTTP_AUTHORIZATION", "").partition(" ")
         header = credentials.strip() if scheme.lower() == "bearer" else ""
     return header.encode("latin-1") if header else None
-
-
-def _refuse(start_response: Callable, status: str, message: str, headers: list) -> list[bytes]:
-    body = error_body(message)
-    start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(body))), *headers])
-    return [body]

@@ -7,6 +7,8 @@ Every client mistake is raised as an `ApiError` subclass and answered as
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from http import HTTPStatus
 
 import orjson
 
@@ -14,6 +16,15 @@ import orjson
 def error_body(message: str) -> bytes:
     """The JSON body of every error answer."""
     return orjson.dumps({"error": message})
+
+
+def write_json(start_response: Callable, status: int, body: bytes, headers: dict[str, str]) -> list[bytes]:
+    """Answer a WSGI request outside Flask with a JSON `body` (an error's or a result's)."""
+    start_response(
+        f"{status} {HTTPStatus(status).phrase}",
+        [("Content-Type", "application/json"), ("Content-Length", str(len(body))), *headers.items()],
+    )
+    return [body]
 
 
 class ApiError(Exception):
@@ -27,6 +38,19 @@ class ApiError(Exception):
 
 class BadRequest(ApiError):
     status = 400
+
+
+class Unauthorized(ApiError):
+    """API keys are on and the request carries none."""
+
+    status = 401
+
+    def __init__(self, message: str):
+        super().__init__(message, {"WWW-Authenticate": 'Bearer realm="model-server"'})
+
+
+class Forbidden(ApiError):
+    status = 403
 
 
 class NotFound(ApiError):

@@ -32,6 +32,22 @@ def free_port() -> int:
 SERVICE_COMMAND = ("-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app")
 
 
+def wait_until_ready(url: str, process: subprocess.Popen, timeout_s: float) -> None:
+    """Poll `url`/readyz until it answers 200; ServerFailedToStart if `process` exits or time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise ServerFailedToStart(f"the server exited with {process.returncode} before it was ready")
+        try:
+            with urllib.request.urlopen(url + "/readyz", timeout=2) as answer:
+                if answer.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.1)  # polling interval, not a wait for readiness
+    raise ServerFailedToStart(f"not ready after {timeout_s:.0f} s")
+
+
 class LiveServer:
     """`gunicorn -c gunicorn.conf.py wsgi:app` with the given settings (environment variables).
 
@@ -61,19 +77,11 @@ class LiveServer:
         return self
 
     def wait_ready(self, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise ServerFailedToStart(f"gunicorn exited with {self.process.returncode}:\n{self.log()[-4000:]}")
-            try:
-                with urllib.request.urlopen(self.url + "/readyz", timeout=2) as answer:
-                    if answer.status == 200:
-                        return
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            time.sleep(0.1)  # polling interval, not a wait for readiness
-        self.stop()
-        raise ServerFailedToStart(f"not ready after {timeout_s:.0f} s:\n{self.log()[-4000:]}")
+        try:
+            wait_until_ready(self.url, self.process, timeout_s)
+        except ServerFailedToStart as error:
+            self.stop()
+            raise ServerFailedToStart(f"{error}:\n{self.log()[-4000:]}") from None
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -14,7 +14,6 @@ import logging
 import math
 import re
 from collections.abc import Callable, Iterable
-from http import HTTPStatus
 from typing import TYPE_CHECKING
 
 import orjson
@@ -32,6 +31,7 @@ from service.errors import (
     ServiceUnavailable,
     UnprocessableContent,
     error_body,
+    write_json,
 )
 from service.model import InputRejected
 
@@ -67,11 +67,7 @@ class PredictEndpoint:
         except Exception as error:
             log.exception("unexpected error")
             status, body, headers = 500, error_body(f"internal error: {type(error).__name__}"), {}
-        start_response(
-            f"{status} {HTTPStatus(status).phrase}",
-            [("Content-Type", "application/json"), ("Content-Length", str(len(body))), *headers.items()],
-        )
-        return [body]
+        return write_json(start_response, status, body, headers)
 
     def _predict(self, match: re.Match, environ: dict) -> tuple[bytes, dict[str, str]]:
         if environ["REQUEST_METHOD"] != "POST":
