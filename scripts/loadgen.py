@@ -11,8 +11,14 @@ the `X-Batch-Size` the server reported are recorded.
   real users do; latency is measured from the scheduled send time, so a stalled server
   cannot hide its queueing (no coordinated omission).
 
+With `--expect FILE` (a JSON object of `instances` and the `predictions` the model gives
+for them) each request carries one of those instances, and every 200 is checked against
+its own prediction: a server that mixes up answers under load is caught. Every 503 must
+carry `Retry-After`; those that do not are counted.
+
     python scripts/loadgen.py --url http://127.0.0.1:8000 -c 32 -d 10
     python scripts/loadgen.py --url http://127.0.0.1:8000 --rate 300 -d 10
+    python scripts/loadgen.py --url http://127.0.0.1:8000 -c 64 -d 30 --expect answers.json
 """
 
 from __future__ import annotations
@@ -55,7 +61,10 @@ class LoadResult:
     level: float  # clients (closed) or requests per second (open)
     duration_s: float = 0.0
     latencies_s: list[float] = field(default_factory=list)
+    latencies_by_status_s: dict[int, list[float]] = field(default_factory=dict)
     statuses: dict[int, int] = field(default_factory=dict)
+    wrong_answers: int = 0  # 200s whose predictions differ from the expected ones (--expect)
+    missing_retry_after: int = 0  # 503s without Retry-After
     batch_sizes: list[int] = field(default_factory=list)
     connection_errors: int = 0
     connection_error_kinds: dict[str, int] = field(default_factory=dict)  # exception name -> count
@@ -106,48 +115,107 @@ class LoadResult:
             "throughput_rps": round(self.throughput_rps, 1),
             "p50_ms": round(self.percentile_ms(0.50), 2),
             "p99_ms": round(self.percentile_ms(0.99), 2),
+            "by_status": {
+                str(status): {
+                    "count": len(latencies),
+                    "p50_ms": round(1000 * percentile(latencies, 0.50), 2),
+                    "p99_ms": round(1000 * percentile(latencies, 0.99), 2),
+                    "max_ms": round(1000 * max(latencies), 2),
+                }
+                for status, latencies in sorted(self.latencies_by_status_s.items())
+            },
+            "wrong_answers": self.wrong_answers,
+            "missing_retry_after": self.missing_retry_after,
             "mean_batch": round(self.mean_batch_size, 2),
             "client_cpu_percent": round(self.client_cpu_percent, 1),
         }
+
+
+@dataclass
+class _Answer:
+    status: int
+    body: bytes
+    batch_size: int | None = None  # X-Batch-Size
+    retry_after: str | None = None
+    closing: bool = False  # the server closes the connection after it
 
 
 class _Connection:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
         self.reader, self.writer = reader, writer
 
-    async def exchange(self, request: bytes) -> tuple[int, int | None, bool]:
-        """Send one request, read the whole answer: (status, X-Batch-Size, server closes)."""
+    async def exchange(self, request: bytes) -> _Answer:
+        """Send one request and read the whole answer."""
         self.writer.write(request)
         status_line = await self.reader.readline()
         if not status_line:
             raise ConnectionError("server closed the connection")
-        status = int(status_line.split()[1])
-        length, batch_size, closing = 0, None, False
+        answer, length = _Answer(int(status_line.split()[1]), b""), 0
         while (line := await self.reader.readline()) not in (b"\r\n", b""):
             name, _, value = line.decode("latin-1").partition(":")
-            name = name.strip().lower()
+            name, value = name.strip().lower(), value.strip()
             if name == "content-length":
                 length = int(value)
             elif name == "x-batch-size":
-                batch_size = int(value)
-            elif name == "connection" and value.strip().lower() == "close":
-                closing = True
-        await self.reader.readexactly(length)
-        return status, batch_size, closing
+                answer.batch_size = int(value)
+            elif name == "retry-after":
+                answer.retry_after = value
+            elif name == "connection" and value.lower() == "close":
+                answer.closing = True
+        answer.body = await self.reader.readexactly(length)
+        return answer
 
     def close(self) -> None:
         self.writer.close()
 
 
+@dataclass
+class Workload:
+    """The request bodies to send in turn and, when known, the predictions each must get back."""
+
+    bodies: list[bytes]
+    expected: list | None = None  # expected[i]: the `predictions` of bodies[i]
+
+    @classmethod
+    def single(cls, body: bytes) -> Workload:
+        return cls([body])
+
+    @classmethod
+    def from_answers(cls, answers: dict) -> Workload:
+        """One single-instance body per instance of `answers` ({"instances": [...], "predictions": [...]})."""
+        pairs = list(zip(answers["instances"], answers["predictions"], strict=True))
+        return cls([json.dumps({"instances": [i]}).encode() for i, _ in pairs], [[p] for _, p in pairs])
+
+
+def _close_enough(got, expected, tolerance: float = 1e-4) -> bool:
+    """Nested lists equal within a relative (and, near zero, absolute) tolerance: a batch may round differently."""
+    if isinstance(expected, list):
+        return (
+            isinstance(got, list)
+            and len(got) == len(expected)
+            and all(_close_enough(g, e, tolerance) for g, e in zip(got, expected, strict=True))
+        )
+    return isinstance(got, (int, float)) and math.isclose(got, expected, rel_tol=tolerance, abs_tol=tolerance)
+
+
 class _Target:
-    def __init__(self, url: str, path: str, body: bytes):
+    def __init__(self, url: str, path: str, workload: Workload):
         parsed = urllib.parse.urlsplit(url)
         self.host, self.port = parsed.hostname, parsed.port or 80
-        head = (
+        self.workload = workload
+        self.requests = [
             f"POST {path} HTTP/1.1\r\nHost: {parsed.netloc}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n"
-        )
-        self.request = head.encode() + body
+            f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+            for body in workload.bodies
+        ]
+        self._sent = 0
+
+    def next_request(self) -> tuple[bytes, int]:
+        """The next request in turn, and its index in the workload."""
+        index = self._sent % len(self.requests)
+        self._sent += 1
+        return self.requests[index], index
 
     async def connect(self) -> _Connection:
         # A saturated listen backlog drops SYNs, and TCP would retry them for minutes.
@@ -155,24 +223,38 @@ class _Target:
         return _Connection(*streams)
 
 
-def _record(result: LoadResult, status: int, batch_size: int | None, latency_s: float) -> None:
+def _record(result: LoadResult, target: _Target, index: int, answer: _Answer, latency_s: float) -> None:
     result.latencies_s.append(latency_s)
-    result.statuses[status] = result.statuses.get(status, 0) + 1
-    if batch_size is not None:
-        result.batch_sizes.append(batch_size)
+    result.latencies_by_status_s.setdefault(answer.status, []).append(latency_s)
+    result.statuses[answer.status] = result.statuses.get(answer.status, 0) + 1
+    if answer.batch_size is not None:
+        result.batch_sizes.append(answer.batch_size)
+    if answer.status == 503 and not answer.retry_after:
+        result.missing_retry_after += 1
+    expected = target.workload.expected
+    if answer.status == 200 and expected is not None:
+        try:
+            predictions = json.loads(answer.body)["predictions"]
+        except (ValueError, KeyError, TypeError):
+            predictions = None
+        if not _close_enough(predictions, expected[index]):
+            result.wrong_answers += 1
 
 
-async def _closed_client(target: _Target, stop_at: float, result: LoadResult) -> None:
+async def _closed_client(target: _Target, stop_at: float, result: LoadResult, honor_retry_after: bool) -> None:
     connection = None
     while time.monotonic() < stop_at:
         try:
             connection = connection or await target.connect()
+            request, index = target.next_request()
             started = time.perf_counter()
-            status, batch_size, closing = await asyncio.wait_for(connection.exchange(target.request), REQUEST_TIMEOUT_S)
-            _record(result, status, batch_size, time.perf_counter() - started)
-            if closing:
+            answer = await asyncio.wait_for(connection.exchange(request), REQUEST_TIMEOUT_S)
+            _record(result, target, index, answer, time.perf_counter() - started)
+            if answer.closing:
                 connection.close()
                 connection = None
+            if honor_retry_after and answer.status == 503 and answer.retry_after:
+                await asyncio.sleep(min(_seconds(answer.retry_after), max(0.0, stop_at - time.monotonic())))
         except _CLIENT_ERRORS as error:
             result.count_connection_error(type(error).__name__)
             if connection is not None:
@@ -185,6 +267,7 @@ async def _closed_client(target: _Target, stop_at: float, result: LoadResult) ->
 
 async def _open_request(target: _Target, idle: list, scheduled_at: float, result: LoadResult, open_count: list):
     connection = None
+    request, index = target.next_request()
     for attempt in range(2):
         # A kept-alive connection the server has since closed (KEEPALIVE_S) fails at once: retry once on a
         # new one, as HTTP clients' pools do, never on another idle one that may be just as stale.
@@ -197,7 +280,7 @@ async def _open_request(target: _Target, idle: list, scheduled_at: float, result
                     return
                 open_count[0] += 1
                 connection = await target.connect()
-            status, batch_size, closing = await asyncio.wait_for(connection.exchange(target.request), REQUEST_TIMEOUT_S)
+            answer = await asyncio.wait_for(connection.exchange(request), REQUEST_TIMEOUT_S)
         except _CLIENT_ERRORS as error:
             if connection is not None:
                 connection.close()
@@ -206,8 +289,8 @@ async def _open_request(target: _Target, idle: list, scheduled_at: float, result
                 continue
             result.count_connection_error(f"{type(error).__name__} on a {'reused' if reused else 'new'} connection")
             return
-        _record(result, status, batch_size, time.perf_counter() - scheduled_at)
-        if closing:
+        _record(result, target, index, answer, time.perf_counter() - scheduled_at)
+        if answer.closing:
             connection.close()
             open_count[0] -= 1
         else:
@@ -225,22 +308,42 @@ def _timed(result: LoadResult, coroutine_factory) -> LoadResult:
     return result
 
 
-def run_closed_loop(url: str, body: bytes, concurrency: int, duration_s: float, path: str = "/predict") -> LoadResult:
-    """Drive `concurrency` clients against `url + path` for `duration_s` seconds."""
-    target, result = _Target(url, path, body), LoadResult("closed", concurrency)
+def _seconds(retry_after: str) -> float:
+    """Retry-After in seconds (this server sends whole seconds; an HTTP date counts as one second)."""
+    try:
+        return max(0.0, float(retry_after))
+    except ValueError:
+        return 1.0
+
+
+def run_closed_loop(
+    url: str,
+    body: bytes | Workload,
+    concurrency: int,
+    duration_s: float,
+    path: str = "/predict",
+    honor_retry_after: bool = False,
+) -> LoadResult:
+    """Drive `concurrency` clients against `url + path` for `duration_s` seconds.
+
+    A client sends its next request as soon as it has an answer; with `honor_retry_after`, after a 503 it
+    first waits as long as the answer's `Retry-After` says, as a well-behaved client does.
+    """
+    target, result = _Target(url, path, _workload(body)), LoadResult("closed", concurrency)
 
     async def main():
         stop_at = time.monotonic() + duration_s
-        await asyncio.gather(*(_closed_client(target, stop_at, result) for _ in range(concurrency)))
+        clients = (_closed_client(target, stop_at, result, honor_retry_after) for _ in range(concurrency))
+        await asyncio.gather(*clients)
 
     return _timed(result, main)
 
 
 def run_open_loop(
-    url: str, body: bytes, rate_rps: float, duration_s: float, path: str = "/predict", seed: int = 0
+    url: str, body: bytes | Workload, rate_rps: float, duration_s: float, path: str = "/predict", seed: int = 0
 ) -> LoadResult:
     """Send requests at Poisson arrivals of `rate_rps` for `duration_s` seconds, then wait for the answers."""
-    target, result = _Target(url, path, body), LoadResult("open", rate_rps)
+    target, result = _Target(url, path, _workload(body)), LoadResult("open", rate_rps)
     arrivals = random.Random(seed)
 
     async def main():
@@ -265,6 +368,10 @@ def run_open_loop(
     return _timed(result, main)
 
 
+def _workload(body: bytes | Workload) -> Workload:
+    return body if isinstance(body, Workload) else Workload.single(body)
+
+
 def sample_body(url: str, model_name: str, instances: int = 1) -> bytes:
     """A predict body of `instances` rows shaped after the model's first input, from its metadata."""
     with urllib.request.urlopen(f"{url}/v1/models/{model_name}/metadata") as answer:
@@ -278,19 +385,26 @@ def main() -> None:
     parser.add_argument("--url", default="http://127.0.0.1:8000")
     parser.add_argument("--model", default="digits", help="model name, to shape the request from its metadata")
     parser.add_argument("--body", help="file holding the JSON request body (default: built from the metadata)")
+    parser.add_argument("--expect", help="JSON file of `instances` and their `predictions`: send those, check the 200s")
     parser.add_argument("-c", "--concurrency", type=int, default=8, help="closed loop: number of clients")
     parser.add_argument("--rate", type=float, help="open loop: requests per second (instead of --concurrency)")
     parser.add_argument("-d", "--duration", type=float, default=10.0, help="seconds")
+    parser.add_argument(
+        "--honor-retry-after", action="store_true", help="closed loop: after a 503, wait as its Retry-After says"
+    )
     args = parser.parse_args()
-    if args.body:
-        with open(args.body, "rb") as stream:
-            body = stream.read()
+    if args.expect:
+        body = Workload.from_answers(json.loads(Path(args.expect).read_text()))
+    elif args.body:
+        body = Path(args.body).read_bytes()
     else:
         body = sample_body(args.url, args.model)
     if args.rate:
         result = run_open_loop(args.url, body, args.rate, args.duration)
     else:
-        result = run_closed_loop(args.url, body, args.concurrency, args.duration)
+        result = run_closed_loop(
+            args.url, body, args.concurrency, args.duration, honor_retry_after=args.honor_retry_after
+        )
     print(json.dumps(result.summary()))
 
 

@@ -62,7 +62,7 @@ class FormingBatch:
 
 
 class Observations:
-    """What a worker measures about itself for its policy: pass costs and arrivals."""
+    """What a worker measures about itself for its policy and its admission: pass costs and arrivals."""
 
     def __init__(self, cost_model: CostModel, arrivals: ArrivalEstimator | None = None):
         self.cost_model = cost_model
@@ -74,6 +74,8 @@ class Observations:
     def pass_ended(self, now: float, instances: int, seconds: float, ran_alone: bool) -> None:
         if ran_alone:
             self.cost_model.observe(instances, seconds)
+        else:
+            self.cost_model.observe_beside(instances, seconds)
         self.arrivals.pass_ended(now, instances)
 
     def describe(self, now: float) -> dict:

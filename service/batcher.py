@@ -86,7 +86,8 @@ class PendingRequest:
     size: int
     enqueued_at: float
     completion: Completion = field(repr=False)
-    deadline: float | None = None  # on the batcher's clock
+    deadline: float | None = None  # on the batcher's clock: answered DeadlineExceeded if still queued then
+    due: float | None = None  # on the batcher's clock: admitted because its answer was predicted by then
 
 
 class BatcherObserver(Protocol):
@@ -162,11 +163,13 @@ class Batcher:
         self._clock = clock
         self._queue = new_queue()
         self._held_over: collections.deque[PendingRequest] = collections.deque()
+        self._waiting: collections.deque[PendingRequest] = collections.deque()  # queued, oldest first
         self._lock = new_lock()
         self._queued_instances = 0
         self._in_flight_instances = 0
         self._passes_running = 0
         self._passes_started = 0
+        self._expected_ends: dict[int, float] = {}  # running pass (its number) -> when it should end
         self._forming = new_lock()  # held by the one thread forming a batch
         self._closed = False
         self.stats = BatcherStats()
@@ -184,16 +187,16 @@ class Batcher:
 
         Raises QueueFull when the queue is full, BatcherClosed after `close()`, and
         ValueError if `size` is not between 1 and `max_batch_size` (a request is never split).
-        With `budget_s`, raises DeadlineUnreachable when requests are queued and the predicted
-        time to answer this one (`predicted_latency_s`) exceeds it: refused at once rather
-        than accepted to fail late. A request still waiting `timeout_s` after it was queued is
-        answered DeadlineExceeded instead of being run.
+        With `budget_s`, raises DeadlineUnreachable when waiting would make it late (see
+        `check_admission`): refused at once rather than accepted to fail late. A request still
+        waiting `timeout_s` after it was queued is answered DeadlineExceeded instead of being run.
         """
         if not 1 <= size <= self.max_batch_size:
             raise ValueError(f"a request must hold 1 to {self.max_batch_size} instances, got {size}")
         now = self._clock()
         deadline = now + timeout_s if timeout_s is not None else None
-        request = PendingRequest(payload, size, now, new_completion(), deadline)
+        due = now + budget_s if budget_s is not None else None
+        request = PendingRequest(payload, size, now, new_completion(), deadline, due)
         with self._lock:
             if self._closed:
                 raise BatcherClosed("the server is shutting down")
@@ -202,16 +205,11 @@ class Batcher:
                     f"{self._queued_instances} instances are already waiting (limit {self.max_queue})",
                     self._drain_seconds(),
                 )
-            if budget_s is not None and self._queued_instances:
-                predicted_s = self._predicted_latency_s(size)
-                if predicted_s > budget_s:
-                    raise DeadlineUnreachable(
-                        f"{self._queued_instances} instances are waiting: an answer would take about "
-                        f"{1000 * predicted_s:.0f} ms, beyond its {1000 * budget_s:.0f} ms",
-                        predicted_s - budget_s + self._full_pass_seconds(),
-                    )
+            if budget_s is not None:
+                self._check_admission(size, budget_s, now)
             self._queued_instances += size
             self._in_flight_instances += size
+            self._waiting.append(request)
             if self.observations is not None:
                 self.observations.arrived(request.enqueued_at, size)
             self._queue_changed()
@@ -221,24 +219,79 @@ class Batcher:
     def predicted_latency_s(self, size: int = 1) -> float:
         """Expected time to answer a request of `size` instances submitted now (0 without a cost model)."""
         with self._lock:
-            return self._predicted_latency_s(size)
+            return self._predicted_latency_s(size, self._clock())
 
-    def _predicted_latency_s(self, size: int) -> float:
-        """The queue ahead drained in full batches, then this request's pass; half a pass for one running."""
+    def check_admission(self, size: int, budget_s: float) -> None:
+        """Raise DeadlineUnreachable if a request of `size` submitted now would be refused for `budget_s`."""
+        with self._lock:
+            self._check_admission(size, budget_s, self._clock())
+
+    def _check_admission(self, size: int, budget_s: float, now: float) -> None:
+        """Refuse what waiting would make late, and what would make the requests it joins late.
+
+        A request that waits behind nothing is always taken, and so is one whose budget is shorter
+        than its own pass alone (the model's limit, not the queue's). Otherwise it is refused when
+        its predicted answer comes after `budget_s`, or when it would join a batch of requests
+        admitted for an earlier time and, by making that pass longer, answer them after it.
+        """
+        if self.observations is None or not (self._queued_instances or self._passes_running):
+            return
+        answered_at = now + self._predicted_latency_s(size, now)
+        waiting = f"{self._queued_instances} instances queued, {self._passes_running} passes running"
+        if answered_at - now > budget_s >= self.observations.cost_model.seconds(size):
+            late_s, why = answered_at - now - budget_s, f"beyond its {1000 * budget_s:.0f} ms"
+        else:
+            joined_due = self._earliest_due_joined(size)
+            if joined_due is None or answered_at <= joined_due:
+                return
+            if answered_at <= now + self._predicted_latency_s(0, now):  # padded to the same size: no harm done
+                return
+            late_s, why = answered_at - joined_due, "later than the requests whose batch it would join"
+        raise DeadlineUnreachable(
+            f"{waiting}: an answer would take about {1000 * (answered_at - now):.0f} ms, {why}",
+            late_s + self._full_pass_seconds(),
+        )
+
+    def _earliest_due_joined(self, size: int) -> float | None:
+        """The earliest due time of the requests queued in the partial batch a request of `size` would join."""
+        rest = self._queued_instances % self.preferred_batch_size
+        if not rest or rest + size > self.preferred_batch_size:
+            return None  # it starts a batch of its own
+        dues, counted = [], 0
+        for request in reversed(self._waiting):
+            if counted >= rest:
+                break
+            counted += request.size
+            if request.due is not None:
+                dues.append(request.due)
+        return min(dues, default=None)
+
+    def _predicted_latency_s(self, size: int, now: float) -> float:
+        """When a request of `size` queued now would be answered: the running passes end as expected, the
+        queue ahead leaves in full batches, full ones on the first free thread (slowed by the passes
+        beside them), a partial one once every pass has ended, as the policies send them."""
         if self.observations is None:
             return 0.0
         cost = self.observations.cost_model
-        full = self.preferred_batch_size
-        ahead = self._queued_instances
-        running_s = 0.5 * self._full_pass_seconds() if self._passes_running else 0.0
-        return running_s + (ahead // full) * cost.seconds(full) + cost.seconds(min(full, ahead % full + size))
+        full, ahead = self.preferred_batch_size, self._queued_instances
+        batches = [full] * (ahead // full)
+        rest = ahead % full
+        batches += [rest + size] if rest + size <= full else [rest, size]
+        free_at = [now] * (self.concurrent_batches - len(self._expected_ends))
+        free_at += [max(now, end) for end in self._expected_ends.values()]
+        free_at.sort()
+        for batch in batches:
+            start = free_at.pop(0) if batch >= full else free_at.pop()
+            ends = start + cost.seconds(batch, beside=any(t > start for t in free_at))
+            free_at = sorted([*free_at, ends]) if batch >= full else [ends] * (len(free_at) + 1)
+        return ends - now
 
     def _full_pass_seconds(self) -> float:
         return self.observations.cost_model.seconds(self.preferred_batch_size) if self.observations else 0.0
 
     def _drain_seconds(self) -> float:
-        """How long the queue as it is takes to empty, at the measured cost of full batches."""
-        return self._queued_instances / self.preferred_batch_size * self._full_pass_seconds()
+        """How long the queue as it is takes to empty: the time to answer the last request in it."""
+        return self._predicted_latency_s(0, self._clock()) if self._queued_instances else 0.0
 
     def close(self, timeout_s: float = 30.0) -> bool:
         """Refuse new requests, answer every accepted one, stop the thread; True if it stopped in time."""
@@ -282,10 +335,12 @@ class Batcher:
                         self._passes_running += 1
                         self._passes_started += 1
                         started = self._passes_started
+                        self._expected_ends[started] = self._expected_end(batch, passes_beside > 0)
             if batch:
                 size, seconds = self._run_batch(batch, reason)
                 with self._lock:
                     self._passes_running -= 1
+                    del self._expected_ends[started]
                     self._in_flight_instances -= size
                     self._queue_changed()
                     if self.observations is not None:
@@ -294,6 +349,11 @@ class Batcher:
                 if self.concurrent_batches > 1:
                     self._queue.put(_PASS_ENDED)
         # Nothing is left: submit() queues under the lock that close() takes before the stop marker.
+
+    def _expected_end(self, batch: list[PendingRequest], beside: bool) -> float:
+        if self.observations is None:
+            return self._clock()
+        return self._clock() + self.observations.cost_model.seconds(sum(r.size for r in batch), beside)
 
     def _next_batch(self) -> tuple[list[PendingRequest], SendReason | None, bool]:
         """Block for the first request, then gather until full or until the policy says send.
@@ -346,6 +406,8 @@ class Batcher:
         self.stats.sent_because[reason] += 1
         with self._lock:
             self._queued_instances -= size
+            for _ in batch:  # the batch is the oldest requests queued, in order
+                self._waiting.popleft()
             self._queue_changed()
         return batch, reason, stopping
 

@@ -3,8 +3,9 @@
 Every batch is padded up to a compiled size, so the cost of n instances is the cost of the
 smallest compiled size that holds them: a step function, kept as one estimate per size.
 Each estimate starts at the probe's median and follows the batches that ran alone with an
-exponentially weighted mean (a batch run beside another is slowed by it and says nothing
-about its own size). The least-squares line through the estimates is only for reports.
+exponentially weighted mean. A batch run beside another is slowed by it and says nothing
+about its own size; what it says is how much passes slow each other, kept as one factor.
+The least-squares line through the estimates is only for reports.
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ from collections.abc import Mapping
 
 # Weight of the newest batch in a size's running estimate: about the last 10 batches count.
 SMOOTHING = 0.1
+
+# Until passes have run beside each other here, assume two passes share the machine evenly: each takes twice as long.
+INITIAL_BESIDE_FACTOR = 2.0
 
 # A larger batch pays while it serves at least this much more per second than the best smaller one.
 MIN_THROUGHPUT_GAIN = 0.1
@@ -29,21 +33,28 @@ class CostModel:
         self._seconds = {size: float(seconds_by_size[size]) for size in self.sizes}
         self._smoothing = smoothing
         self.observations = 0
+        self.beside_factor = INITIAL_BESIDE_FACTOR  # a pass beside another takes this times its time alone
 
     def padded(self, instances: int) -> int:
         """The compiled size a batch of `instances` runs at (the largest size beyond it)."""
         index = bisect.bisect_left(self.sizes, max(1, instances))
         return self.sizes[min(index, len(self.sizes) - 1)]
 
-    def seconds(self, instances: int) -> float:
-        """Expected forward-pass time of a batch of `instances` (0 for none)."""
-        return self._seconds[self.padded(instances)] if instances > 0 else 0.0
+    def seconds(self, instances: int, beside: bool = False) -> float:
+        """Expected forward-pass time of a batch of `instances` (0 for none), alone or `beside` another pass."""
+        alone = self._seconds[self.padded(instances)] if instances > 0 else 0.0
+        return alone * self.beside_factor if beside else alone
 
     def observe(self, instances: int, seconds: float) -> None:
         """Fold in a batch of `instances` that ran alone and took `seconds`."""
         size = self.padded(instances)
         self._seconds[size] += self._smoothing * (seconds - self._seconds[size])
         self.observations += 1
+
+    def observe_beside(self, instances: int, seconds: float) -> None:
+        """Fold in a batch of `instances` that ran beside another pass and took `seconds`."""
+        factor = seconds / self.seconds(instances)
+        self.beside_factor += self._smoothing * (max(1.0, factor) - self.beside_factor)
 
     def line(self) -> tuple[float, float]:
         """(fixed seconds, seconds per instance) of the least-squares line through the estimates."""
@@ -62,6 +73,7 @@ class CostModel:
             "ms_by_batch_size": {str(size): round(self._seconds[size] * 1000, 3) for size in self.sizes},
             "line": {"fixed_ms": round(fixed_s * 1000, 3), "per_instance_ms": round(per_instance_s * 1000, 4)},
             "batches_learned_from": self.observations,
+            "beside_factor": round(self.beside_factor, 3),
         }
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
@@ -58,8 +59,9 @@ class PredictEndpoint:
         if match is None:
             return self._fallback(environ, start_response)
         environ[ROUTE_KEY] = _route_template(match)
+        received_at = time.monotonic()
         try:
-            status, body, headers = 200, *self._predict(match, environ)
+            status, body, headers = 200, *self._predict(match, environ, received_at)
         except ApiError as error:
             if error.status >= 500:
                 log.error("answering %d: %s", error.status, error.message)
@@ -69,7 +71,7 @@ class PredictEndpoint:
             status, body, headers = 500, error_body(f"internal error: {type(error).__name__}"), {}
         return write_json(start_response, status, body, headers)
 
-    def _predict(self, match: re.Match, environ: dict) -> tuple[bytes, dict[str, str]]:
+    def _predict(self, match: re.Match, environ: dict, received_at: float) -> tuple[bytes, dict[str, str]]:
         if environ["REQUEST_METHOD"] != "POST":
             raise MethodNotAllowed(f"{environ['REQUEST_METHOD']} is not allowed here; predict takes POST", "POST")
         server = self._server
@@ -82,6 +84,7 @@ class PredictEndpoint:
         try:
             timeout_s = self._timeout_s(environ)
             budget_s = timeout_s if timeout_s is not None else server.settings.latency_slo_ms / 1000
+            budget_s -= time.monotonic() - received_at  # reading and decoding the body took some of it
             completion = server.batcher.submit(decoded.inputs, decoded.count, timeout_s, budget_s)
         except QueueFull as error:
             metrics.rejected_requests.labels("queue_full").inc()

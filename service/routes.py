@@ -13,6 +13,7 @@ from werkzeug.routing import BaseConverter
 
 from service import metrics
 from service.access import ROUTE_KEY, route_template
+from service.batcher import DeadlineUnreachable
 
 blueprint = Blueprint("serving", __name__)
 
@@ -73,16 +74,10 @@ def readyz():
     state = _state()
     if not state.ready:
         return _json({"status": "not ready", "error": "the model is loading or the worker is shutting down"}, 503)
-    predicted_s, objective_s = state.batcher.predicted_latency_s(1), state.settings.latency_slo_ms / 1000
-    if state.batcher.queue_depth and predicted_s > objective_s:  # shed: let the load balancer send work elsewhere
-        return _json(
-            {
-                "status": "overloaded",
-                "error": f"a request would take about {1000 * predicted_s:.0f} ms, beyond LATENCY_SLO_MS "
-                f"({1000 * objective_s:.0f} ms), until the queue drains",
-            },
-            503,
-        )
+    try:  # shed: while a request would be refused, let the load balancer send work elsewhere
+        state.batcher.check_admission(1, state.settings.latency_slo_ms / 1000)
+    except DeadlineUnreachable as error:
+        return _json({"status": "overloaded", "error": f"{error} (LATENCY_SLO_MS)"}, 503)
     return _json({"status": "ready", "model": state.model.name, "version": state.model.version})
 
 

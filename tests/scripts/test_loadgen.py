@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from loadgen import LoadResult, percentile
+from loadgen import LoadResult, Workload, _Answer, _record, _Target, percentile
 
 
 @pytest.mark.parametrize(
@@ -38,3 +38,20 @@ def test_result_summary_counts_errors_and_rates():
 def test_reported_percentiles_win_over_latencies():
     result = LoadResult("closed", 1, duration_s=1.0, reported_percentiles_ms={0.5: 7.0, 0.99: 9.0})
     assert result.percentile_ms(0.5) == 7.0 and result.percentile_ms(0.99) == 9.0
+
+
+def test_answers_are_checked_against_their_own_instance_and_503s_against_retry_after():
+    workload = Workload.from_answers({"instances": [[1.0], [2.0]], "predictions": [[10.0], [20.0]]})
+    target = _Target("http://127.0.0.1:9", "/predict", workload)
+    assert [target.next_request()[1] for _ in range(3)] == [0, 1, 0]  # each instance in turn
+    assert target.requests[1].endswith(b'{"instances": [[2.0]]}')
+    result = LoadResult("closed", 2, duration_s=1.0)
+    _record(result, target, 0, _Answer(200, b'{"predictions": [[10.00001]]}'), 0.010)  # within the tolerance
+    _record(result, target, 1, _Answer(200, b'{"predictions": [[10.0]]}'), 0.020)  # another request's answer
+    _record(result, target, 1, _Answer(200, b"not json"), 0.030)
+    _record(result, target, 0, _Answer(503, b"{}", retry_after="1"), 0.001)
+    _record(result, target, 0, _Answer(503, b"{}"), 0.002)
+    summary = result.summary()
+    assert summary["wrong_answers"] == 2 and summary["missing_retry_after"] == 1
+    assert summary["by_status"]["200"] == {"count": 3, "p50_ms": 20.0, "p99_ms": 30.0, "max_ms": 30.0}
+    assert summary["by_status"]["503"]["count"] == 2 and summary["by_status"]["503"]["max_ms"] == 2.0

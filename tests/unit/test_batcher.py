@@ -391,24 +391,63 @@ def test_a_request_whose_deadline_passed_in_the_queue_is_not_run(make_batcher, p
 
 
 def test_admission_refuses_what_the_queue_makes_too_late_and_says_when_to_retry(make_batcher, predict):
+    clock = ManualClock()
     costs = Observations(CostModel({1: 0.010, 2: 0.012, 4: 0.020}))
     # One pass at a time, so the nine queued below stay queued while the first pass is held.
-    batcher = make_batcher(max_batch_size=4, max_queue=12, observations=costs, concurrent_batches=1)
+    batcher = make_batcher(max_batch_size=4, max_queue=12, observations=costs, concurrent_batches=1, clock=clock)
     predict.hold()
     running = batcher.submit(0)
     predict.wait_for_batch()
-    first = batcher.submit(1, budget_s=0.001)  # nothing queued: never refused, whatever the budget
+    clock.now += 0.004  # 6 ms of the running pass left
+    first = batcher.submit(1, budget_s=0.001)  # shorter than its own pass: the model's limit, never refused
     queued = [first, *(batcher.submit(i, size=1) for i in range(2, 10))]  # 9 waiting
-    # ahead 9 = two full passes (40 ms) + a pass of 2 (12 ms) + half the running pass (10 ms)
-    assert batcher.predicted_latency_s(1) == pytest.approx(0.062)
+    # the running pass's 6 ms, then the 9 ahead as two full passes (40 ms), then a pass of 2 (12 ms)
+    assert batcher.predicted_latency_s(1) == pytest.approx(0.058)
     with pytest.raises(DeadlineUnreachable) as refused:
         batcher.submit(99, budget_s=0.050)
-    assert refused.value.retry_after_s == pytest.approx(0.062 - 0.050 + 0.020)
+    assert refused.value.retry_after_s == pytest.approx(0.058 - 0.050 + 0.020)  # the excess and one full pass
     accepted = batcher.submit(100, budget_s=0.100)
     with pytest.raises(QueueFull) as full:
         batcher.submit(101, size=3)
-    assert full.value.retry_after_s == pytest.approx(10 / 4 * 0.020)  # ten waiting, drained in full passes
+    assert full.value.retry_after_s == pytest.approx(0.006 + 0.020 + 0.020 + 0.012)  # ten waiting: 4 + 4 + 2
     predict.gate.set()
     for completion in [running, *queued, accepted]:
         completion.wait(ANSWER_TIMEOUT_S)
-    assert batcher.predicted_latency_s(1) <= 0.010 + 1e-9
+    assert batcher.close(timeout_s=ANSWER_TIMEOUT_S)  # every pass has ended
+    assert batcher.predicted_latency_s(1) == pytest.approx(costs.cost_model.seconds(1))  # nothing ahead
+
+
+def test_admission_predicts_full_batches_beside_each_other_and_a_partial_one_after_them(make_batcher, predict):
+    clock = ManualClock()
+    costs = Observations(CostModel({1: 0.010, 4: 0.020}))  # passes beside each other: twice as long until measured
+    batcher = make_batcher(max_batch_size=4, observations=costs, concurrent_batches=2, clock=clock)
+    predict.hold()
+    alone = batcher.submit(1, size=4)  # ends at +20 ms
+    predict.wait_for_batch()
+    beside = batcher.submit(2, size=4)  # beside the first: ends at +40 ms
+    predict.wait_for_batch()
+    ahead = batcher.submit(3, size=4)  # both threads busy: queued
+    # the queued full batch starts when the first pass ends (+20 ms) and runs beside the second (40 ms, to
+    # +60 ms); a partial batch waits for every pass to end, then takes its own 10 ms
+    assert batcher.predicted_latency_s(1) == pytest.approx(0.070)
+    with pytest.raises(DeadlineUnreachable):
+        batcher.submit(4, budget_s=0.065)
+    predict.gate.set()
+    assert [c.wait(ANSWER_TIMEOUT_S).result for c in (alone, beside, ahead)] == [10, 20, 30]
+
+
+def test_admission_refuses_a_request_that_would_make_the_batch_it_joins_late(make_batcher, predict):
+    clock = ManualClock()
+    costs = Observations(CostModel({1: 0.010, 2: 0.030, 4: 0.040}))
+    batcher = make_batcher(max_batch_size=4, observations=costs, concurrent_batches=1, clock=clock)
+    predict.hold()
+    running = batcher.submit(0, size=4)  # ends at +40 ms
+    predict.wait_for_batch()
+    tight = batcher.submit(1, budget_s=0.060)  # answered at +50 ms: admitted, due at +60 ms
+    # Joining it would make its pass one of 2 (30 ms): both answered at +70 ms, after its due.
+    with pytest.raises(DeadlineUnreachable, match="later than the requests whose batch it would join"):
+        batcher.submit(2, budget_s=10.0)
+    patient = batcher.submit(3, budget_s=10.0, size=4)  # a batch of its own, after: delays nobody
+    predict.gate.set()
+    assert [c.wait(ANSWER_TIMEOUT_S).result for c in (running, tight, patient)] == [0, 10, 30]
+    assert predict.batches[1:] == [[1], [3]]

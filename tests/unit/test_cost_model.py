@@ -21,6 +21,16 @@ def test_batches_move_their_size_s_estimate():
     assert model.seconds(1) == 0.010 and model.observations == 1
 
 
+def test_passes_beside_each_other_teach_how_much_they_slow_each_other():
+    model = CostModel({1: 0.010, 4: 0.020}, smoothing=0.5)
+    assert model.seconds(4, beside=True) == pytest.approx(0.040)  # two passes sharing the cores until measured
+    model.observe_beside(4, 0.030)  # 1.5 times its time alone
+    assert model.beside_factor == pytest.approx(1.75) and model.seconds(1, beside=True) == pytest.approx(0.0175)
+    model.observe_beside(4, 0.010)  # faster than alone says nothing below 1
+    assert model.beside_factor == pytest.approx(1.375)
+    assert model.seconds(4) == 0.020 and model.observations == 0  # the sizes' own estimates are untouched
+
+
 def test_the_reported_line_fits_the_estimates():
     fixed_s, per_instance_s = CostModel({1: 0.011, 2: 0.012, 4: 0.014, 8: 0.018}).line()
     assert fixed_s == pytest.approx(0.010) and per_instance_s == pytest.approx(0.001)
