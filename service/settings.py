@@ -94,8 +94,8 @@ class Settings:
     )
     latency_slo_ms: float = _setting(
         100.0,
-        "Latency objective: a request whose predicted wait and pass exceed it (or its own deadline) is refused "
-        "with 503 while others queue, `/readyz` answers 503 while new requests would, and under `adaptive` "
+        "Latency objective: a request that would wait and whose predicted wait and pass exceed it (or its own "
+        "deadline) is refused with 503, `/readyz` answers 503 while new requests would be, and under `adaptive` "
         "no request is held back past it.",
         "ms",
         minimum=1,

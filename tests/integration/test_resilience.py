@@ -1,15 +1,19 @@
-"""Graceful shutdown and worker crashes under load, on real Gunicorn servers, outcomes counted.
+"""Overload, graceful shutdown and worker crashes under load, on real Gunicorn servers, outcomes counted.
 
-Clients open a new connection per request and send their own `X-Request-ID`, so a request
-the server accepted can be told from one it never saw: the JSON access log names every
-request a worker handled.
+For shutdown and crashes, clients open a new connection per request and send their own
+`X-Request-ID`, so a request the server accepted can be told from one it never saw: the JSON
+access log names every request a worker handled. Overload is driven by scripts/loadgen.py,
+which checks every answer against the model's own output for its instance.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -19,7 +23,12 @@ import psutil
 import pytest
 import requests
 
+from service.launcher import PROJECT_ROOT
+
 pytestmark = pytest.mark.integration
+
+LATENCY_SLO_MS = 100
+ACCEPTED_P99_BOUND = 2.0  # accepted requests' p99 at most this times LATENCY_SLO_MS under overload (RELIABILITY.md)
 
 
 @dataclass
@@ -177,3 +186,50 @@ def test_workers_recycled_by_max_requests_drop_no_request(start_server, demo_mod
           f"{len(workers_seen)} worker processes served")  # fmt: skip
     assert len(workers_seen - first_workers) >= 2, "workers were recycled"
     assert statuses == {200: sum(statuses.values())} and not load.outcomes.connection_errors
+
+
+@pytest.fixture(scope="module")
+def slow_model(tmp_path_factory) -> tuple[str, str]:
+    """A SavedModel that the forward pass, not HTTP, limits, and the answers it gives 16 instances."""
+    out = tmp_path_factory.mktemp("slow")
+    command = [sys.executable, "scripts/build_slow_model.py", "--out", str(out)]
+    done = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return str(out / "slow"), str(out / "answers.json")
+
+
+def run_loadgen(url: str, answers: str, clients: int, duration_s: float) -> dict:
+    """Closed-loop clients that honour Retry-After, each 200 checked against its instance's prediction."""
+    command = [sys.executable, "scripts/loadgen.py", "--url", url, "--expect", answers, "--honor-retry-after"]
+    command += ["-c", str(clients), "-d", str(duration_s)]
+    done = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=duration_s + 60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout)
+
+
+@pytest.mark.parametrize("worker_class", ["gthread", "gevent"])
+def test_four_times_capacity_is_served_or_refused_quickly_and_recovers(start_server, slow_model, worker_class):
+    model_path, answers = slow_model
+    server = start_server(
+        MODEL_PATH=model_path, WORKERS="1", WORKER_CLASS=worker_class, LATENCY_SLO_MS=str(LATENCY_SLO_MS)
+    )
+    capacity = run_loadgen(server.url, answers, clients=32, duration_s=5)["throughput_rps"]
+    # Little's law: the server holds capacity x objective requests at once within its objective; four times that.
+    clients = math.ceil(4 * capacity * LATENCY_SLO_MS / 1000)
+    overload = run_loadgen(server.url, answers, clients=clients, duration_s=30)
+    dropped_at = time.monotonic()
+    wait_until(lambda: requests.get(f"{server.url}/readyz", timeout=5).status_code == 200, 5, "ready again")
+    ready_after_s = time.monotonic() - dropped_at
+    after = run_loadgen(server.url, answers, clients=4, duration_s=1)
+    recovered_after_s = time.monotonic() - dropped_at
+    by_status = overload["by_status"]
+    print(f"{worker_class}: capacity {capacity} req/s; {clients} clients for 30 s: {overload}; "
+          f"ready {ready_after_s:.2f} s after the load dropped; then {after}")  # fmt: skip
+    assert set(by_status) == {"200", "503"}, overload["error_kinds"]  # refused some, and nothing else went wrong
+    assert overload["wrong_answers"] == 0 and overload["missing_retry_after"] == 0
+    assert by_status["503"]["p50_ms"] < 0.1 * LATENCY_SLO_MS, "refusals are quick: they never wait for the model"
+    assert by_status["503"]["p99_ms"] < ACCEPTED_P99_BOUND * LATENCY_SLO_MS
+    assert by_status["200"]["p99_ms"] <= ACCEPTED_P99_BOUND * LATENCY_SLO_MS
+    assert overload["throughput_rps"] >= 0.5 * capacity, "overload does not collapse the goodput"
+    assert set(after["by_status"]) == {"200"} and after["wrong_answers"] == 0
+    assert after["by_status"]["200"]["p99_ms"] <= LATENCY_SLO_MS and recovered_after_s < 5
