@@ -280,7 +280,8 @@ class Batcher:
         free_at = [now] * (self.concurrent_batches - len(self._expected_ends))
         free_at += [max(now, end) for end in self._expected_ends.values()]
         free_at.sort()
-        for batch in batches:
+        ends = now
+        for batch in filter(None, batches):
             start = free_at.pop(0) if batch >= full else free_at.pop()
             ends = start + cost.seconds(batch, beside=any(t > start for t in free_at))
             free_at = sorted([*free_at, ends]) if batch >= full else [ends] * (len(free_at) + 1)
