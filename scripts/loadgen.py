@@ -60,7 +60,6 @@ class LoadResult:
     mode: str  # "closed" or "open"
     level: float  # clients (closed) or requests per second (open)
     duration_s: float = 0.0
-    latencies_s: list[float] = field(default_factory=list)
     latencies_by_status_s: dict[int, list[float]] = field(default_factory=dict)
     statuses: dict[int, int] = field(default_factory=dict)
     wrong_answers: int = 0  # 200s whose predictions differ from the expected ones (--expect)
@@ -74,6 +73,11 @@ class LoadResult:
     def count_connection_error(self, kind: str) -> None:
         self.connection_errors += 1
         self.connection_error_kinds[kind] = self.connection_error_kinds.get(kind, 0) + 1
+
+    @property
+    def latencies_s(self) -> list[float]:
+        """Every answer's latency, whatever its status."""
+        return [latency for latencies in self.latencies_by_status_s.values() for latency in latencies]
 
     @property
     def ok(self) -> int:
@@ -177,10 +181,6 @@ class Workload:
     expected: list | None = None  # expected[i]: the `predictions` of bodies[i]
 
     @classmethod
-    def single(cls, body: bytes) -> Workload:
-        return cls([body])
-
-    @classmethod
     def from_answers(cls, answers: dict) -> Workload:
         """One single-instance body per instance of `answers` ({"instances": [...], "predictions": [...]})."""
         pairs = list(zip(answers["instances"], answers["predictions"], strict=True))
@@ -224,7 +224,6 @@ class _Target:
 
 
 def _record(result: LoadResult, target: _Target, index: int, answer: _Answer, latency_s: float) -> None:
-    result.latencies_s.append(latency_s)
     result.latencies_by_status_s.setdefault(answer.status, []).append(latency_s)
     result.statuses[answer.status] = result.statuses.get(answer.status, 0) + 1
     if answer.batch_size is not None:
@@ -254,7 +253,7 @@ async def _closed_client(target: _Target, stop_at: float, result: LoadResult, ho
                 connection.close()
                 connection = None
             if honor_retry_after and answer.status == 503 and answer.retry_after:
-                await asyncio.sleep(min(_seconds(answer.retry_after), max(0.0, stop_at - time.monotonic())))
+                await asyncio.sleep(min(_retry_after_s(answer.retry_after), max(0.0, stop_at - time.monotonic())))
         except _CLIENT_ERRORS as error:
             result.count_connection_error(type(error).__name__)
             if connection is not None:
@@ -308,7 +307,7 @@ def _timed(result: LoadResult, coroutine_factory) -> LoadResult:
     return result
 
 
-def _seconds(retry_after: str) -> float:
+def _retry_after_s(retry_after: str) -> float:
     """Retry-After in seconds (this server sends whole seconds; an HTTP date counts as one second)."""
     try:
         return max(0.0, float(retry_after))
@@ -369,7 +368,7 @@ def run_open_loop(
 
 
 def _workload(body: bytes | Workload) -> Workload:
-    return body if isinstance(body, Workload) else Workload.single(body)
+    return body if isinstance(body, Workload) else Workload([body])
 
 
 def sample_body(url: str, model_name: str, instances: int = 1) -> bytes:

@@ -167,13 +167,16 @@ class Batcher:
         self._lock = new_lock()
         self._queued_instances = 0
         self._in_flight_instances = 0
-        self._passes_running = 0
         self._passes_started = 0
         self._expected_ends: dict[int, float] = {}  # running pass (its number) -> when it should end
         self._forming = new_lock()  # held by the one thread forming a batch
         self._closed = False
         self.stats = BatcherStats()
         self._threads = [OsThread(self._run, f"{name}-{i}") for i in range(concurrent_batches)]
+
+    @property
+    def _passes_running(self) -> int:
+        return len(self._expected_ends)
 
     @property
     def queue_depth(self) -> int:
@@ -333,14 +336,12 @@ class Batcher:
                 if batch:
                     with self._lock:
                         passes_beside = self._passes_running
-                        self._passes_running += 1
                         self._passes_started += 1
                         started = self._passes_started
                         self._expected_ends[started] = self._expected_end(batch, passes_beside > 0)
             if batch:
                 size, seconds = self._run_batch(batch, reason)
                 with self._lock:
-                    self._passes_running -= 1
                     del self._expected_ends[started]
                     self._in_flight_instances -= size
                     self._queue_changed()

@@ -59,9 +59,8 @@ class PredictEndpoint:
         if match is None:
             return self._fallback(environ, start_response)
         environ[ROUTE_KEY] = _route_template(match)
-        received_at = time.monotonic()
         try:
-            status, body, headers = 200, *self._predict(match, environ, received_at)
+            status, body, headers = 200, *self._predict(match, environ)
         except ApiError as error:
             if error.status >= 500:
                 log.error("answering %d: %s", error.status, error.message)
@@ -71,7 +70,8 @@ class PredictEndpoint:
             status, body, headers = 500, error_body(f"internal error: {type(error).__name__}"), {}
         return write_json(start_response, status, body, headers)
 
-    def _predict(self, match: re.Match, environ: dict, received_at: float) -> tuple[bytes, dict[str, str]]:
+    def _predict(self, match: re.Match, environ: dict) -> tuple[bytes, dict[str, str]]:
+        received_at = time.monotonic()
         if environ["REQUEST_METHOD"] != "POST":
             raise MethodNotAllowed(f"{environ['REQUEST_METHOD']} is not allowed here; predict takes POST", "POST")
         server = self._server

@@ -13,10 +13,12 @@ def test_in_process_throughput_is_instances_per_second_at_the_largest_batch():
 
 
 def test_table_states_throughput_and_latency_as_ratios():
-    load = LoadResult("closed", 128, duration_s=10.0, latencies_s=[0.015] * 98 + [0.030] * 2, client_cpu_s=1.0)
+    load = LoadResult(
+        "closed", 128, duration_s=10.0, latencies_by_status_s={200: [0.015] * 98 + [0.030] * 2}, client_cpu_s=1.0
+    )
     load.statuses = {200: 7000}
     load.batch_sizes = [32]
-    baseline = LoadResult("open", 900, duration_s=10.0, latencies_s=[2.0], client_cpu_s=0.5)
+    baseline = LoadResult("open", 900, duration_s=10.0, latencies_by_status_s={200: [2.0]}, client_cpu_s=0.5)
     baseline.statuses = {200: 200, 503: 10}
     slower = InProcessLimit(batch1_ms=20.0, max_batch_size=32, max_batch_ms=80.0, two_at_once_ms=64.0)
     table = format_table([Measurement("ours", load, 150.0, LIMIT), Measurement("baseline", baseline, 95.0, slower)])
@@ -32,7 +34,7 @@ def test_each_row_is_compared_with_the_mean_of_the_limits_measured_around_it():
 
 
 def closed(clients: int, throughput_rps: float) -> LoadResult:
-    load = LoadResult("closed", clients, duration_s=10.0, latencies_s=[0.01])
+    load = LoadResult("closed", clients, duration_s=10.0, latencies_by_status_s={200: [0.01]})
     load.statuses = {200: int(throughput_rps * 10)}
     return load
 

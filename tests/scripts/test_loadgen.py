@@ -23,7 +23,7 @@ def test_percentile_of_few_and_no_values():
 
 
 def test_result_summary_counts_errors_and_rates():
-    result = LoadResult("closed", 4, duration_s=2.0, latencies_s=[0.010, 0.020, 0.030, 0.040])
+    result = LoadResult("closed", 4, duration_s=2.0, latencies_by_status_s={200: [0.010, 0.020, 0.030], 503: [0.040]})
     result.statuses = {200: 3, 503: 1}
     result.connection_errors = 2
     result.batch_sizes = [1, 3]
