@@ -1,5 +1,8 @@
 """The outermost WSGI layer: a request id, the request metrics and one access-log event per request.
 
+Refusals (503 under overload) are counted like any request but get no access line: a worker
+may refuse thousands a second, and refusals.py logs them as a summary instead.
+
 Every answer carries `X-Request-ID`: the client's own when it sent a usable one, else a new
 one, so a client's report can be matched with the server's log line. Routes are labelled by
 their template (`/v1/models/{name}:predict`), never by the raw path, and unknown methods
@@ -23,6 +26,7 @@ WsgiApp = Callable[[dict, Callable], Iterable[bytes]]
 
 ROUTE_KEY = "model_server.route"  # environ key: the route template, set by whoever matched the path
 BATCH_SIZE_KEY = "model_server.batch_size"  # environ key: instances in the request's forward pass
+REFUSED_KEY = "model_server.refused"  # environ key: why it was refused unrun; refusals get no access line
 UNMATCHED_ROUTE = "unmatched"
 LOGGED_PATH_CHARS = 256  # a hostile path must not make a line long enough to interleave with others
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})  # others count as "other"
@@ -66,7 +70,7 @@ class AccessLayer:
         method = environ.get("REQUEST_METHOD", "")
         metrics.http_requests.labels(route, method if method in KNOWN_METHODS else "other", str(status_code)).inc()
         metrics.http_request_duration.labels(route).observe(duration_s)
-        if log.isEnabledFor(logging.INFO):
+        if log.isEnabledFor(logging.INFO) and REFUSED_KEY not in environ:
             batch_size = environ.get(BATCH_SIZE_KEY)
             path = environ.get("PATH_INFO", "")
             if len(path) > LOGGED_PATH_CHARS:

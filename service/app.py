@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import logging.config
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from flask import Flask, Response
 from werkzeug.exceptions import HTTPException
@@ -19,6 +19,7 @@ from service.cost_model import CostModel, largest_paying_size
 from service.errors import ApiError, NotFound, error_body
 from service.model import ServedModel, load_served_model
 from service.predict_endpoint import PredictEndpoint
+from service.refusals import RefusalSummary
 from service.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,7 @@ class ModelServer:
     model: ServedModel
     batcher: Batcher
     ready: bool = False
+    refusals: RefusalSummary = field(default_factory=RefusalSummary)
 
     def model_for(self, name: str | None, version: int | None) -> ServedModel:
         """The served model if `name` and `version` (None: any) designate it; else NotFound."""
@@ -45,7 +47,9 @@ class ModelServer:
     def close(self) -> bool:
         """Stop taking requests and answer every accepted one; True if done within the graceful timeout."""
         self.ready = False
-        return self.batcher.close(timeout_s=self.settings.graceful_timeout_s)
+        closed = self.batcher.close(timeout_s=self.settings.graceful_timeout_s)
+        self.refusals.flush()
+        return closed
 
 
 def create_app(settings: Settings | None = None, model: ServedModel | None = None) -> Flask:
@@ -90,7 +94,7 @@ def build_batcher(settings: Settings, model: ServedModel, warm_up_seconds: dict[
     largest = max(warm_up_seconds)
     observations = Observations(CostModel(warm_up_seconds))
     if settings.batch_policy == "adaptive":
-        policy = AdaptivePolicy(observations, settings.latency_slo_ms / 1000, largest)
+        policy = AdaptivePolicy(observations, settings.latency_slo_s, largest)
         preferred = largest_paying_size(warm_up_seconds)
     else:
         policy, preferred = FixedTimeout(settings.batch_timeout_ms / 1000), largest

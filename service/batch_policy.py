@@ -37,7 +37,7 @@ HORIZONS_S = (0.00025, 0.0005, 0.001, 0.002, 0.004, 0.008, 0.016)
 
 class SendReason(StrEnum):
     FULL = "full"  # the batch reached its size
-    DEADLINE = "deadline"  # waiting any longer for more would make its oldest request miss LATENCY_SLO_MS
+    DEADLINE = "deadline"  # its oldest request has been held as long as it may be (LATENCY_SLO_MS, or a full pass)
     NOTHING_COMING = "nothing_coming"  # no arrival expected soon enough to be worth waiting for
     TIMEOUT = "timeout"  # the wait ran out: BATCH_TIMEOUT_MS, or arrivals the adaptive policy expected did not come
     SHUTDOWN = "shutdown"  # the batcher is closing and sends what it holds
@@ -117,19 +117,28 @@ class AdaptivePolicy:
 
     name = "adaptive"
 
-    def __init__(self, observations: Observations, latency_slo_s: float, max_batch_size: int):
+    def __init__(self, observations: Observations, latency_slo_s: float | None, max_batch_size: int):
         self.observations = observations
-        self.latency_slo_s = latency_slo_s
+        self.latency_slo_s = latency_slo_s or None
         self.max_batch_size = max_batch_size
+
+    def latest_send(self, batch: FormingBatch) -> float:
+        """When the batch must go: answered within the objective, or, without one, held at most one full pass.
+
+        A full pass is what the worker measures, so the bound scales with the machine and the model;
+        waiting longer than a pass for more could only lose to sending now and batching the rest next.
+        """
+        cost = self.observations.cost_model.seconds
+        if self.latency_slo_s is None:
+            return batch.oldest_enqueued_at + cost(self.max_batch_size)
+        return batch.oldest_enqueued_at + self.latency_slo_s - cost(batch.instances)
 
     def decide(self, now: float, batch: FormingBatch) -> Decision:
         if batch.passes_running:
             # The pass running holds this batch anyway, and it grows meanwhile. Sent beside it, a
             # partial batch would share the same cores and finish no sooner (measured on CPU).
             return Decision()
-        latest_send = (
-            batch.oldest_enqueued_at + self.latency_slo_s - self.observations.cost_model.seconds(batch.instances)
-        )
+        latest_send = self.latest_send(batch)
         if now >= latest_send:
             return Decision(SendReason.DEADLINE)
         if batch.timed_out:
@@ -174,4 +183,5 @@ class AdaptivePolicy:
         return total
 
     def describe(self) -> dict:
-        return {"policy": self.name, "latency_slo_ms": self.latency_slo_s * 1000}
+        slo_ms = self.latency_slo_s * 1000 if self.latency_slo_s is not None else None
+        return {"policy": self.name, "latency_slo_ms": slo_ms}

@@ -191,25 +191,21 @@ class Batcher:
         Raises QueueFull when the queue is full, BatcherClosed after `close()`, and
         ValueError if `size` is not between 1 and `max_batch_size` (a request is never split).
         With `budget_s`, raises DeadlineUnreachable when waiting would make it late (see
-        `check_admission`): refused at once rather than accepted to fail late. A request still
+        `_check_admission`): refused at once rather than accepted to fail late. A request still
         waiting `timeout_s` after it was queued is answered DeadlineExceeded instead of being run.
         """
         if not 1 <= size <= self.max_batch_size:
             raise ValueError(f"a request must hold 1 to {self.max_batch_size} instances, got {size}")
-        now = self._clock()
-        deadline = now + timeout_s if timeout_s is not None else None
-        due = now + budget_s if budget_s is not None else None
-        request = PendingRequest(payload, size, now, new_completion(), deadline, due)
         with self._lock:
             if self._closed:
                 raise BatcherClosed("the server is shutting down")
-            if self._queued_instances + size > self.max_queue:
-                raise QueueFull(
-                    f"{self._queued_instances} instances are already waiting (limit {self.max_queue})",
-                    self._drain_seconds(),
-                )
+            now = self._clock()
+            self._check_room(size)
             if budget_s is not None:
                 self._check_admission(size, budget_s, now)
+            deadline = now + timeout_s if timeout_s is not None else None
+            due = now + budget_s if budget_s is not None else None
+            request = PendingRequest(payload, size, now, new_completion(), deadline, due)
             self._queued_instances += size
             self._in_flight_instances += size
             self._waiting.append(request)
@@ -224,13 +220,28 @@ class Batcher:
         with self._lock:
             return self._predicted_latency_s(size, self._clock())
 
-    def check_admission(self, size: int, budget_s: float) -> None:
-        """Raise DeadlineUnreachable if a request of `size` submitted now would be refused for `budget_s`."""
-        with self._lock:
-            self._check_admission(size, budget_s, self._clock())
+    def check_room(self, size: int = 1, budget_s: float | None = None) -> None:
+        """Raise QueueFull or DeadlineUnreachable if any request of at least `size` instances would be refused now.
 
-    def _check_admission(self, size: int, budget_s: float, now: float) -> None:
-        """Refuse what waiting would make late, and what would make the requests it joins late.
+        Cheap, and needs no payload: the predict route calls it before it reads and decodes a
+        body, so a refusal under overload costs little CPU, and `/readyz` sheds by it. With
+        `budget_s`, a request that would be answered after it is refused (`submit` also refuses
+        one that would make the batch it joins late, which depends on its exact size).
+        """
+        with self._lock:
+            self._check_room(size)
+            if budget_s is not None:
+                self._check_admission(size, budget_s, self._clock(), joining=False)
+
+    def _check_room(self, size: int) -> None:
+        if self._queued_instances + size > self.max_queue:
+            raise QueueFull(
+                f"{self._queued_instances} instances are already waiting (limit {self.max_queue})",
+                self._drain_seconds(),
+            )
+
+    def _check_admission(self, size: int, budget_s: float, now: float, joining: bool = True) -> None:
+        """Refuse what waiting would make late, and (`joining`) what would make the requests it joins late.
 
         A request that waits behind nothing is always taken, and so is one whose budget is shorter
         than its own pass alone (the model's limit, not the queue's). Otherwise it is refused when
@@ -240,9 +251,10 @@ class Batcher:
         if self.observations is None or not (self._queued_instances or self._passes_running):
             return
         answered_at = now + self._predicted_latency_s(size, now)
-        waiting = f"{self._queued_instances} instances queued, {self._passes_running} passes running"
         if answered_at - now > budget_s >= self.observations.cost_model.seconds(size):
             late_s, why = answered_at - now - budget_s, f"beyond its {1000 * budget_s:.0f} ms"
+        elif not joining:
+            return
         else:
             joined_due = self._earliest_due_joined(size)
             if joined_due is None or answered_at <= joined_due:
@@ -251,7 +263,8 @@ class Batcher:
                 return
             late_s, why = answered_at - joined_due, "later than the requests whose batch it would join"
         raise DeadlineUnreachable(
-            f"{waiting}: an answer would take about {1000 * (answered_at - now):.0f} ms, {why}",
+            f"{self._queued_instances} instances queued, {self._passes_running} passes running: an answer would "
+            f"take about {1000 * (answered_at - now):.0f} ms, {why}",
             late_s + self._full_pass_seconds(),
         )
 

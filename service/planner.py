@@ -190,9 +190,10 @@ def _gpu_memory_limits(workers: int, gpus: tuple[Gpu, ...], settings: Settings, 
 
 
 def _policy(settings: Settings) -> str:
+    objective = f"objective {settings.latency_slo_ms:g} ms" if settings.latency_slo_ms else "no latency objective"
     if settings.batch_policy == "adaptive":
-        return f"adaptive policy, objective {settings.latency_slo_ms:g} ms"
-    return f"timeout {settings.batch_timeout_ms:g} ms"
+        return f"adaptive policy, {objective}"
+    return f"timeout {settings.batch_timeout_ms:g} ms, {objective}"
 
 
 def _gib(value: float) -> str:

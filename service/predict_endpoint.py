@@ -10,17 +10,18 @@ thread), then encode (back on the request's thread).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 
 import orjson
 
 from service import metrics
-from service.access import BATCH_SIZE_KEY, ROUTE_KEY
+from service.access import BATCH_SIZE_KEY, REFUSED_KEY, ROUTE_KEY
 from service.batcher import BatcherClosed, DeadlineExceeded, DeadlineUnreachable, QueueFull
 from service.codec import decode_request, encode_response
 from service.errors import (
@@ -62,8 +63,8 @@ class PredictEndpoint:
         try:
             status, body, headers = 200, *self._predict(match, environ)
         except ApiError as error:
-            if error.status >= 500:
-                log.error("answering %d: %s", error.status, error.message)
+            if error.status == 500:
+                log.error("answering 500: %s", error.message)
             status, body, headers = error.status, error_body(error.message), error.headers
         except Exception as error:
             log.exception("unexpected error")
@@ -77,24 +78,22 @@ class PredictEndpoint:
         server = self._server
         version = match["version"]
         model = server.model_for(match["name"], int(version) if version is not None else None)
-        if not server.ready:
-            metrics.rejected_requests.labels("not_ready").inc()
-            raise ServiceUnavailable("the model is not ready yet or the worker is shutting down")
+        timeout_s = self._timeout_s(environ)
+        budget_s = timeout_s if timeout_s is not None else server.settings.latency_slo_s
+        with self._refusals(environ):
+            if not server.ready:
+                raise _NotReady
+            # Before the body is read and decoded: a refusal under overload must cost far less than the work.
+            server.batcher.check_room(1, budget_s)
         decoded = decode_request(self._read_body(environ), model.signature, server.batcher.max_batch_size)
-        try:
-            timeout_s = self._timeout_s(environ)
-            budget_s = timeout_s if timeout_s is not None else server.settings.latency_slo_ms / 1000
-            budget_s -= time.monotonic() - received_at  # reading and decoding the body took some of it
-            completion = server.batcher.submit(decoded.inputs, decoded.count, timeout_s, budget_s)
-        except QueueFull as error:
-            metrics.rejected_requests.labels("queue_full").inc()
-            raise ServiceUnavailable(f"this worker's queue is full: {error}", error.retry_after_s) from None
-        except DeadlineUnreachable as error:
-            metrics.rejected_requests.labels("deadline_unreachable").inc()
-            raise ServiceUnavailable(f"the deadline cannot be met: {error}", error.retry_after_s) from None
-        except BatcherClosed:
-            metrics.rejected_requests.labels("shutting_down").inc()
-            raise ServiceUnavailable("the server is shutting down") from None
+        spent_s = time.monotonic() - received_at  # reading and decoding the body took some of the time allowed
+        with self._refusals(environ):
+            completion = server.batcher.submit(
+                decoded.inputs,
+                decoded.count,
+                timeout_s - spent_s if timeout_s is not None else None,
+                budget_s - spent_s if budget_s is not None else None,
+            )
         try:
             outcome = completion.wait()
         except InputRejected as error:
@@ -107,6 +106,18 @@ class PredictEndpoint:
         environ[BATCH_SIZE_KEY] = outcome.batch_size
         body = orjson.dumps(encode_response(outcome.result, decoded.layout))
         return body, {"X-Batch-Size": str(outcome.batch_size)}
+
+    @contextlib.contextmanager
+    def _refusals(self, environ: dict) -> Iterator[None]:
+        """Answer the batcher's refusals with 503 and Retry-After; count them, and log them only as a summary."""
+        try:
+            yield
+        except tuple(_REFUSALS) as error:
+            reason, message = _REFUSALS[type(error)]
+            environ[REFUSED_KEY] = reason
+            self._server.refusals.refused(reason)
+            detail = f"{message}: {error}" if str(error) else message
+            raise ServiceUnavailable(detail, getattr(error, "retry_after_s", 1.0)) from None
 
     def _timeout_s(self, environ: dict) -> float | None:
         """The client's `X-Request-Timeout-Ms`, at most REQUEST_TIMEOUT_MS; else that; None for no deadline."""
@@ -136,6 +147,18 @@ class PredictEndpoint:
         if len(body) > limit:
             raise PayloadTooLarge(f"the body exceeds {limit} bytes (MAX_BODY_BYTES)")
         return body
+
+
+class _NotReady(Exception):
+    """The model is not warmed up yet, or the worker is shutting down."""
+
+
+_REFUSALS: dict[type[Exception], tuple[str, str]] = {  # refusal -> (reason label, message)
+    QueueFull: ("queue_full", "this worker's queue is full"),
+    DeadlineUnreachable: ("deadline_unreachable", "the deadline cannot be met"),
+    BatcherClosed: ("shutting_down", "this worker takes no more requests"),
+    _NotReady: ("not_ready", "the model is not ready yet or the worker is shutting down"),
+}
 
 
 def _route_template(match: re.Match) -> str:

@@ -13,7 +13,7 @@ from werkzeug.routing import BaseConverter
 
 from service import metrics
 from service.access import ROUTE_KEY, route_template
-from service.batcher import DeadlineUnreachable
+from service.batcher import DeadlineUnreachable, QueueFull
 
 blueprint = Blueprint("serving", __name__)
 
@@ -75,9 +75,9 @@ def readyz():
     if not state.ready:
         return _json({"status": "not ready", "error": "the model is loading or the worker is shutting down"}, 503)
     try:  # shed: while a request would be refused, let the load balancer send work elsewhere
-        state.batcher.check_admission(1, state.settings.latency_slo_ms / 1000)
-    except DeadlineUnreachable as error:
-        return _json({"status": "overloaded", "error": f"{error} (LATENCY_SLO_MS)"}, 503)
+        state.batcher.check_room(1, state.settings.latency_slo_s)
+    except (QueueFull, DeadlineUnreachable) as error:
+        return _json({"status": "overloaded", "error": f"a new request would be refused: {error}"}, 503)
     return _json({"status": "ready", "model": state.model.name, "version": state.model.version})
 
 

@@ -93,12 +93,13 @@ class Settings:
         1.0, "`fixed` policy: longest time the oldest request of a batch waits for more to join it.", "ms", minimum=0
     )
     latency_slo_ms: float = _setting(
-        100.0,
-        "Latency objective: a request that would wait and whose predicted wait and pass exceed it (or its own "
-        "deadline) is refused with 503, `/readyz` answers 503 while new requests would be, and under `adaptive` "
-        "no request is held back past it.",
+        0.0,
+        "Latency objective you choose: when set, a request that would wait and whose predicted wait and pass exceed "
+        "it (or its own deadline) is refused with 503, `/readyz` answers 503 while new requests would be, and under "
+        "`adaptive` no request is held back past it. 0 means none: only a full queue or a request's own deadline "
+        "refuses, and `adaptive` holds a batch at most one full pass (README, Overload).",
         "ms",
-        minimum=1,
+        minimum=0,
     )
     batch_sizes: str = _setting(
         "", "Padded batch sizes compiled and warmed up, comma-separated; empty means powers of two up to the maximum."
@@ -176,6 +177,11 @@ class Settings:
     @property
     def served_model_name(self) -> str:
         return self.model_name or Path(self.model_path.rstrip("/")).stem
+
+    @property
+    def latency_slo_s(self) -> float | None:
+        """The operator's latency objective in seconds, None when there is none."""
+        return self.latency_slo_ms / 1000 if self.latency_slo_ms else None
 
     @property
     def bind(self) -> str:

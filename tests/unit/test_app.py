@@ -266,3 +266,35 @@ def test_overload_is_refused_at_the_door_and_readyz_sheds_until_the_queue_drains
     assert patient.answer.status_code == 200
     assert client.get("/readyz").status_code == 200  # drained: ready again
     server.close()
+
+
+def test_without_an_objective_a_request_that_must_wait_is_accepted_and_readyz_sheds_only_when_full(
+    settings, fake_model, fake_forward, make_rows
+):
+    from service.cost_model import CostModel
+
+    assert settings.latency_slo_ms == 0  # the default: no objective
+    app = create_app(dataclasses.replace(settings, concurrent_batches=1), fake_model)
+    client, server = app.test_client(), app.extensions["model_server"]
+    server.batcher.observations.cost_model = CostModel({1: 0.03, 2: 0.05, 4: 0.08, 8: 2.0})  # a slow model
+    fake_forward.gate.clear()
+    fake_forward.entered.clear()
+    refused_before = rejected("deadline_unreachable")
+    threads = [BackgroundPost(client, make_rows(8))]
+    try:
+        assert fake_forward.entered.wait(10)  # a pass expected to take 2 s, running and held
+        threads += [BackgroundPost(client, make_rows(1)), BackgroundPost(client, make_rows(8))]
+        wait_for_queue_depth(server, 9)  # accepted behind it, whatever the wait
+        assert client.get("/readyz").status_code == 200  # room for more
+        threads.append(BackgroundPost(client, make_rows(7)))
+        wait_for_queue_depth(server, 16)  # the limit
+        full = client.get("/readyz")
+        assert full.status_code == 503 and "already waiting (limit 16)" in full.json["error"]
+    finally:
+        fake_forward.gate.set()
+        for thread in threads:
+            thread.join(10)
+    assert [thread.answer.status_code for thread in threads] == [200, 200, 200, 200]
+    assert rejected("deadline_unreachable") == refused_before
+    assert client.get("/readyz").status_code == 200
+    server.close()

@@ -169,6 +169,16 @@ def test_the_latency_objective_caps_the_wait():
     assert decision.send_because is None and decision.wait_until <= 0.1 - 5 * MS + (30 - 21) * MS
 
 
+def test_without_an_objective_a_batch_is_held_at_most_one_full_pass():
+    policy = adaptive(slo_ms=0, arriving_per_s=2000)
+    assert policy.describe()["latency_slo_ms"] is None
+    full_pass_s = HEAVY_MS[32] * MS  # what this worker measures, not a fixed time
+    assert policy.latest_send(FormingBatch(2, 0.05, 0, False)) == pytest.approx(0.05 + full_pass_s)
+    held_a_pass = policy.decide(0.1, FormingBatch(2, 0.1 - full_pass_s, 0, False))
+    assert held_a_pass == Decision(SendReason.DEADLINE)
+    assert policy.decide(0.1, FormingBatch(2, 0.1 - 0.5 * full_pass_s, 0, False)).wait_until is not None
+
+
 def test_no_request_that_finds_the_model_idle_is_held_past_the_objective():
     # Requests that arrive during a pass wait for it whatever the policy; the others are the policy's to hold.
     # A joiner can still raise the pass's cost after the last decision: by at most one step of the table.

@@ -406,9 +406,15 @@ def test_admission_refuses_what_the_queue_makes_too_late_and_says_when_to_retry(
     with pytest.raises(DeadlineUnreachable) as refused:
         batcher.submit(99, budget_s=0.050)
     assert refused.value.retry_after_s == pytest.approx(0.058 - 0.050 + 0.020)  # the excess and one full pass
+    with pytest.raises(DeadlineUnreachable):  # the same verdict before the request's payload is known
+        batcher.check_room(1, budget_s=0.050)
+    batcher.check_room(1)  # without a budget, only room counts
     accepted = batcher.submit(100, budget_s=0.100)
     with pytest.raises(QueueFull) as full:
         batcher.submit(101, size=3)
+    with pytest.raises(QueueFull):
+        batcher.check_room(3)
+    batcher.check_room(2)  # exactly fills the queue
     assert full.value.retry_after_s == pytest.approx(0.006 + 0.020 + 0.020 + 0.012)  # ten waiting: 4 + 4 + 2
     predict.gate.set()
     for completion in [running, *queued, accepted]:

@@ -102,9 +102,9 @@ def test_plan_describes_itself_in_one_block():
     text = plan_workers(Settings(), machine(cores=8), footprint(), gpus(16000)).describe(Settings())
     for expected in ("8 cores", "GPU 0 Test GPU 16000 MB", "1000 MiB per worker", "worker cap", "memory limit"):
         assert expected in text
-    assert "adaptive policy, objective 100 ms" in text  # the default
+    assert "adaptive policy, no latency objective" in text  # the default
     fixed = Settings(batch_policy="fixed")
-    assert "timeout 1 ms" in plan_workers(fixed, machine(), footprint(), gpus()).describe(fixed)
+    assert "timeout 1 ms, no latency objective" in plan_workers(fixed, machine(), footprint(), gpus()).describe(fixed)
     adaptive = Settings(batch_policy="adaptive", latency_slo_ms=50)
     adaptive_plan = plan_workers(adaptive, machine(), footprint(), gpus())
     assert "adaptive policy, objective 50 ms" in adaptive_plan.describe(adaptive)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 
 import pytest
 
 from service.predict_endpoint import PREDICT_PATH
 
 
-def call(app, path: str, body: bytes = b"", method: str = "POST", content_length: str | None = None):
+def call(app, path: str, body: bytes = b"", method: str = "POST", content_length: str | None = None, body_stream=None):
     environ = {
         "REQUEST_METHOD": method,
         "PATH_INFO": path,
@@ -18,7 +19,7 @@ def call(app, path: str, body: bytes = b"", method: str = "POST", content_length
         "SERVER_PORT": "8000",
         "SERVER_PROTOCOL": "HTTP/1.1",
         "wsgi.url_scheme": "http",
-        "wsgi.input": io.BytesIO(body),
+        "wsgi.input": body_stream or io.BytesIO(body),
     }
     if content_length is not None:
         environ["CONTENT_LENGTH"] = content_length
@@ -71,3 +72,24 @@ def test_other_methods_on_predict_paths_get_405_naming_post(app):
 def test_a_version_too_long_for_the_fast_path_falls_through_to_a_json_404(app):
     answer = call(app, "/v1/models/fake/versions/" + "9" * 5000 + ":predict", b"{}")
     assert answer["status"] == 404 and answer["body"]["error"]
+
+
+class UnreadableBody(io.RawIOBase):
+    """A body that fails the test if anything reads it."""
+
+    def read(self, size=-1):
+        raise AssertionError("the body was read")
+
+
+def test_a_full_queue_refuses_before_reading_the_body_and_logs_no_access_line(app, caplog):
+    server = app.extensions["model_server"]
+    server.batcher._queued_instances = server.batcher.max_queue  # as if the queue were full
+    try:
+        with caplog.at_level(logging.INFO):
+            answer = call(app, "/predict", content_length="64", body_stream=UnreadableBody())
+    finally:
+        server.batcher._queued_instances = 0
+    assert answer["status"] == 503 and "queue is full" in answer["body"]["error"]
+    assert int(answer["headers"]["Retry-After"]) >= 1
+    assert not [record for record in caplog.records if getattr(record, "event", None) == "access"]
+    assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
