@@ -4,9 +4,14 @@ A Poisson rate alone misreads closed-loop clients (users and services that send 
 request when the last one is answered): their requests come back a round trip after each
 pass ends, in a bunch, and then nothing comes until the next pass ends. So besides the rate,
 the estimator learns the *echo*: the fraction of a pass's answered instances that arrive
-within 0.5, 1, 2, 4, 8 and 16 ms of that pass's end. Within that window after a pass, the
-expected arrivals come from the echo (less what has already arrived); after it, from the rate.
-For open-loop traffic the echo is just the rate again, so nothing is lost by learning it.
+within 1/32, 1/16, ..., 1/2 and all of an echo window after that pass's end. Within that
+window after a pass, the expected arrivals come from the echo (less what has already
+arrived); after it, from the rate. For open-loop traffic the echo is just the rate again,
+so nothing is lost by learning it.
+
+The window is given with each pass's end (the policy uses one full pass: waiting longer
+than that for more never pays), so the same bins fit a fast model on a fast machine and a
+slow model on a slow one: a round trip is measured against what the model costs here.
 """
 
 from __future__ import annotations
@@ -15,7 +20,8 @@ import bisect
 import math
 
 RATE_TIME_CONSTANT_S = 0.5  # the rate forgets a burst within a few of these
-ECHO_EDGES_S = (0.0005, 0.001, 0.002, 0.004, 0.008, 0.016)
+ECHO_EDGE_FRACTIONS = (1 / 32, 1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0)  # the echo's bins, as fractions of its window
+DEFAULT_ECHO_WINDOW_S = 0.016
 ECHO_SMOOTHING = 0.1  # weight of the newest pass in each bin's fraction
 
 
@@ -29,7 +35,8 @@ class ArrivalEstimator:
         self._echo_fractions: list[float] | None = None  # per bin, learned from the passes seen so far
         self._window_start: float | None = None
         self._window_answered = 0
-        self._window_counts = [0] * len(ECHO_EDGES_S)
+        self._edges = tuple(fraction * DEFAULT_ECHO_WINDOW_S for fraction in ECHO_EDGE_FRACTIONS)
+        self._window_counts = [0] * len(ECHO_EDGE_FRACTIONS)
         self._window_arrived = 0
 
     def rate(self, now: float) -> float:
@@ -41,26 +48,28 @@ class ArrivalEstimator:
         self._rate_at = now
         if self._window_start is not None:
             offset = now - self._window_start
-            if offset < ECHO_EDGES_S[-1]:
-                self._window_counts[bisect.bisect_right(ECHO_EDGES_S, offset)] += instances
+            if offset < self._edges[-1]:
+                self._window_counts[bisect.bisect_right(self._edges, offset)] += instances
                 self._window_arrived += instances
 
-    def pass_ended(self, now: float, answered: int) -> None:
-        """A forward pass answered `answered` instances at `now`: start watching for their echo."""
+    def pass_ended(self, now: float, answered: int, echo_window_s: float = DEFAULT_ECHO_WINDOW_S) -> None:
+        """A forward pass answered `answered` instances at `now`: watch for their echo for `echo_window_s`."""
         self._close_window(now)
         self._window_start, self._window_answered = now, answered
-        self._window_counts = [0] * len(ECHO_EDGES_S)
+        self._edges = tuple(fraction * echo_window_s for fraction in ECHO_EDGE_FRACTIONS)
+        self._window_counts = [0] * len(ECHO_EDGE_FRACTIONS)
         self._window_arrived = 0
 
     def expected(self, now: float, horizon_s: float) -> float:
         """Instances expected to arrive in (now, now + horizon_s]."""
         start = self._window_start
-        if start is None or self._echo_fractions is None or now - start >= ECHO_EDGES_S[-1]:
+        window_s = self._edges[-1]
+        if start is None or self._echo_fractions is None or now - start >= window_s:
             return self.rate(now) * horizon_s
         offset, end = now - start, now - start + horizon_s
         by_offset = max(self._echo_cumulative(offset), self._window_arrived)
-        beyond_window = max(0.0, end - ECHO_EDGES_S[-1]) * self.rate(now)
-        return max(0.0, self._echo_cumulative(min(end, ECHO_EDGES_S[-1])) - by_offset) + beyond_window
+        beyond_window = max(0.0, end - window_s) * self.rate(now)
+        return max(0.0, self._echo_cumulative(min(end, window_s)) - by_offset) + beyond_window
 
     def describe(self, now: float) -> dict:
         return {
@@ -69,8 +78,8 @@ class ArrivalEstimator:
                 None
                 if self._echo_fractions is None
                 else {
-                    f"{edge * 1000:g}": round(sum(self._echo_fractions[: index + 1]), 3)
-                    for index, edge in enumerate(ECHO_EDGES_S)
+                    f"{edge * 1000:.3g}": round(sum(self._echo_fractions[: index + 1]), 3)
+                    for index, edge in enumerate(self._edges)
                 }
             ),
         }
@@ -78,7 +87,7 @@ class ArrivalEstimator:
     def _echo_cumulative(self, offset: float) -> float:
         """Instances expected to have arrived `offset` seconds after the current window's pass ended."""
         total, lower = 0.0, 0.0
-        for fraction, upper in zip(self._echo_fractions, ECHO_EDGES_S, strict=True):
+        for fraction, upper in zip(self._echo_fractions, self._edges, strict=True):
             if offset <= lower:
                 break
             total += fraction * min(1.0, (offset - lower) / (upper - lower))
@@ -89,13 +98,13 @@ class ArrivalEstimator:
         """Fold the bins of the current window that were watched to their end into the learned fractions."""
         if self._window_start is None or self._window_answered == 0:
             return
-        watched = sum(1 for edge in ECHO_EDGES_S if self._window_start + edge <= now)
+        watched = sum(1 for edge in self._edges if self._window_start + edge <= now)
         observed = [count / self._window_answered for count in self._window_counts[:watched]]
         if self._echo_fractions is None:  # the first window: bins not watched to their end start from the rate
-            lowers = (0.0, *ECHO_EDGES_S[:-1])
+            lowers = (0.0, *self._edges[:-1])
             self._echo_fractions = observed + [
                 self.rate(now) * (upper - lower) / self._window_answered
-                for lower, upper in zip(lowers[watched:], ECHO_EDGES_S[watched:], strict=True)
+                for lower, upper in zip(lowers[watched:], self._edges[watched:], strict=True)
             ]
             return
         for index, fraction in enumerate(observed):

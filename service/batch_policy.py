@@ -31,8 +31,9 @@ from typing import Protocol
 from service.arrivals import ArrivalEstimator
 from service.cost_model import CostModel
 
-# Waits the adaptive policy considers, in seconds; beyond 16 ms a closed loop's echo is over.
-HORIZONS_S = (0.00025, 0.0005, 0.001, 0.002, 0.004, 0.008, 0.016)
+# Waits the adaptive policy considers, as fractions of a full pass on this worker: waiting longer
+# than a pass for more never pays, and a slow machine's round trips are long in proportion.
+HORIZON_FRACTIONS = (1 / 64, 1 / 32, 1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0)
 
 
 class SendReason(StrEnum):
@@ -59,6 +60,12 @@ class FormingBatch:
     oldest_enqueued_at: float
     passes_running: int
     timed_out: bool  # woken because the last decision's wait ran out, not by an arrival
+    model_free_since: float = 0.0  # when the last forward pass ended: a partial batch could not go before
+
+    @property
+    def held_since(self) -> float:
+        """Since when the policy alone has kept this batch back (not the passes it waited for)."""
+        return max(self.oldest_enqueued_at, self.model_free_since)
 
 
 class Observations:
@@ -76,7 +83,7 @@ class Observations:
             self.cost_model.observe(instances, seconds)
         else:
             self.cost_model.observe_beside(instances, seconds)
-        self.arrivals.pass_ended(now, instances)
+        self.arrivals.pass_ended(now, instances, echo_window_s=self.cost_model.full_pass_seconds())
 
     def describe(self, now: float) -> dict:
         return {"cost_model": self.cost_model.describe(), "arrivals": self.arrivals.describe(now)}
@@ -127,11 +134,12 @@ class AdaptivePolicy:
 
         A full pass is what the worker measures, so the bound scales with the machine and the model;
         waiting longer than a pass for more could only lose to sending now and batching the rest next.
+        The time a request spent behind a running pass does not count: the policy did not hold it.
         """
-        cost = self.observations.cost_model.seconds
+        cost_model = self.observations.cost_model
         if self.latency_slo_s is None:
-            return batch.oldest_enqueued_at + cost(self.max_batch_size)
-        return batch.oldest_enqueued_at + self.latency_slo_s - cost(batch.instances)
+            return batch.held_since + cost_model.full_pass_seconds()
+        return batch.oldest_enqueued_at + self.latency_slo_s - cost_model.seconds(batch.instances)
 
     def decide(self, now: float, batch: FormingBatch) -> Decision:
         if batch.passes_running:
@@ -151,7 +159,8 @@ class AdaptivePolicy:
     def best_wait(self, now: float, instances: int, longest_s: float) -> float | None:
         """The wait with the largest expected saving in total latency, or None if no wait saves any."""
         best_s, best_saving = None, 0.0
-        for horizon_s in HORIZONS_S:
+        full_pass_s = self.observations.cost_model.full_pass_seconds()
+        for horizon_s in (fraction * full_pass_s for fraction in HORIZON_FRACTIONS):
             if horizon_s > longest_s:
                 break
             expected = self.observations.arrivals.expected(now, horizon_s)

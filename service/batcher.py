@@ -169,6 +169,7 @@ class Batcher:
         self._in_flight_instances = 0
         self._passes_started = 0
         self._expected_ends: dict[int, float] = {}  # running pass (its number) -> when it should end
+        self._last_pass_ended_at = 0.0
         self._forming = new_lock()  # held by the one thread forming a batch
         self._closed = False
         self.stats = BatcherStats()
@@ -355,6 +356,7 @@ class Batcher:
             if batch:
                 size, seconds = self._run_batch(batch, reason)
                 with self._lock:
+                    self._last_pass_ended_at = self._clock()
                     del self._expected_ends[started]
                     self._in_flight_instances -= size
                     self._queue_changed()
@@ -393,7 +395,8 @@ class Batcher:
             except queue.Empty:
                 now = self._clock()
                 decision = self.policy.decide(
-                    now, FormingBatch(size, first.enqueued_at, self._passes_running, timed_out)
+                    now,
+                    FormingBatch(size, first.enqueued_at, self._passes_running, timed_out, self._last_pass_ended_at),
                 )
                 if decision.send_because is not None:
                     reason = decision.send_because

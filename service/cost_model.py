@@ -45,6 +45,10 @@ class CostModel:
         alone = self._seconds[self.padded(instances)] if instances > 0 else 0.0
         return alone * self.beside_factor if beside else alone
 
+    def full_pass_seconds(self) -> float:
+        """Expected time of a pass at the largest compiled size, alone: the scale of this worker's waits."""
+        return self._seconds[self.sizes[-1]]
+
     def observe(self, instances: int, seconds: float) -> None:
         """Fold in a batch of `instances` that ran alone and took `seconds`."""
         size = self.padded(instances)

@@ -14,6 +14,8 @@ from service.cost_model import CostModel
 MS = 0.001
 # Shaped like the heavy model on this machine: memory-bound, so batch 2 costs 30% more than batch 1.
 HEAVY_MS = {1: 16, 2: 21, 4: 24, 8: 26, 16: 32, 32: 44}
+# A wider model on a slower machine: every pass reads all the weights, so its size hardly matters.
+MEMORY_BOUND_MS = {1: 52, 2: 54, 4: 57, 8: 62, 16: 74, 32: 76}
 
 
 def heavy_costs() -> CostModel:
@@ -47,15 +49,16 @@ class Simulation:
 
 
 def simulate(policy, arrivals: list[float] | None = None, clients: int = 0, round_trip_s: float = 0.0,
-             duration_s: float = 10.0, max_batch: int = 32) -> Simulation:  # fmt: skip
+             duration_s: float = 10.0, max_batch: int = 32, spread_s: float = 0.0) -> Simulation:  # fmt: skip
     """Run `policy` against open-loop `arrivals` (times) or `clients` closed-loop clients.
 
-    A closed-loop client sends its next request `round_trip_s` after its answer; client i
-    sends its first one at i ms, so they do not start in step. The clock
+    A closed-loop client sends its next request `round_trip_s` after its answer, the clients of
+    one batch spread evenly over a further `spread_s` (answers are encoded one after another);
+    client i sends its first one at i ms, so they do not start in step. The clock
     jumps from event to event: an arrival, the end of a pass, or the end of the policy's wait.
     """
-    costs = heavy_costs()
     observations = getattr(policy, "observations", None) or Observations(heavy_costs())
+    costs = observations.cost_model  # the model runs as fast as the policy believes
     pending = sorted(arrivals or []) + [index * MS for index in range(clients)]  # future arrival times
     pending.sort()
     model_free_since = 0.0
@@ -65,7 +68,8 @@ def simulate(policy, arrivals: list[float] | None = None, clients: int = 0, roun
     while now < duration_s and (pending or queue):
         next_arrival = pending[0] if pending else float("inf")
         if queue:
-            decision = policy.decide(now, FormingBatch(min(len(queue), max_batch), queue[0], 0, timed_out))
+            forming = FormingBatch(min(len(queue), max_batch), queue[0], 0, timed_out, model_free_since)
+            decision = policy.decide(now, forming)
             if decision.send_because is not None or len(queue) >= max_batch:
                 reason = decision.send_because or SendReason.FULL
                 batch, queue = queue[:max_batch], queue[max_batch:]
@@ -83,7 +87,8 @@ def simulate(policy, arrivals: list[float] | None = None, clients: int = 0, roun
                     result.idle_arrivals.append(now - batch[0])
                 model_free_since = now
                 if clients:
-                    pending = sorted(pending + [now + round_trip_s] * len(batch))
+                    returns = [now + round_trip_s + spread_s * i / len(batch) for i in range(len(batch))]
+                    pending = sorted(pending + returns)
                 timed_out, wait_until = False, None
                 continue
             wait_until = decision.wait_until
@@ -158,6 +163,19 @@ def test_closed_loop_clients_about_to_return_are_waited_for():
     assert fixed.mean_batch < 5
     assert ours.mean_batch > 7
     assert statistics.fmean(ours.latencies) < 0.8 * statistics.fmean(fixed.latencies)
+
+
+@pytest.mark.parametrize("slowdown", [1, 3])
+def test_a_closed_loop_settles_into_full_batches_however_long_its_round_trip(slowdown):
+    # 32 clients on a memory-bound model (a pass of 16 costs a pass of 32), their answers back
+    # over 2-20 ms: longer than the 16 ms a fixed horizon allowed. The time they spent behind the
+    # running pass does not count against the hold, and the waits scale with the pass, so the
+    # batches stay whole instead of alternating halves, on a machine 3x slower too.
+    policy = adaptive(slo_ms=0)
+    policy.observations.cost_model = CostModel({size: slowdown * ms * MS for size, ms in MEMORY_BOUND_MS.items()})
+    result = simulate(policy, clients=32, round_trip_s=slowdown * 2 * MS, spread_s=slowdown * 18 * MS)
+    settled = [size for size, _ in result.batches[len(result.batches) // 2 :]]
+    assert statistics.fmean(settled) > 28
 
 
 def test_the_latency_objective_caps_the_wait():
