@@ -2,6 +2,7 @@
 
 from service import hooks, logs
 from service.settings import load_settings
+from service.workers import WORKER_CLASSES
 
 settings = load_settings()
 metrics_dir = hooks.prepare_metrics_dir(settings)  # before anything imports prometheus_client
@@ -9,7 +10,7 @@ plan = hooks.plan_for_this_machine(settings)
 
 bind = settings.bind
 workers = plan.workers
-worker_class = settings.worker_class
+worker_class = WORKER_CLASSES[settings.worker_class]  # bounds slow clients (service/workers.py)
 threads = settings.request_threads
 worker_connections = settings.gevent_connections
 timeout = settings.worker_timeout_s
@@ -34,6 +35,10 @@ def pre_fork(server, worker):
 
 def post_fork(server, worker):
     hooks.place_worker(plan, worker)
+
+
+def post_worker_init(worker):
+    hooks.lower_request_priority(settings)
 
 
 def worker_exit(server, worker):

@@ -64,6 +64,12 @@ class MethodNotAllowed(ApiError):
         super().__init__(message, {"Allow": allowed})
 
 
+class RequestTimeout(ApiError):
+    """The client stopped sending the request's body for READ_TIMEOUT_S (the worker's socket timeout)."""
+
+    status = 408
+
+
 class PayloadTooLarge(ApiError):
     status = 413
 

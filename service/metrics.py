@@ -68,6 +68,12 @@ batches = Counter(
     ["reason"],
 )
 failed_batches = Counter("model_server_failed_batches", "Forward passes that raised; each of their requests got 500.")
+stalled_connections = Counter(
+    "model_server_stalled_connections",
+    "Connections closed because the client stopped sending its request (READ_TIMEOUT_S), by what it was sending: "
+    "idle (nothing yet; closed silently), head or body (answered 408).",
+    ["stage"],
+)
 queue_depth = Gauge(
     "model_server_queue_depth_instances",
     "Instances accepted and waiting for a forward pass, summed over live workers.",

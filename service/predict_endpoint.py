@@ -30,6 +30,7 @@ from service.errors import (
     GatewayTimeout,
     MethodNotAllowed,
     PayloadTooLarge,
+    RequestTimeout,
     ServiceUnavailable,
     UnprocessableContent,
     error_body,
@@ -134,7 +135,12 @@ class PredictEndpoint:
         return min(client_ms, server_ms or client_ms) / 1000
 
     def _read_body(self, environ: dict) -> bytes:
-        """The whole body, refused with 413 before it is read when it declares more than MAX_BODY_BYTES."""
+        """The whole body, refused with 413 before it is read when it declares more than MAX_BODY_BYTES.
+
+        408 when the client stops sending it: the workers receive a request whole before the
+        app sees it (service/workers.py), so this happens only where they fall back to
+        Gunicorn's reading, whose socket then times out after READ_TIMEOUT_S without a byte.
+        """
         limit = self._server.settings.max_body_bytes
         declared = environ.get("CONTENT_LENGTH") or ""
         if declared:
@@ -142,11 +148,20 @@ class PredictEndpoint:
                 raise BadRequest(f"Content-Length {declared!r} is not a byte count")
             if int(declared) > limit:
                 raise PayloadTooLarge(f"the body has {declared} bytes; at most {limit} are accepted (MAX_BODY_BYTES)")
-            return environ["wsgi.input"].read(int(declared))
-        body = environ["wsgi.input"].read(limit + 1)  # chunked: read at most one byte past the limit
+            return _read_input(environ, int(declared))
+        body = _read_input(environ, limit + 1)  # chunked: read at most one byte past the limit
         if len(body) > limit:
             raise PayloadTooLarge(f"the body exceeds {limit} bytes (MAX_BODY_BYTES)")
         return body
+
+
+def _read_input(environ: dict, size: int) -> bytes:
+    try:
+        return environ["wsgi.input"].read(size)
+    except TimeoutError:  # the socket's READ_TIMEOUT_S passed without a byte
+        raise RequestTimeout(
+            "the request's body stopped arriving (READ_TIMEOUT_S); check that Content-Length matches the body sent"
+        ) from None
 
 
 class _NotReady(Exception):

@@ -47,12 +47,26 @@ class Settings:
         choices=("gevent", "gthread"),
     )
     threads: int = _setting(
-        0, "Request threads per gthread worker; 0 means 2 x `MAX_BATCH_SIZE` (at least 8).", minimum=0
+        0,
+        "Request threads per gthread worker; 0 means `MAX_QUEUE` + `CONCURRENT_BATCHES` x `MAX_BATCH_SIZE` + 16, "
+        "so the queue, not the threads, bounds what waits and refusals are answered at once.",
+        minimum=0,
     )
     worker_connections: int = _setting(
-        0, "Connections per gevent worker; 0 means max(1000, 2 x `MAX_BATCH_SIZE`).", minimum=0
+        0,
+        "Requests one gevent worker serves at once; connections idle or still sending are not counted (a worker "
+        "keeps up to 10,000 open, fewer under a lower open-file limit). 0 means max(1000, 2 x `MAX_BATCH_SIZE`).",
+        minimum=0,
     )
     intra_op_threads: int = _setting(0, "TensorFlow threads inside one op; 0 means cores // workers.", minimum=0)
+    request_niceness: int = _setting(
+        0,
+        "How many nice steps below its forward passes a worker reads, refuses and answers requests (Linux): under "
+        "overload the model keeps the cores, and request handling, refusals included, gets what the passes leave. "
+        "0 runs both alike.",
+        minimum=0,
+        maximum=19,
+    )
     inter_op_threads: int = _setting(
         0, "TensorFlow ops run in parallel; 0 means `CONCURRENT_BATCHES`, so each forward pass runs an op.", minimum=0
     )
@@ -64,6 +78,16 @@ class Settings:
         "How long an idle keep-alive connection stays open; raise it above your load balancer's idle timeout.",
         "s",
         minimum=0,
+    )
+    read_timeout_s: float = _setting(
+        30.0,
+        "Slow clients: a request's head must arrive within this of its first byte and its body may pause at most "
+        "this long (nginx's `client_header_timeout`/`client_body_timeout`), else 408 and the connection closes; a new "
+        "connection that sends nothing closes after max(this, `KEEPALIVE_S`). A stalled client holds only its "
+        "connection, never a thread. Lower frees connections sooner; too low cuts off clients on lossy links "
+        "(30 s outlasts seven TCP retransmissions of one segment).",
+        "s",
+        minimum=1,
     )
     graceful_timeout_s: int = _setting(30, "Time a worker has to finish its requests after SIGTERM.", "s", minimum=1)
     max_requests: int = _setting(
@@ -189,8 +213,12 @@ class Settings:
 
     @property
     def request_threads(self) -> int:
-        """gthread threads: a request blocked on its answer holds one, so they cap the batch size."""
-        return self.threads or max(8, 2 * self.max_batch_size)
+        """gthread threads: a request waiting for its answer holds one, so fewer would cap the queue.
+
+        Enough for a full queue, the passes running and a few more to refuse, answer probes and
+        read the next requests: a request that finds no thread waits unread, unbounded and unrefused.
+        """
+        return self.threads or self.max_queue + self.concurrent_batches * self.max_batch_size + 16
 
     @property
     def gevent_connections(self) -> int:

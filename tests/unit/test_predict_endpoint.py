@@ -93,3 +93,15 @@ def test_a_full_queue_refuses_before_reading_the_body_and_logs_no_access_line(ap
     assert int(answer["headers"]["Retry-After"]) >= 1
     assert not [record for record in caplog.records if getattr(record, "event", None) == "access"]
     assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
+
+
+class StalledBody(io.RawIOBase):
+    """A body whose socket timed out: the client stopped sending it."""
+
+    def read(self, size=-1):
+        raise TimeoutError("timed out")
+
+
+def test_a_body_that_stops_arriving_gets_408(app):
+    answer = call(app, "/predict", content_length="64", body_stream=StalledBody())
+    assert answer["status"] == 408 and "stopped arriving" in answer["body"]["error"]

@@ -17,7 +17,7 @@ def test_defaults_without_environment():
     assert settings.bind == "127.0.0.1:8000"
     assert settings.served_model_name == "digits"
     assert settings.padded_batch_sizes() == (1, 2, 4, 8, 16, 32)
-    assert settings.request_threads == 64  # 2 x MAX_BATCH_SIZE: blocked threads would cap the batch
+    assert settings.request_threads == 256 + 2 * 32 + 16  # a full queue, two passes running, and some to spare
 
 
 def test_environment_values_are_parsed_by_type():

@@ -1,0 +1,145 @@
+"""Gunicorn's gevent worker, receiving each request whole and on a deadline before serving it.
+
+The rules are in service/workers.py. Here every open connection has a greenlet, which is
+cheap: Gunicorn's pool is sized for every connection the worker keeps open
+(`open_connection_cap`), and WORKER_CONNECTIONS instead bounds the requests being served at
+once (a semaphore taken once a request has fully arrived). So connections that stall while
+sending cannot take the places of requests that have arrived.
+"""
+
+from __future__ import annotations
+
+import errno
+import time
+
+import gevent
+from gevent.lock import BoundedSemaphore
+from gunicorn import http, util
+from gunicorn.workers import ggevent
+
+from service.settings import load_settings
+from service.workers import (
+    CONTINUE_RESPONSE,
+    LINGER_S,
+    RECV_BYTES,
+    STOP_IDLE_LINGER_S,
+    IncomingRequest,
+    ReadPolicy,
+    count_stalled,
+    open_connection_cap,
+    raise_open_file_limit,
+    reads_requests_whole,
+)
+
+
+class GeventWorker(ggevent.GeventWorker):
+    """`worker_class` for WORKER_CLASS=gevent (gunicorn.conf.py)."""
+
+    def init_process(self):
+        self.read_policy = ReadPolicy.for_worker(self.cfg, load_settings())
+        self.reads_whole = reads_requests_whole(self.cfg)
+        open_files = raise_open_file_limit()
+        # Gunicorn's run() sizes the server's pool from this: every open connection, not only those served.
+        self.worker_connections = open_connection_cap(open_files, self.cfg.worker_connections)
+        self.log.info(
+            "gevent worker: up to %d connections open (open-file limit %d), %d requests served at once, "
+            "READ_TIMEOUT_S=%g",
+            self.worker_connections,
+            open_files,
+            self.cfg.worker_connections,
+            self.read_policy.read_timeout_s,
+        )
+        super().init_process()
+
+    def run(self):
+        self._serving = BoundedSemaphore(self.cfg.worker_connections)  # after gevent's hub is set up
+        self._silent: set[gevent.Greenlet] = set()  # handlers waiting for a request's first byte
+        self._stopping_since: float | None = None
+        super().run()
+
+    def notify(self):
+        """Gunicorn's heartbeat (every second, also while stopping); a stopping worker ends silent connections."""
+        super().notify()
+        if self.alive:
+            return
+        self._stopping_since = self._stopping_since or time.monotonic()
+        if time.monotonic() - self._stopping_since >= STOP_IDLE_LINGER_S:
+            for handler in list(self._silent):
+                handler.kill(block=False)
+
+    def handle(self, listener, client, addr):
+        """Serve one connection: receive a request whole, serve it, repeat while it is kept alive."""
+        if not self.reads_whole:
+            return super().handle(listener, client, addr)
+        request = None
+        answered = False  # whether anything was sent, so closing waits for the client's FIN
+        try:
+            listener_name = listener.getsockname()
+            parser = http.get_parser(self.cfg, client, addr)
+            kept_alive = False
+            while True:
+                incoming = self.read_policy.new_request(time.monotonic(), kept_alive, parser.unreader.take_buffered())
+                if not self._receive(client, incoming):
+                    answered = incoming.started
+                    return
+                parser.unreader.unread(incoming.take())
+                answered = True
+                request = next(parser)  # parses bytes already received: the head is complete
+                if incoming.continue_sent:
+                    request._expected_100_continue = False  # sent already; Gunicorn would send another
+                with self._serving:
+                    self.handle_request(listener_name, request, client, addr)  # StopIteration: close
+                if not self._skip_unread_body(parser):
+                    return
+                kept_alive = True
+        except (StopIteration, http.errors.NoMoreData):
+            pass
+        except TimeoutError:
+            self.log.debug("closing a connection from %s: it stopped reading its answer or sending its body", addr)
+        except OSError as error:
+            if error.errno not in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN):
+                self.log.exception("Socket error processing request.")
+        except Exception as error:
+            self.handle_error(request, client, addr, error)
+        finally:
+            if answered:
+                util.close_graceful(client, timeout=LINGER_S)
+            util.close(client)
+
+    def _skip_unread_body(self, parser) -> bool:
+        """Discard what the app left of the body if it comes soon; False: close, the next request's start is unknown."""
+        try:
+            return parser.finish_body(deadline=time.monotonic() + min(LINGER_S, self.read_policy.read_timeout_s))
+        except Exception:  # a malformed chunk, for example
+            return False
+
+    def _receive(self, client, incoming: IncomingRequest) -> bool:
+        """Read until the request is ready (True), or the client closes or stalls (False; 408 sent if due)."""
+        while not incoming.ready:
+            wait_s = incoming.deadline - time.monotonic()
+            if wait_s <= 0:
+                count_stalled(incoming.stage)
+                if incoming.started:
+                    self.log.debug("answering 408 to %s: it stalled in the request's %s", client, incoming.stage)
+                    client.settimeout(LINGER_S)
+                    client.sendall(self.read_policy.timeout_response(incoming.stage))
+                return False
+            client.settimeout(wait_s)
+            handler = None if incoming.started else gevent.getcurrent()
+            if handler is not None:
+                self._silent.add(handler)
+            try:
+                data = client.recv(RECV_BYTES)
+            except TimeoutError:
+                continue
+            finally:
+                self._silent.discard(handler)
+            if not data:
+                return False
+            incoming.receive(data, time.monotonic())
+            if incoming.needs_continue:
+                client.sendall(CONTINUE_RESPONSE)
+                incoming.continued()
+        # The app's reads (only a fallback: the request is here) and writes get the same bound.
+        client.settimeout(self.read_policy.read_timeout_s)
+        return True
