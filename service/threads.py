@@ -6,6 +6,15 @@ and a greenlet primitive touched from another OS thread can hang. So the batcher
 its lock and its queue come from the unpatched originals, and a request greenlet waiting
 for its answer is woken through its hub's thread-safe callback. Under gthread the same
 originals are simply the standard ones.
+
+What runs in an OsThread still takes patched locks: TensorFlow, Keras, logging and
+prometheus_client create theirs with `threading` after the worker has patched it (a
+`tf.function` takes an RLock on every call, so two batcher threads contend for it). gevent
+hands such a lock between OS threads only while those threads have no hub of their own
+(gevent issue #1744: with one, cross-thread locks starve). But when a patched lock's retry
+after a wake-up fails, gevent calls `gevent.sleep()`, which creates a hub in that thread,
+and the thread can then wait forever on a lock that is free, holding the requests of its
+batch. So an OsThread never gets a hub: there, that retry yields the GIL instead.
 """
 
 from __future__ import annotations
@@ -40,15 +49,49 @@ def new_queue():
     return _original("queue", "SimpleQueue")()
 
 
+_os_thread_marks = _original("_thread", "_local")()  # native: `in_os_thread` is set in OsThread's threads
+_hubless_guard_installed = new_lock()
+
+
+def _keep_os_threads_hubless() -> None:
+    """Make a patched lock's retry in an OsThread yield the GIL instead of creating a gevent hub there.
+
+    gevent's `LockType.acquire` calls `gevent.thread.sleep()` when a non-blocking acquire fails
+    (its cross-thread wait retries that way after every wake-up), and `sleep()` creates the
+    calling thread's hub. In every other thread (the worker's, gevent's threadpool) the call
+    is left as it was. Idempotent; needs gevent.
+    """
+    from gevent import thread as gevent_thread
+    from gevent._hub_local import get_hub_if_exists
+
+    with _hubless_guard_installed:
+        gevent_sleep = gevent_thread.sleep
+        if getattr(gevent_sleep, "keeps_os_threads_hubless", False):
+            return
+        native_sleep = _original("time", "sleep")
+
+        def sleep(seconds=0, ref=True):
+            if getattr(_os_thread_marks, "in_os_thread", False) and get_hub_if_exists() is None:
+                native_sleep(seconds)  # lets the holder run and release it; the caller then retries
+                return
+            gevent_sleep(seconds, ref)
+
+        sleep.keeps_os_threads_hubless = True
+        gevent_thread.sleep = sleep
+
+
 class OsThread:
-    """A daemon OS thread, never a greenlet; `join()` waits for its target to return."""
+    """A daemon OS thread, never a greenlet, and under gevent never given a hub; `join()` waits for its target."""
 
     def __init__(self, target: Callable[[], None], name: str):
         self._finished = new_lock()
         self._finished.acquire()
         self.name = name
+        if gevent_is_active():
+            _keep_os_threads_hubless()
 
         def run():
+            _os_thread_marks.in_os_thread = True
             try:
                 target()
             finally:

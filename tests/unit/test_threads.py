@@ -1,0 +1,50 @@
+"""OS threads under gevent: two OsThreads sharing a lock that gevent has patched, in a child process."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+from service.launcher import PROJECT_ROOT
+
+# Each OsThread takes and releases an RLock made after patching, as a batcher thread does with the
+# lock of the `tf.function` it calls, while the main thread's hub runs. Before OsThread kept its
+# threads hubless, one of them soon waited for ever on the free lock, in a hub gevent had created.
+CONTENDED_LOCK_SCRIPT = textwrap.dedent(
+    """
+    from gevent import monkey; monkey.patch_all()
+    import os, threading, time
+    import gevent
+    from gevent._hub_local import get_hub_if_exists
+    from service.threads import OsThread
+
+    ROUNDS = 20000
+    lock = threading.RLock()
+    rounds_done = [0, 0]
+    got_a_hub = []
+
+    def take_and_release(index):
+        for _ in range(ROUNDS):
+            with lock:
+                sum(range(50))
+            rounds_done[index] += 1
+        if get_hub_if_exists() is not None:
+            got_a_hub.append(index)
+
+    gevent.get_hub()  # the worker's hub exists before its batcher threads start
+    threads = [OsThread(lambda index=index: take_and_release(index), f"contender-{index}") for index in range(2)]
+    deadline = time.monotonic() + 10  # the rounds take under a second
+    while min(rounds_done) < ROUNDS and time.monotonic() < deadline:
+        gevent.sleep(0.05)
+    print("rounds done", rounds_done, "finished threads with a hub", got_a_hub, flush=True)
+    os._exit(0 if min(rounds_done) == ROUNDS and not got_a_hub else 1)  # a stuck thread would hold up exit()
+    """
+)
+
+
+def test_two_os_threads_contending_for_a_patched_lock_both_finish_without_a_hub():
+    done = subprocess.run(
+        [sys.executable, "-c", CONTENDED_LOCK_SCRIPT], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=40
+    )
+    assert done.returncode == 0, done.stdout + done.stderr[-2000:]
