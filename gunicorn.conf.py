@@ -37,10 +37,6 @@ def post_fork(server, worker):
     hooks.place_worker(plan, worker)
 
 
-def post_worker_init(worker):
-    hooks.lower_request_priority(settings)
-
-
 def worker_exit(server, worker):
     hooks.drain_worker(worker)
 

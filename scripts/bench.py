@@ -176,7 +176,8 @@ def run_wrk(url: str, body: bytes, concurrency: int, duration_s: float) -> LoadR
         cpu_s = resource_usage_children() - before
     report = json.loads(done.stdout.strip().splitlines()[-1])
     result = LoadResult("closed", concurrency, duration_s=report["duration_us"] / 1e6, client_cpu_s=cpu_s)
-    result.statuses = {200: report["ok"], 500: report["failed"]} if report["failed"] else {200: report["ok"]}
+    counts = {200: report["ok"], 503: report["refused"], 500: report["failed"]}  # 500: any other status
+    result.statuses = {status: count for status, count in counts.items() if count or status == 200}
     result.connection_errors = report["socket_errors"]
     result.reported_percentiles_ms = {0.5: report["p50_us"] / 1000, 0.99: report["p99_us"] / 1000}
     if report["batch_count"]:

@@ -76,10 +76,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--heavy", action="store_true", help="build the large benchmark model instead")
     parser.add_argument("--output", type=Path, help="model file (default models/digits.keras or models/heavy.keras)")
+    parser.add_argument(
+        "--width", type=int, default=4096, help="--heavy: units per hidden layer (wider is slower: a slowed variant)"
+    )
     args = parser.parse_args()
     if args.heavy:
         path = args.output or Path("models/heavy.keras")
-        parameters = build_heavy(path)
+        parameters = build_heavy(path, width=args.width)
         print(f"saved {path}: {parameters:,} parameters, random weights (seed {SEED})")
         return 0
     path = args.output or Path("models/digits.keras")

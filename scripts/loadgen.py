@@ -199,12 +199,13 @@ def _close_enough(got, expected, tolerance: float = 1e-4) -> bool:
 
 
 class _Target:
-    def __init__(self, url: str, path: str, workload: Workload):
+    def __init__(self, url: str, path: str, workload: Workload, headers: dict[str, str] | None = None):
         parsed = urllib.parse.urlsplit(url)
         self.host, self.port = parsed.hostname, parsed.port or 80
         self.workload = workload
+        extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
         self.requests = [
-            f"POST {path} HTTP/1.1\r\nHost: {parsed.netloc}\r\nContent-Type: application/json\r\n"
+            f"POST {path} HTTP/1.1\r\nHost: {parsed.netloc}\r\nContent-Type: application/json\r\n{extra}"
             f"Content-Length: {len(body)}\r\n\r\n".encode()
             + body
             for body in workload.bodies
@@ -322,13 +323,14 @@ def run_closed_loop(
     duration_s: float,
     path: str = "/predict",
     honor_retry_after: bool = False,
+    headers: dict[str, str] | None = None,
 ) -> LoadResult:
     """Drive `concurrency` clients against `url + path` for `duration_s` seconds.
 
     A client sends its next request as soon as it has an answer; with `honor_retry_after`, after a 503 it
     first waits as long as the answer's `Retry-After` says, as a well-behaved client does.
     """
-    target, result = _Target(url, path, _workload(body)), LoadResult("closed", concurrency)
+    target, result = _Target(url, path, _workload(body), headers), LoadResult("closed", concurrency)
 
     async def main():
         stop_at = time.monotonic() + duration_s
@@ -391,7 +393,11 @@ def main() -> None:
     parser.add_argument(
         "--honor-retry-after", action="store_true", help="closed loop: after a 503, wait as its Retry-After says"
     )
+    parser.add_argument(
+        "--header", action="append", default=[], help="closed loop: send this header too, 'Name: value' (repeatable)"
+    )
     args = parser.parse_args()
+    headers = dict(tuple(part.strip() for part in header.split(":", 1)) for header in args.header)
     if args.expect:
         body = Workload.from_answers(json.loads(Path(args.expect).read_text()))
     elif args.body:
@@ -402,7 +408,7 @@ def main() -> None:
         result = run_open_loop(args.url, body, args.rate, args.duration)
     else:
         result = run_closed_loop(
-            args.url, body, args.concurrency, args.duration, honor_retry_after=args.honor_retry_after
+            args.url, body, args.concurrency, args.duration, honor_retry_after=args.honor_retry_after, headers=headers
         )
     print(json.dumps(result.summary()))
 

@@ -1,4 +1,5 @@
--- wrk script for scripts/bench.py: POST one body file, count statuses and X-Batch-Size, print JSON at the end.
+-- wrk script for scripts/bench.py: POST one body file, count 200s, 503s and other statuses and X-Batch-Size,
+-- print JSON at the end. It never waits: a 503's Retry-After is ignored, as by a client that retries at once.
 -- wrk -t2 -c128 -d15s --latency -s scripts/wrk_predict.lua http://127.0.0.1:8000/predict -- body.json
 
 local threads = {}
@@ -13,11 +14,11 @@ function init(args)
    wrk.body = file:read("*a")
    wrk.headers["Content-Type"] = "application/json"
    file:close()
-   ok, failed, batch_sum, batch_count = 0, 0, 0, 0
+   ok, refused, failed, batch_sum, batch_count = 0, 0, 0, 0, 0
 end
 
 function response(status, headers, body)
-   if status == 200 then ok = ok + 1 else failed = failed + 1 end
+   if status == 200 then ok = ok + 1 elseif status == 503 then refused = refused + 1 else failed = failed + 1 end
    local size = headers["X-Batch-Size"] or headers["x-batch-size"]
    if size then
       batch_sum = batch_sum + tonumber(size)
@@ -26,14 +27,14 @@ function response(status, headers, body)
 end
 
 function done(summary, latency, requests)
-   local totals = {ok = 0, failed = 0, batch_sum = 0, batch_count = 0}
+   local totals = {ok = 0, refused = 0, failed = 0, batch_sum = 0, batch_count = 0}
    for _, thread in ipairs(threads) do
       for key, _ in pairs(totals) do totals[key] = totals[key] + thread:get(key) end
    end
    local errors = summary.errors
    io.write(string.format(
-      '{"ok": %d, "failed": %d, "socket_errors": %d, "duration_us": %d, "p50_us": %d, "p99_us": %d, ' ..
+      '{"ok": %d, "refused": %d, "failed": %d, "socket_errors": %d, "duration_us": %d, "p50_us": %d, "p99_us": %d, ' ..
       '"batch_sum": %d, "batch_count": %d}\n',
-      totals.ok, totals.failed, errors.connect + errors.read + errors.write + errors.timeout,
+      totals.ok, totals.refused, totals.failed, errors.connect + errors.read + errors.write + errors.timeout,
       summary.duration, latency:percentile(50), latency:percentile(99), totals.batch_sum, totals.batch_count))
 end

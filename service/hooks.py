@@ -9,11 +9,9 @@ and forgets each dead worker's live gauges in `child_exit`.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import tempfile
-import threading
 from pathlib import Path
 
 from service.footprint import measure_footprint
@@ -85,21 +83,6 @@ def place_worker(plan: WorkerPlan, worker) -> None:
 def current_placement() -> WorkerPlacement | None:
     """This worker's placement, or None outside Gunicorn (tests, scripts)."""
     return _this_worker_placement
-
-
-def lower_request_priority(settings: Settings) -> None:
-    """post_worker_init: run this worker's request handling `REQUEST_NICENESS` steps below its forward passes.
-
-    By now the batcher's threads and TensorFlow's thread pools exist and keep the priority they
-    were created with; the main thread (gevent's hub, or gthread's poller and the request
-    threads it starts from now on) is lowered. So under overload the model keeps the cores and
-    requests are read, refused and answered with what the passes leave, instead of taking a
-    share of the CPU that grows with the number of clients. Linux nice is per thread; elsewhere,
-    or where the call is refused, the worker runs as it is.
-    """
-    if settings.request_niceness:
-        with contextlib.suppress(OSError, AttributeError):
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), settings.request_niceness)
 
 
 def drain_worker(worker) -> None:

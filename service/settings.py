@@ -59,14 +59,6 @@ class Settings:
         minimum=0,
     )
     intra_op_threads: int = _setting(0, "TensorFlow threads inside one op; 0 means cores // workers.", minimum=0)
-    request_niceness: int = _setting(
-        0,
-        "How many nice steps below its forward passes a worker reads, refuses and answers requests (Linux): under "
-        "overload the model keeps the cores, and request handling, refusals included, gets what the passes leave. "
-        "0 runs both alike.",
-        minimum=0,
-        maximum=19,
-    )
     inter_op_threads: int = _setting(
         0, "TensorFlow ops run in parallel; 0 means `CONCURRENT_BATCHES`, so each forward pass runs an op.", minimum=0
     )

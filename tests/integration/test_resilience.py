@@ -9,7 +9,6 @@ which checks every answer against the model's own output for its instance.
 from __future__ import annotations
 
 import json
-import math
 import os
 import signal
 import subprocess
@@ -27,8 +26,8 @@ from service.launcher import PROJECT_ROOT
 
 pytestmark = pytest.mark.integration
 
-LATENCY_SLO_MS = 100
-ACCEPTED_P99_BOUND = 2.0  # accepted requests' p99 at most this times LATENCY_SLO_MS under overload (RELIABILITY.md)
+MAX_BATCH = 32  # the default MAX_BATCH_SIZE
+MAX_QUEUE = 64  # two full batches: the overload tests' queue, so that four times it stays a light client
 
 
 @dataclass
@@ -134,7 +133,9 @@ def test_sigterm_under_load_loses_no_accepted_request(start_server, demo_model_p
     assert lost == []
     assert set(statuses) <= {200, 503}
     assert all(outcomes.retry_after.get(rid) for rid, status in outcomes.answered.items() if status == 503)
-    assert all(accepted[rid] == status for rid, status in outcomes.answered.items())
+    # Every answer the clients saw is in the access log, but refusals: they are counted and summarised instead.
+    assert all(accepted[rid] == status for rid, status in outcomes.answered.items() if rid in accepted)
+    assert all(status == 503 for rid, status in outcomes.answered.items() if rid not in accepted)
 
 
 def test_a_killed_worker_is_replaced_and_a_retrying_client_sees_no_failure(start_server, demo_model_path, image_body):
@@ -203,38 +204,61 @@ def slow_model(tmp_path_factory) -> tuple[str, str]:
     return str(out / "slow"), str(out / "answers.json")
 
 
-def run_loadgen(url: str, answers: str, clients: int, duration_s: float) -> dict:
-    """Closed-loop clients that honour Retry-After, each 200 checked against its instance's prediction."""
-    command = [sys.executable, "scripts/loadgen.py", "--url", url, "--expect", answers, "--honor-retry-after"]
+def run_loadgen(url: str, answers: str, clients: int, duration_s: float, *options: str) -> dict:
+    """Closed-loop clients, each 200 checked against its instance's prediction; `options` go to loadgen.py."""
+    command = [sys.executable, "scripts/loadgen.py", "--url", url, "--expect", answers, *options]
     command += ["-c", str(clients), "-d", str(duration_s)]
     done = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=duration_s + 60)
     assert done.returncode == 0, done.stderr[-2000:]
     return json.loads(done.stdout)
 
 
+def full_pass_s(url: str) -> float:
+    """The worker's own estimate of its largest forward pass (GET /stats), the unit of the bounds below."""
+    by_size = requests.get(f"{url}/stats", timeout=10).json()["cost_model"]["ms_by_batch_size"]
+    return by_size[max(by_size, key=int)] / 1000
+
+
+def assert_recovers(url: str, answers: str) -> None:
+    """Ready again soon after the load drops, and a light load is served whole."""
+    wait_until(lambda: requests.get(f"{url}/readyz", timeout=5).status_code == 200, 10, "ready again")
+    after = run_loadgen(url, answers, 4, 1)
+    assert set(after["by_status"]) == {"200"} and after["wrong_answers"] == 0
+
+
 @pytest.mark.parametrize("worker_class", ["gthread", "gevent"])
-def test_four_times_capacity_is_served_or_refused_quickly_and_recovers(start_server, slow_model, worker_class):
+def test_clients_that_retry_at_once_at_four_times_the_queue_keep_the_goodput(start_server, slow_model, worker_class):
     model_path, answers = slow_model
-    server = start_server(
-        MODEL_PATH=model_path, WORKERS="1", WORKER_CLASS=worker_class, LATENCY_SLO_MS=str(LATENCY_SLO_MS)
-    )
-    capacity = run_loadgen(server.url, answers, clients=32, duration_s=5)["throughput_rps"]
-    # Little's law: the server holds capacity x objective requests at once within its objective; four times that.
-    clients = math.ceil(4 * capacity * LATENCY_SLO_MS / 1000)
-    overload = run_loadgen(server.url, answers, clients=clients, duration_s=30)
-    dropped_at = time.monotonic()
-    wait_until(lambda: requests.get(f"{server.url}/readyz", timeout=5).status_code == 200, 5, "ready again")
-    ready_after_s = time.monotonic() - dropped_at
-    after = run_loadgen(server.url, answers, clients=4, duration_s=1)
-    recovered_after_s = time.monotonic() - dropped_at
+    server = start_server(MODEL_PATH=model_path, WORKERS="1", WORKER_CLASS=worker_class, MAX_QUEUE=str(MAX_QUEUE))
+    # Defaults never refuse servable work: as many clients as the queue holds are all served.
+    capacity = run_loadgen(server.url, answers, MAX_QUEUE, 5)
+    assert set(capacity["by_status"]) == {"200"}, capacity["error_kinds"]
+    overload = run_loadgen(server.url, answers, 4 * MAX_QUEUE, 20)  # retrying at once, ignoring Retry-After
+    pass_s = full_pass_s(server.url)
     by_status = overload["by_status"]
-    print(f"{worker_class}: capacity {capacity} req/s; {clients} clients for 30 s: {overload}; "
-          f"ready {ready_after_s:.2f} s after the load dropped; then {after}")  # fmt: skip
+    print(f"{worker_class}: capacity {capacity['throughput_rps']} req/s; {4 * MAX_QUEUE} clients retrying at once: "
+          f"{overload}; full pass {1000 * pass_s:.1f} ms")  # fmt: skip
     assert set(by_status) == {"200", "503"}, overload["error_kinds"]  # refused some, and nothing else went wrong
     assert overload["wrong_answers"] == 0 and overload["missing_retry_after"] == 0
-    assert by_status["503"]["p50_ms"] < 0.1 * LATENCY_SLO_MS, "refusals are quick: they never wait for the model"
-    assert by_status["503"]["p99_ms"] < ACCEPTED_P99_BOUND * LATENCY_SLO_MS
-    assert by_status["200"]["p99_ms"] <= ACCEPTED_P99_BOUND * LATENCY_SLO_MS
-    assert overload["throughput_rps"] >= 0.5 * capacity, "overload does not collapse the goodput"
-    assert set(after["by_status"]) == {"200"} and after["wrong_answers"] == 0
-    assert after["by_status"]["200"]["p99_ms"] <= LATENCY_SLO_MS and recovered_after_s < 5
+    assert overload["throughput_rps"] >= 0.5 * capacity["throughput_rps"], "overload does not collapse the goodput"
+    assert by_status["503"]["p50_ms"] < 0.2 * by_status["200"]["p50_ms"], "refusals never wait for the model"
+    # An accepted request waits for the full queue ahead and its own pass (and the one running): wide margin.
+    drain_s = (MAX_QUEUE / MAX_BATCH + 2) * pass_s
+    assert by_status["200"]["p99_ms"] <= 2 * 1000 * drain_s
+    assert_recovers(server.url, answers)
+
+
+def test_explicit_deadlines_are_refused_or_expire_rather_than_answered_late(start_server, slow_model):
+    model_path, answers = slow_model
+    server = start_server(MODEL_PATH=model_path, WORKERS="1", MAX_QUEUE=str(MAX_QUEUE))
+    run_loadgen(server.url, answers, MAX_BATCH, 2)  # the worker learns its pass costs
+    deadline_s = 3 * full_pass_s(server.url)
+    header = f"X-Request-Timeout-Ms: {1000 * deadline_s:.0f}"
+    overload = run_loadgen(server.url, answers, 4 * MAX_QUEUE, 15, "--header", header)
+    by_status = overload["by_status"]
+    print(f"deadline {1000 * deadline_s:.0f} ms, {4 * MAX_QUEUE} clients retrying at once: {overload}")
+    assert set(by_status) <= {"200", "503", "504"} and {"200", "503"} <= set(by_status), overload["error_kinds"]
+    assert overload["wrong_answers"] == 0 and overload["missing_retry_after"] == 0
+    # No accepted request is answered after its deadline by more than a pass (the client's own clock adds some).
+    assert by_status["200"]["p99_ms"] <= 1000 * (deadline_s + 2 * full_pass_s(server.url))
+    assert_recovers(server.url, answers)
