@@ -113,7 +113,7 @@ class Settings:
         "Latency objective you choose: when set, a request that would wait and whose predicted wait and pass exceed "
         "it (or its own deadline) is refused with 503, `/readyz` answers 503 while new requests would be, and under "
         "`adaptive` no request is held back past it. 0 means none: only a full queue or a request's own deadline "
-        "refuses, and `adaptive` holds a batch at most one full pass (README, Overload).",
+        "refuses, and `adaptive` holds a batch at most one full pass (RELIABILITY.md, Overload).",
         "ms",
         minimum=0,
     )
