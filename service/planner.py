@@ -83,7 +83,7 @@ class WorkerPlan:
         concurrency = (
             f"gthread, {settings.request_threads} request threads"
             if settings.worker_class == "gthread"
-            else f"gevent, {settings.gevent_connections} connections"
+            else f"gevent, {settings.gevent_connections} requests at once"
         )
         lines = [
             "Sizing plan",
