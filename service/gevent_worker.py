@@ -17,18 +17,14 @@ from gevent.lock import BoundedSemaphore
 from gunicorn import http, util
 from gunicorn.workers import ggevent
 
-from service.settings import load_settings
 from service.workers import (
     CONTINUE_RESPONSE,
     LINGER_S,
     RECV_BYTES,
     STOP_IDLE_LINGER_S,
     IncomingRequest,
-    ReadPolicy,
     count_stalled,
-    open_connection_cap,
-    raise_open_file_limit,
-    reads_requests_whole,
+    prepare_to_read,
 )
 
 
@@ -36,11 +32,7 @@ class GeventWorker(ggevent.GeventWorker):
     """`worker_class` for WORKER_CLASS=gevent (gunicorn.conf.py)."""
 
     def init_process(self):
-        self.read_policy = ReadPolicy.for_worker(self.cfg, load_settings())
-        self.reads_whole = reads_requests_whole(self.cfg)
-        open_files = raise_open_file_limit()
-        # Gunicorn's run() sizes the server's pool from this: every open connection, not only those served.
-        self.worker_connections = open_connection_cap(open_files, self.cfg.worker_connections)
+        open_files = prepare_to_read(self, self.cfg.worker_connections)
         self.log.info(
             "gevent worker: up to %d connections open (open-file limit %d), %d requests served at once, "
             "READ_TIMEOUT_S=%g",

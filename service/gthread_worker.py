@@ -31,18 +31,14 @@ from gunicorn import http, util
 from gunicorn.workers import gthread
 
 from service.framing import CHUNKED_READ_AHEAD_BYTES
-from service.settings import load_settings
 from service.workers import (
     CONTINUE_RESPONSE,
     LINGER_S,
     RECV_BYTES,
     STOP_IDLE_LINGER_S,
     IncomingRequest,
-    ReadPolicy,
     count_stalled,
-    open_connection_cap,
-    raise_open_file_limit,
-    reads_requests_whole,
+    prepare_to_read,
 )
 
 
@@ -65,10 +61,7 @@ class ThreadWorker(gthread.ThreadWorker):
     """`worker_class` for WORKER_CLASS=gthread (gunicorn.conf.py)."""
 
     def init_process(self):
-        self.read_policy = ReadPolicy.for_worker(self.cfg, load_settings())
-        self.reads_whole = reads_requests_whole(self.cfg)
-        open_files = raise_open_file_limit()
-        self.worker_connections = open_connection_cap(open_files, self.cfg.threads)
+        open_files = prepare_to_read(self, self.cfg.threads)
         self.max_keepalived = self.worker_connections - self.cfg.threads
         self._timeout_responses = {stage: self.read_policy.timeout_response(stage) for stage in ("head", "body")}
         self._arriving: dict[Connection, IncomingRequest] = {}

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from service.errors import error_body
 from service.framing import RequestFraming, max_head_bytes
-from service.settings import Settings
+from service.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
 
@@ -193,6 +193,17 @@ def open_connection_cap(open_file_limit: int, served_at_once: int) -> int:
     if open_file_limit == resource.RLIM_INFINITY:
         open_file_limit = UNLIMITED_FILES_TARGET
     return max(served_at_once, min(MAX_OPEN_CONNECTIONS, open_file_limit - RESERVED_FILES))
+
+
+def prepare_to_read(worker, served_at_once: int) -> int:
+    """Both worker classes' `init_process`: set the read policy, whether requests are received whole,
+    and `worker_connections` (Gunicorn sizes its pool from it: every open connection, not only those
+    served); return the open-file limit in force."""
+    worker.read_policy = ReadPolicy.for_worker(worker.cfg, load_settings())
+    worker.reads_whole = reads_requests_whole(worker.cfg)
+    open_files = raise_open_file_limit()
+    worker.worker_connections = open_connection_cap(open_files, served_at_once)
+    return open_files
 
 
 def count_stalled(stage: str) -> None:
