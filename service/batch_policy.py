@@ -19,6 +19,16 @@ for the batch size with AIMD: the cost of every size is measured. Like BentoML i
 cost model, but it also knows that a pass already running holds the next batch anyway,
 that padding makes sizes between compiled ones free, and when closed-loop clients are
 about to come back.
+
+In a closed loop (clients who send again when answered, as the estimator tells) one step
+of latency is the wrong account: the clients who miss a pass come back behind it, the ones
+it answered come back behind the next, and the passes stay split in halves, each costing
+nearly a full one on a memory-bound model. Every client's latency there is the loop's
+throughput, so while the last pass's clients are still on their way back the policy waits
+for as long as the batch would then serve more instances per second of model time (held,
+waited and run) than it does now, and sends as soon as the rest are not worth their wait.
+The same measured costs and learned echo decide it, so nothing is tuned to one machine;
+open-loop traffic is served as before.
 """
 
 from __future__ import annotations
@@ -149,12 +159,37 @@ class AdaptivePolicy:
         latest_send = self.latest_send(batch)
         if now >= latest_send:
             return Decision(SendReason.DEADLINE)
-        if batch.timed_out:
+        if self.observations.arrivals.still_coming(now, latest_send - now) > 0:
+            # Clients are on their way back: a wait that ran out says they are late, not that they are not coming.
+            horizon_s = self.best_wait_in_closed_loop(now, batch, latest_send - now)
+        elif batch.timed_out:
             return Decision(SendReason.TIMEOUT)
-        horizon_s = self.best_wait(now, batch.instances, latest_send - now)
+        else:
+            horizon_s = self.best_wait(now, batch.instances, latest_send - now)
         if horizon_s is None:
             return Decision(SendReason.NOTHING_COMING)
         return Decision(wait_until=now + horizon_s)
+
+    def best_wait_in_closed_loop(self, now: float, batch: FormingBatch, longest_s: float) -> float | None:
+        """The wait after which the batch serves the most instances per second, or None if sending now does.
+
+        The time counted is what the model spends on this batch: held since it became free,
+        the wait, then the pass. Waiting pays while the clients still coming arrive faster than
+        the batch would be served by sending now; they stop paying once only stragglers are out.
+        """
+        cost = self.observations.cost_model.seconds
+        held_s = now - batch.held_since
+        instances = batch.instances
+        best_s, best_rate = None, instances / (held_s + cost(instances))
+        full_pass_s = self.observations.cost_model.full_pass_seconds()
+        for horizon_s in (fraction * full_pass_s for fraction in HORIZON_FRACTIONS):
+            if horizon_s > longest_s:
+                break
+            joiners = min(self.max_batch_size - instances, self.observations.arrivals.still_coming(now, horizon_s))
+            rate = (instances + joiners) / (held_s + horizon_s + cost(instances + math.ceil(joiners)))
+            if rate > best_rate:
+                best_s, best_rate = horizon_s, rate
+        return best_s
 
     def best_wait(self, now: float, instances: int, longest_s: float) -> float | None:
         """The wait with the largest expected saving in total latency, or None if no wait saves any."""

@@ -172,6 +172,8 @@ class Batcher:
         self._last_pass_ended_at = 0.0
         self._forming = new_lock()  # held by the one thread forming a batch
         self._closed = False
+        self._room_listeners: list[Callable[[], None]] = []
+        self.accepted_requests = 0  # since start: every request submit() queued
         self.stats = BatcherStats()
         self._threads = [OsThread(self._run, f"{name}-{i}") for i in range(concurrent_batches)]
 
@@ -183,6 +185,10 @@ class Batcher:
     def queue_depth(self) -> int:
         """Instances accepted and not yet taken into a forward pass."""
         return self._queued_instances
+
+    def add_room_listener(self, listener: Callable[[], None]) -> None:
+        """Call `listener()` from a batcher thread, outside its lock, whenever a batch leaves the queue."""
+        self._room_listeners.append(listener)
 
     def submit(
         self, payload: Any, size: int = 1, timeout_s: float | None = None, budget_s: float | None = None
@@ -209,6 +215,7 @@ class Batcher:
             request = PendingRequest(payload, size, now, new_completion(), deadline, due)
             self._queued_instances += size
             self._in_flight_instances += size
+            self.accepted_requests += 1
             self._waiting.append(request)
             if self.observations is not None:
                 self.observations.arrived(request.enqueued_at, size)
@@ -266,7 +273,7 @@ class Batcher:
         raise DeadlineUnreachable(
             f"{self._queued_instances} instances queued, {self._passes_running} passes running: an answer would "
             f"take about {1000 * (answered_at - now):.0f} ms, {why}",
-            late_s + self._full_pass_seconds(),
+            late_s + self.full_pass_seconds(),
         )
 
     def _earliest_due_joined(self, size: int) -> float | None:
@@ -304,7 +311,8 @@ class Batcher:
             free_at = sorted([*free_at, ends]) if batch >= full else [ends] * (len(free_at) + 1)
         return ends - now
 
-    def _full_pass_seconds(self) -> float:
+    def full_pass_seconds(self) -> float:
+        """The measured cost of a full batch (0 without a cost model)."""
         return self.observations.cost_model.seconds(self.preferred_batch_size) if self.observations else 0.0
 
     def _drain_seconds(self) -> float:
@@ -427,6 +435,8 @@ class Batcher:
             for _ in batch:  # the batch is the oldest requests queued, in order
                 self._waiting.popleft()
             self._queue_changed()
+        for listener in self._room_listeners:
+            listener()
         return batch, reason, stopping
 
     def _without_expired(self, batch: list[PendingRequest]) -> list[PendingRequest]:

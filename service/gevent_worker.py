@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import errno
 import time
+from functools import partial
 
 import gevent
+from gevent.event import Event
 from gevent.lock import BoundedSemaphore
 from gunicorn import http, util
 from gunicorn.workers import ggevent
 
+from service.backpressure import ParkingLot, queue_room_of
 from service.workers import (
     CONTINUE_RESPONSE,
     LINGER_S,
@@ -47,6 +50,10 @@ class GeventWorker(ggevent.GeventWorker):
         self._serving = BoundedSemaphore(self.cfg.worker_connections)  # after gevent's hub is set up
         self._silent: set[gevent.Greenlet] = set()  # handlers waiting for a request's first byte
         self._stopping_since: float | None = None
+        room = queue_room_of(self.wsgi) if self.reads_whole else None
+        self._parking: ParkingLot[Event] | None = ParkingLot(room) if room is not None else None
+        if room is not None:
+            room.when_made(partial(gevent.get_hub().loop.run_callback_threadsafe, self._wake_parked))
         super().run()
 
     def notify(self):
@@ -55,6 +62,9 @@ class GeventWorker(ggevent.GeventWorker):
         if self.alive:
             return
         self._stopping_since = self._stopping_since or time.monotonic()
+        if self._parking is not None:
+            for woken in self._parking.everyone():
+                woken.set()
         if time.monotonic() - self._stopping_since >= STOP_IDLE_LINGER_S:
             for handler in list(self._silent):
                 handler.kill(block=False)
@@ -70,10 +80,13 @@ class GeventWorker(ggevent.GeventWorker):
             parser = http.get_parser(self.cfg, client, addr)
             kept_alive = False
             while True:
+                woken = kept_alive and self._wait_for_room()
                 incoming = self.read_policy.new_request(time.monotonic(), kept_alive, parser.unreader.take_buffered())
                 if not self._receive(client, incoming):
                     answered = incoming.started
                     return
+                while woken and self._parking.queue_full():
+                    woken = self._wait_for_room(first=True)  # read, and the queue filled again: wait first in line
                 parser.unreader.unread(incoming.take())
                 answered = True
                 request = next(parser)  # parses bytes already received: the head is complete
@@ -97,6 +110,24 @@ class GeventWorker(ggevent.GeventWorker):
             if answered:
                 util.close_graceful(client, timeout=LINGER_S)
             util.close(client)
+
+    def _wait_for_room(self, first: bool = False) -> bool:
+        """Leave the next request unread while the queue is full (service/backpressure.py); True if woken for room."""
+        parking = self._parking
+        if parking is None or not self.alive or not (first or parking.must_wait()):
+            return False
+        woken = Event()
+        parking.park(woken, time.monotonic(), first)
+        self._wake_parked()  # the queue may have room, for the connections parked before this one
+        try:
+            return woken.wait(timeout=self.read_policy.read_timeout_s) and self.alive
+        finally:
+            if not woken.is_set():
+                parking.leave(woken)
+
+    def _wake_parked(self) -> None:
+        for woken in self._parking.wakeable(time.monotonic()):
+            woken.set()
 
     def _skip_unread_body(self, parser) -> bool:
         """Discard what the app left of the body if it comes soon; False: close, the next request's start is unknown."""

@@ -30,6 +30,7 @@ from functools import partial
 from gunicorn import http, util
 from gunicorn.workers import gthread
 
+from service.backpressure import ParkingLot, queue_room_of
 from service.framing import CHUNKED_READ_AHEAD_BYTES
 from service.workers import (
     CONTINUE_RESPONSE,
@@ -49,6 +50,8 @@ class Connection(gthread.TConn):
         super().__init__(cfg, sock, client, server)
         self.worker = worker
         self.continue_sent = False  # this request's `100 Continue` went out while it was received
+        self.woken_for_room = False  # parked while the queue was full, and woken when it had room
+        self.held: IncomingRequest | None = None  # its request, read, while it waits first in line again
 
     def close(self, graceful=False):
         if graceful:
@@ -81,6 +84,13 @@ class ThreadWorker(gthread.ThreadWorker):
         )
         super().init_process()
 
+    def run(self):
+        room = queue_room_of(self.wsgi) if self.reads_whole else None
+        self._parking: ParkingLot[Connection] | None = ParkingLot(room) if room is not None else None
+        if room is not None:
+            room.when_made(partial(self.method_queue.defer, self._wake_parked))
+        super().run()
+
     # Where connections come in: accept, kept-alive or pipelined requests, all call enqueue_req.
 
     def accept(self, listener):
@@ -99,6 +109,13 @@ class ThreadWorker(gthread.ThreadWorker):
         """Receive the connection's next request in the poller; the pool gets it once it is whole."""
         if not self.reads_whole:
             return super().enqueue_req(conn)
+        if conn.parser is not None and self._parking is not None and self.alive and self._parking.must_wait():
+            self._parking.park(conn, time.monotonic())  # its next request waits unread (service/backpressure.py)
+            self._wake_parked()  # the queue may have room, for the connections parked before this one
+            return None
+        return self._receive(conn)
+
+    def _receive(self, conn: Connection) -> None:
         kept_alive = conn.parser is not None
         leftover = conn.parser.unreader.take_buffered() if kept_alive else b""  # a pipelined request
         incoming = self.read_policy.new_request(time.monotonic(), kept_alive, leftover)
@@ -140,6 +157,11 @@ class ThreadWorker(gthread.ThreadWorker):
             self._submit(conn, incoming)
 
     def _submit(self, conn: Connection, incoming: IncomingRequest) -> None:
+        if conn.woken_for_room and self._parking.queue_full():
+            conn.held = incoming  # woken with others before they were read: wait first in line, request in hand
+            self._parking.park(conn, time.monotonic(), first=True)
+            return
+        conn.woken_for_room = False
         if conn.parser is None:
             conn.parser = http.get_parser(self.cfg, conn.sock, conn.client)
         conn.parser.unreader.unread(incoming.take())
@@ -159,10 +181,30 @@ class ThreadWorker(gthread.ThreadWorker):
             timeout = min(timeout, self._deadlines[0][0] - now)
         if self._linger_order:
             timeout = min(timeout, self._linger_order[0][0] - now)
+        overdue_at = self._parking.next_overdue_at(self.read_policy.read_timeout_s) if self._parking else None
+        if overdue_at is not None:
+            timeout = min(timeout, overdue_at - now)
         super().wait_for_and_dispatch_events(max(0.0, timeout))
         self._expire(time.monotonic())
 
+    def _wake_parked(self) -> None:
+        for conn in self._parking.wakeable(time.monotonic()):
+            self._read_parked(conn, for_room=True)
+
+    def _read_parked(self, conn: Connection, for_room: bool) -> None:
+        """Receive a woken connection's request; or submit the one it holds (read, when the queue filled again)."""
+        conn.woken_for_room = for_room
+        held, conn.held = conn.held, None
+        if held is None:
+            self._receive(conn)
+        else:
+            self._submit(conn, held)
+
     def _expire(self, now: float) -> None:
+        if self._parking is not None:
+            parked_too_long = self._parking.overdue(now, self.read_policy.read_timeout_s)
+            for conn in parked_too_long if self.alive else self._parking.everyone():
+                self._read_parked(conn, for_room=False)
         if not self.alive:
             self._stopping_since = self._stopping_since or now
             if now - self._stopping_since >= STOP_IDLE_LINGER_S:

@@ -84,6 +84,12 @@ instances_in_flight = Gauge(
     "Instances accepted and not yet answered (queued or in a forward pass), summed over live workers.",
     multiprocess_mode="livesum",
 )
+parked_connections = Gauge(
+    "model_server_parked_connections",
+    "Kept-alive connections whose next request is left unread until the queue has room (service/backpressure.py), "
+    "summed over live workers.",
+    multiprocess_mode="livesum",
+)
 workers_alive = Gauge(
     "model_server_workers_alive", "Workers that have loaded the model and serve.", multiprocess_mode="livesum"
 )

@@ -161,6 +161,20 @@ def test_full_queue_refuses_at_once_and_loses_nothing_accepted(make_batcher, pre
     assert batcher.queue_depth == 0
 
 
+def test_room_listeners_hear_of_every_batch_that_leaves_the_queue(make_batcher, predict):
+    batcher = make_batcher(max_batch_size=2, max_queue=4)
+    depths_heard = []
+    batcher.add_room_listener(lambda: depths_heard.append(batcher.queue_depth))
+    predict.hold()
+    running = batcher.submit(0)
+    predict.wait_for_batch()
+    queued = [batcher.submit(value) for value in range(1, 5)]
+    assert depths_heard == [0], "told once, when the first request left for its pass"
+    predict.gate.set()
+    assert [c.wait(ANSWER_TIMEOUT_S).result for c in [running, *queued]] == [0, 10, 20, 30, 40]
+    assert depths_heard == [0, 2, 0], "then once per batch of two, with its room already made"
+
+
 def test_a_failing_batch_fails_only_its_own_requests(make_batcher):
     def predict(payloads):
         if "poison" in payloads:

@@ -1,0 +1,136 @@
+"""While the queue is full, a kept-alive connection's next request is left unread: backpressure for clients that never back off.
+
+A client that ignores Retry-After and retries at once (wrk, a naive retry loop) sends its
+next request on the same connection as soon as it has the 503. Read, parsed and refused,
+each such retry takes CPU from the forward passes the queue waits for, and the client
+retries faster the cheaper the refusal: goodput collapses (RELIABILITY.md, "Overload"). TCP
+has the remedy: a request that is not read waits in the client's socket and costs the server
+nothing. So while the worker's queue is full, a kept-alive connection ready to send its next
+request is parked instead of read, and parked connections are woken first parked, first
+woken, as many as the queue has room for, whenever a batch leaves it. A new connection's first
+request is always read at once (and refused in about a millisecond if the queue is full); a
+parked connection is read after READ_TIMEOUT_S at the latest, and at once when the worker stops.
+
+This module holds the rule; each worker class parks and wakes connections in its own way
+(a greenlet's event, a socket left out of the poller).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+from service import metrics
+
+Parked = TypeVar("Parked")
+
+
+class QueueRoom:
+    """What the workers need of the batcher: whether its queue has room, and a call when room is made."""
+
+    def __init__(self, batcher: Any):
+        self._batcher = batcher
+
+    def room(self) -> int:
+        """Instances the queue takes before it refuses (read without the batcher's lock: a hint)."""
+        return self._batcher.max_queue - self._batcher.queue_depth
+
+    def accepted(self) -> int:
+        """Requests the queue has accepted since the start."""
+        return self._batcher.accepted_requests
+
+    def full_pass_seconds(self) -> float:
+        return self._batcher.full_pass_seconds()
+
+    def when_made(self, callback: Callable[[], None]) -> None:
+        """Call `callback` (from a batcher thread, so it must only hand over) whenever a batch leaves the queue."""
+        self._batcher.add_room_listener(callback)
+
+
+def queue_room_of(wsgi_app: Any) -> QueueRoom | None:
+    """The queue behind the app Gunicorn loaded (service.app.create_app), None for any other app."""
+    server = getattr(wsgi_app, "extensions", {}).get("model_server")
+    return QueueRoom(server.batcher) if server is not None else None
+
+
+class ParkingLot(Generic[Parked]):
+    """Connections waiting for room in the queue before their next request is read; first parked, first woken.
+
+    Single-threaded: used only from the worker's own loop (the gevent hub, the gthread main thread).
+    """
+
+    def __init__(self, room: QueueRoom):
+        self._room = room
+        self._parked: deque[tuple[float, Parked]] = deque()  # (parked at, connection), oldest first
+        # Room promised to woken connections: counted in accepted requests, until the queue has accepted
+        # that many or a full pass has gone by since the last wake-up (a woken client may send no request).
+        self._promised_until = 0
+        self._promised_at = -math.inf
+
+    def __len__(self) -> int:
+        return len(self._parked)
+
+    def must_wait(self) -> bool:
+        """Whether a connection about to be read must park: the queue is full, or others wait before it."""
+        return bool(self._parked) or self._room.room() <= 0
+
+    def park(self, connection: Parked, now: float, first: bool = False) -> None:
+        """Park a connection last in line, or `first` (one woken whose request, read, found the queue full again)."""
+        if first:  # kept in order of parking time, so the overdue come first: it counts as parked no later
+            self._parked.appendleft((min(now, self._parked[0][0]) if self._parked else now, connection))
+        else:
+            self._parked.append((now, connection))
+        metrics.parked_connections.inc()
+
+    def leave(self, connection: Parked) -> None:
+        """Forget a parked connection that stopped waiting on its own (it timed out or closed)."""
+        for entry in self._parked:
+            if entry[1] is connection:
+                self._parked.remove(entry)
+                metrics.parked_connections.dec()
+                return
+
+    def wakeable(self, now: float) -> list[Parked]:
+        """Take the oldest connections, as many as the queue has room for (one instance each at least).
+
+        Room promised to connections woken earlier whose requests the queue has not accepted
+        yet counts as taken, so wake-ups that come before the woken are read (a batch leaving
+        from each batcher thread, requests waiting for a gthread) do not wake too many. If
+        some are woken too many anyway, one whose request then finds the queue full parks
+        again at the front, its request in hand, rather than being refused after its wait.
+        """
+        accepted = self._room.accepted()
+        if now - self._promised_at > self._room.full_pass_seconds():
+            self._promised_until = accepted
+        promised = max(0, self._promised_until - accepted)
+        count = min(len(self._parked), max(0, self._room.room() - promised))
+        if count:
+            self._promised_until = max(self._promised_until, accepted) + count
+            self._promised_at = now
+        return self._take(count)
+
+    def queue_full(self) -> bool:
+        return self._room.room() <= 0
+
+    def overdue(self, now: float, patience_s: float) -> list[Parked]:
+        """Take the connections parked for `patience_s` or longer."""
+        count = 0
+        for parked_at, _ in self._parked:
+            if now - parked_at < patience_s:
+                break
+            count += 1
+        return self._take(count)
+
+    def everyone(self) -> list[Parked]:
+        return self._take(len(self._parked))
+
+    def next_overdue_at(self, patience_s: float) -> float | None:
+        return self._parked[0][0] + patience_s if self._parked else None
+
+    def _take(self, count: int) -> list[Parked]:
+        taken = [self._parked.popleft()[1] for _ in range(count)]
+        if taken:
+            metrics.parked_connections.dec(len(taken))
+        return taken

@@ -1,0 +1,104 @@
+"""The parking lot: connections wait unread while the queue is full, and are woken first parked first, as room is made."""
+
+from __future__ import annotations
+
+from prometheus_client import REGISTRY
+
+from service.backpressure import ParkingLot, QueueRoom, queue_room_of
+
+
+class FakeBatcher:
+    def __init__(self, max_queue: int, queue_depth: int = 0):
+        self.max_queue = max_queue
+        self.queue_depth = queue_depth
+        self.accepted_requests = 0
+        self.listeners = []
+
+    def accept(self, count: int) -> None:
+        self.queue_depth += count
+        self.accepted_requests += count
+
+    def full_pass_seconds(self) -> float:
+        return 1.0
+
+    def add_room_listener(self, listener):
+        self.listeners.append(listener)
+
+
+def parked_gauge() -> float:
+    return REGISTRY.get_sample_value("model_server_parked_connections") or 0.0
+
+
+def test_a_connection_waits_only_while_the_queue_is_full_or_others_wait_before_it():
+    batcher = FakeBatcher(max_queue=4, queue_depth=3)
+    lot = ParkingLot(QueueRoom(batcher))
+    assert not lot.must_wait()
+    batcher.queue_depth = 4
+    assert lot.must_wait()
+    lot.park("a", now=0.0)
+    batcher.queue_depth = 0
+    assert lot.must_wait(), "a connection does not overtake one parked before it"
+    assert lot.wakeable(now=0.0) == ["a"]
+    assert not lot.must_wait()
+
+
+def test_the_oldest_are_woken_as_many_as_the_queue_has_room_for_and_room_is_promised_once():
+    batcher = FakeBatcher(max_queue=4, queue_depth=4)
+    lot = ParkingLot(QueueRoom(batcher))
+    gauge_before = parked_gauge()
+    for name in "abcdefgh":
+        lot.park(name, now=float(ord(name)))
+    assert parked_gauge() == gauge_before + 8
+    assert lot.wakeable(now=200.0) == []
+    batcher.queue_depth = 2  # a batch of 2 left
+    assert lot.wakeable(now=200.0) == ["a", "b"]
+    assert lot.wakeable(now=200.1) == [], "room promised to woken connections not yet read is not promised twice"
+    batcher.accept(1)  # "a"'s request
+    batcher.queue_depth -= 2  # another batch left
+    assert lot.wakeable(now=200.2) == ["c", "d"], "the room left after what is promised to b"
+    batcher.accept(1)  # "b"'s request; c and d never send one: their promise lapses after a full pass
+    batcher.queue_depth = 0
+    assert lot.wakeable(now=200.3) == ["e", "f"]
+    assert lot.wakeable(now=202.0) == ["g", "h"]
+    assert len(lot) == 0 and parked_gauge() == gauge_before
+
+
+def test_one_woken_too_many_waits_again_first_in_line():
+    batcher = FakeBatcher(max_queue=4, queue_depth=3)
+    lot = ParkingLot(QueueRoom(batcher))
+    for name in "abc":
+        lot.park(name, now=float(ord(name)))
+    assert lot.wakeable(now=200.0) == ["a"]
+    assert not lot.queue_full()
+    batcher.accept(1)  # a new connection's request took the room before "a" was read
+    assert lot.queue_full()
+    lot.park("a", now=200.0, first=True)
+    batcher.queue_depth = 3
+    assert lot.wakeable(now=200.1) == ["a"]
+    assert lot.overdue(now=ord("b") + 10.0, patience_s=10.0) == ["b"], "first in line never hides the overdue"
+
+
+def test_a_connection_parked_too_long_is_read_anyway_and_one_that_leaves_is_forgotten():
+    batcher = FakeBatcher(max_queue=1, queue_depth=1)
+    lot = ParkingLot(QueueRoom(batcher))
+    lot.park("a", now=0.0)
+    lot.park("b", now=1.0)
+    lot.park("c", now=2.0)
+    assert lot.next_overdue_at(patience_s=5.0) == 5.0
+    assert lot.overdue(now=4.9, patience_s=5.0) == []
+    assert lot.overdue(now=6.0, patience_s=5.0) == ["a", "b"]
+    lot.leave("c")
+    assert len(lot) == 0 and lot.next_overdue_at(5.0) is None
+    lot.park("d", now=7.0)
+    assert lot.everyone() == ["d"]
+
+
+def test_room_comes_from_the_batcher_and_its_listeners():
+    batcher = FakeBatcher(max_queue=8, queue_depth=5)
+    room = QueueRoom(batcher)
+    assert room.room() == 3
+    called = []
+    room.when_made(lambda: called.append(True))
+    batcher.listeners[0]()
+    assert called == [True]
+    assert queue_room_of(object()) is None, "an app without a model server has no queue to wait for"
