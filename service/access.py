@@ -48,8 +48,7 @@ class AccessLayer:
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         started = time.monotonic()
-        supplied = environ.get("HTTP_X_REQUEST_ID", "")
-        request_id = supplied if _USABLE_REQUEST_ID.fullmatch(supplied) else uuid.uuid4().hex
+        request_id = request_id_for(environ.get("HTTP_X_REQUEST_ID", ""))
         token = request_id_var.set(request_id)
         status_code = 500
 
@@ -68,8 +67,7 @@ class AccessLayer:
     def _record(environ: dict, request_id: str, status_code: int, duration_s: float) -> None:
         route = environ.get(ROUTE_KEY, UNMATCHED_ROUTE)
         method = environ.get("REQUEST_METHOD", "")
-        metrics.http_requests.labels(route, method if method in KNOWN_METHODS else "other", str(status_code)).inc()
-        metrics.http_request_duration.labels(route).observe(duration_s)
+        count_request(route, method, status_code, duration_s)
         if log.isEnabledFor(logging.INFO) and REFUSED_KEY not in environ:
             batch_size = environ.get(BATCH_SIZE_KEY)
             path = environ.get("PATH_INFO", "")
@@ -94,3 +92,14 @@ class AccessLayer:
                     "remote_addr": environ.get("REMOTE_ADDR"),
                 },
             )
+
+
+def count_request(route: str, method: str, status_code: int, duration_s: float) -> None:
+    """The request metrics of one answer (also of one refused before it reached the app, service/backpressure.py)."""
+    metrics.http_requests.labels(route, method if method in KNOWN_METHODS else "other", str(status_code)).inc()
+    metrics.http_request_duration.labels(route).observe(duration_s)
+
+
+def request_id_for(supplied: str) -> str:
+    """The client's `X-Request-ID` if usable, else a new one."""
+    return supplied if _USABLE_REQUEST_ID.fullmatch(supplied) else uuid.uuid4().hex

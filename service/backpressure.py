@@ -11,18 +11,29 @@ woken, as many as the queue has room for, whenever a batch leaves it. A new conn
 request is always read at once (and refused in about a millisecond if the queue is full); a
 parked connection is read after READ_TIMEOUT_S at the latest, and at once when the worker stops.
 
-This module holds the rule; each worker class parks and wakes connections in its own way
+A request that is read while the queue is full is refused before Gunicorn parses it: from
+its request line alone (`EarlyRefusal`), for the predict route's own reason and with the same
+answer, so a refusal costs a fraction of a served request (BENCHMARKS.md).
+
+This module holds the rules; each worker class parks and wakes connections in its own way
 (a greenlet's event, a socket left out of the poller).
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections import deque
 from collections.abc import Callable
+from http import HTTPStatus
 from typing import Any, Generic, TypeVar
 
+from gunicorn.util import http_date
+
 from service import metrics
+from service.access import count_request, request_id_for
+from service.errors import error_body
+from service.framing import RequestFraming
 
 Parked = TypeVar("Parked")
 
@@ -49,10 +60,42 @@ class QueueRoom:
         self._batcher.add_room_listener(callback)
 
 
-def queue_room_of(wsgi_app: Any) -> QueueRoom | None:
-    """The queue behind the app Gunicorn loaded (service.app.create_app), None for any other app."""
-    server = getattr(wsgi_app, "extensions", {}).get("model_server")
-    return QueueRoom(server.batcher) if server is not None else None
+def model_server_of(wsgi_app: Any):
+    """The ModelServer behind the app Gunicorn loaded (service.app.create_app), None for any other app."""
+    return getattr(wsgi_app, "extensions", {}).get("model_server")
+
+
+class EarlyRefusal:
+    """The whole 503 answer to a predict request that the full queue refuses, from its bytes, before any parsing."""
+
+    def __init__(self, server: Any):
+        from service.predict_endpoint import refusal_before_reading  # in the worker: the master imports no numpy
+
+        self._server = server
+        self._refusal_before_reading = refusal_before_reading
+
+    def answer(self, framing: RequestFraming, received_at: float) -> bytes | None:
+        """The answer's bytes, or None to serve the request as usual (`framing` must be ready)."""
+        if framing.request_line is None:
+            return None
+        method, _, rest = framing.request_line.partition(b" ")
+        target = rest.rpartition(b" ")[0].decode("latin-1")
+        refusal = self._refusal_before_reading(self._server, method.decode("latin-1"), target)
+        if refusal is None:
+            return None
+        route, error = refusal
+        body = error_body(error.message)
+        request_id = request_id_for(framing.request_id.decode("latin-1"))
+        headers = {"Content-Type": "application/json", "Content-Length": str(len(body)), **error.headers}
+        head = "".join(
+            [
+                f"HTTP/1.1 {error.status} {HTTPStatus(error.status).phrase}\r\nDate: {http_date()}\r\n",
+                *(f"{name}: {value}\r\n" for name, value in headers.items()),
+                f"X-Request-ID: {request_id}\r\n\r\n",
+            ]
+        )
+        count_request(route, "POST", error.status, time.monotonic() - received_at)
+        return head.encode("latin-1") + body
 
 
 class ParkingLot(Generic[Parked]):

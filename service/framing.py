@@ -57,6 +57,12 @@ class RequestFraming:
         self._scanned = 0  # bytes of the head already searched for its end and for bare LFs
         self._body: _LengthBody | _ChunkedBody | None = None
         self.ready = False
+        # Once the head is here, for a well-formed HTTP/1.1 request that keeps its connection open and
+        # whose end is known without decoding (no body, or Content-Length): its request line, and the
+        # index just past it in what `take()` returns. None otherwise (then only the parser can judge it).
+        self.request_line: bytes | None = None
+        self.request_end: int | None = None
+        self.request_id = b""  # its X-Request-ID, with the two above
         self.expects_continue = False  # the head asked for `100 Continue` before the body is sent
         if received:
             self.receive(received)
@@ -102,6 +108,8 @@ class RequestFraming:
             return
         self._head_end = end + len(HEAD_END)
         self._body = self._framing_of(bytes(self._received[:end]))
+        if self.request_end is not None:
+            self.request_end += self._head_end
         if self._body is None:
             self.ready = True
 
@@ -126,6 +134,8 @@ class RequestFraming:
         )
         if http11 and expect is not None and [value.lower() for value in expect] != [b"100-continue"]:
             return None  # 417 from the parser
+        connection = b",".join(fields.get(b"connection", ())).lower()
+        keeps_open = http11 and b"close" not in connection and b"upgrade" not in connection
         if codings is not None:
             if lengths is not None:
                 return None
@@ -137,13 +147,24 @@ class RequestFraming:
             if len(set(lengths)) != 1 or not lengths[0].isdigit():
                 return None
             length = int(lengths[0])
-            if length == 0 or length > self._max_body_bytes:
-                return None  # nothing to wait for; or refused (413) before the body is read
+            if length > self._max_body_bytes:
+                return None  # refused (413) before the body is read
+            self._known_end(lines[0], length, keeps_open, fields)
+            if length == 0:
+                return None  # nothing to wait for
             body = _LengthBody(length)
         else:
+            self._known_end(lines[0], 0, keeps_open, fields)
             return None  # a request without Content-Length or Transfer-Encoding has no body
         self.expects_continue = expect is not None and http11
         return body
+
+
+    def _known_end(self, request_line: bytes, body_length: int, keeps_open: bool, fields: dict) -> None:
+        if keeps_open:
+            self.request_line = request_line
+            self.request_end = body_length  # the head's length is added once it is known
+            self.request_id = (fields.get(b"x-request-id") or [b""])[0]
 
 
 class _LengthBody:

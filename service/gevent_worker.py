@@ -19,7 +19,7 @@ from gevent.lock import BoundedSemaphore
 from gunicorn import http, util
 from gunicorn.workers import ggevent
 
-from service.backpressure import ParkingLot, queue_room_of
+from service.backpressure import EarlyRefusal, ParkingLot, QueueRoom, model_server_of
 from service.workers import (
     CONTINUE_RESPONSE,
     LINGER_S,
@@ -50,9 +50,12 @@ class GeventWorker(ggevent.GeventWorker):
         self._serving = BoundedSemaphore(self.cfg.worker_connections)  # after gevent's hub is set up
         self._silent: set[gevent.Greenlet] = set()  # handlers waiting for a request's first byte
         self._stopping_since: float | None = None
-        room = queue_room_of(self.wsgi) if self.reads_whole else None
-        self._parking: ParkingLot[Event] | None = ParkingLot(room) if room is not None else None
-        if room is not None:
+        server = model_server_of(self.wsgi) if self.reads_whole else None
+        self._parking: ParkingLot[Event] | None = None
+        self._early_refusal = EarlyRefusal(server) if server is not None else None
+        if server is not None:
+            room = QueueRoom(server.batcher)
+            self._parking = ParkingLot(room)
             room.when_made(partial(gevent.get_hub().loop.run_callback_threadsafe, self._wake_parked))
         super().run()
 
@@ -87,6 +90,9 @@ class GeventWorker(ggevent.GeventWorker):
                     return
                 while woken and self._parking.queue_full():
                     woken = self._wait_for_room(first=True)  # read, and the queue filled again: wait first in line
+                if self._refused_early(client, parser, incoming):
+                    answered = kept_alive = True
+                    continue
                 parser.unreader.unread(incoming.take())
                 answered = True
                 request = next(parser)  # parses bytes already received: the head is complete
@@ -124,6 +130,16 @@ class GeventWorker(ggevent.GeventWorker):
         finally:
             if not woken.is_set():
                 parking.leave(woken)
+
+    def _refused_early(self, client, parser, incoming: IncomingRequest) -> bool:
+        """Answer 503 unparsed if the full queue refuses the request (service/backpressure.py); True if it did."""
+        framing = incoming.framing
+        refusal = self._early_refusal.answer(framing, incoming.received_at) if self._early_refusal else None
+        if refusal is None:
+            return False
+        parser.unreader.unread(incoming.take()[framing.request_end :])  # a pipelined next request
+        client.sendall(refusal)
+        return True
 
     def _wake_parked(self) -> None:
         for woken in self._parking.wakeable(time.monotonic()):

@@ -30,7 +30,7 @@ from functools import partial
 from gunicorn import http, util
 from gunicorn.workers import gthread
 
-from service.backpressure import ParkingLot, queue_room_of
+from service.backpressure import EarlyRefusal, ParkingLot, QueueRoom, model_server_of
 from service.framing import CHUNKED_READ_AHEAD_BYTES
 from service.workers import (
     CONTINUE_RESPONSE,
@@ -85,9 +85,12 @@ class ThreadWorker(gthread.ThreadWorker):
         super().init_process()
 
     def run(self):
-        room = queue_room_of(self.wsgi) if self.reads_whole else None
-        self._parking: ParkingLot[Connection] | None = ParkingLot(room) if room is not None else None
-        if room is not None:
+        server = model_server_of(self.wsgi) if self.reads_whole else None
+        self._parking: ParkingLot[Connection] | None = None
+        self._early_refusal = EarlyRefusal(server) if server is not None else None
+        if server is not None:
+            room = QueueRoom(server.batcher)
+            self._parking = ParkingLot(room)
             room.when_made(partial(self.method_queue.defer, self._wake_parked))
         super().run()
 
@@ -164,10 +167,30 @@ class ThreadWorker(gthread.ThreadWorker):
         conn.woken_for_room = False
         if conn.parser is None:
             conn.parser = http.get_parser(self.cfg, conn.sock, conn.client)
+        if self._refused_early(conn, incoming):
+            return
         conn.parser.unreader.unread(incoming.take())
         conn.data_ready = True  # Gunicorn's thread then skips its wait for the first bytes
         conn.continue_sent = incoming.continue_sent
         super().enqueue_req(conn)
+
+    def _refused_early(self, conn: Connection, incoming: IncomingRequest) -> bool:
+        """Answer 503 unparsed if the full queue refuses the request (service/backpressure.py); True if it did."""
+        framing = incoming.framing
+        refusal = self._early_refusal.answer(framing, incoming.received_at) if self._early_refusal else None
+        if refusal is None:
+            return False
+        conn.parser.unreader.unread(incoming.take()[framing.request_end :])  # a pipelined next request
+        try:
+            sent = conn.sock.send(refusal)  # small, into an empty send buffer: the main thread never waits
+        except OSError:
+            sent = 0
+        if sent == len(refusal):
+            self.enqueue_req(conn)  # kept alive: its next request waits for room, unread
+        else:
+            self.nr_conns -= 1
+            conn.close()
+        return True
 
     def _forget(self, conn: Connection) -> None:
         del self._arriving[conn]

@@ -114,11 +114,8 @@ class PredictEndpoint:
         try:
             yield
         except tuple(_REFUSALS) as error:
-            reason, message = _REFUSALS[type(error)]
-            environ[REFUSED_KEY] = reason
-            self._server.refusals.refused(reason)
-            detail = f"{message}: {error}" if str(error) else message
-            raise ServiceUnavailable(detail, getattr(error, "retry_after_s", 1.0)) from None
+            environ[REFUSED_KEY] = _REFUSALS[type(error)][0]
+            raise refused(self._server, error) from None
 
     def _timeout_s(self, environ: dict) -> float | None:
         """The client's `X-Request-Timeout-Ms`, at most REQUEST_TIMEOUT_MS; else that; None for no deadline."""
@@ -174,6 +171,35 @@ _REFUSALS: dict[type[Exception], tuple[str, str]] = {  # refusal -> (reason labe
     BatcherClosed: ("shutting_down", "this worker takes no more requests"),
     _NotReady: ("not_ready", "the model is not ready yet or the worker is shutting down"),
 }
+
+
+def refused(server: ModelServer, error: Exception) -> ServiceUnavailable:
+    """The 503 for a refusal of the batcher's (or the server's): counted, and logged only in the summary."""
+    reason, message = _REFUSALS[type(error)]
+    server.refusals.refused(reason)
+    detail = f"{message}: {error}" if str(error) else message
+    return ServiceUnavailable(detail, getattr(error, "retry_after_s", 1.0))
+
+
+def refusal_before_reading(server: ModelServer, method: str, target: str) -> tuple[str, ServiceUnavailable] | None:
+    """(route, 503) for a predict request the full queue refuses, judged from its request line; else None.
+
+    For the workers, which call it before Gunicorn parses the request (service/backpressure.py):
+    only what the predict route would refuse before reading the body, and only when nothing
+    else could answer first (API keys, an unknown model).
+    """
+    match = PREDICT_PATH.fullmatch(target)
+    if method != "POST" or match is None or not server.ready or server.settings.api_keys:
+        return None
+    version = match["version"]
+    try:
+        server.model_for(match["name"], int(version) if version is not None else None)
+        server.batcher.check_room(1)
+    except ApiError:
+        return None
+    except QueueFull as error:
+        return _route_template(match), refused(server, error)
+    return None
 
 
 def _route_template(match: re.Match) -> str:

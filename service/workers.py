@@ -130,6 +130,11 @@ class IncomingRequest:
         return self.framing.ready
 
     @property
+    def received_at(self) -> float | None:
+        """When its first byte arrived: the request's start, for its duration."""
+        return self._first_byte_at
+
+    @property
     def started(self) -> bool:
         return self.framing.started
 

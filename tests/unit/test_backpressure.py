@@ -1,10 +1,15 @@
-"""The parking lot: connections wait unread while the queue is full, and are woken first parked first, as room is made."""
+"""Backpressure: connections wait unread while the queue is full, woken first parked first; refusals skip parsing."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import time
+
 from prometheus_client import REGISTRY
 
-from service.backpressure import ParkingLot, QueueRoom, queue_room_of
+from service.backpressure import EarlyRefusal, ParkingLot, QueueRoom, model_server_of
+from service.framing import RequestFraming
 
 
 class FakeBatcher:
@@ -101,4 +106,45 @@ def test_room_comes_from_the_batcher_and_its_listeners():
     room.when_made(lambda: called.append(True))
     batcher.listeners[0]()
     assert called == [True]
-    assert queue_room_of(object()) is None, "an app without a model server has no queue to wait for"
+    assert model_server_of(object()) is None, "an app without a model server has no queue to wait for"
+
+
+def refused_request(path: bytes = b"/predict", method: bytes = b"POST") -> RequestFraming:
+    body = b'{"instances": [[1.0, 2.0, 3.0]]}'
+    head = b"%s %s HTTP/1.1\r\nHost: x\r\nX-Request-ID: client-7\r\nContent-Length: %d\r\n\r\n" % (method, path, len(body))
+    return RequestFraming(8192, 4096, head + body)
+
+
+def parse_answer(raw: bytes) -> tuple[int, dict[str, str], dict]:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines)
+    assert int(headers["Content-Length"]) == len(body)
+    return int(status_line.split()[1]), headers, json.loads(body)
+
+
+def test_a_full_queue_refuses_a_predict_request_unparsed_with_the_routes_own_answer(app):
+    server = app.extensions["model_server"]
+    early = EarlyRefusal(server)
+    assert early.answer(refused_request(), received_at=time.monotonic()) is None, "the queue has room"
+    counted = REGISTRY.get_sample_value(
+        "model_server_http_requests_total", {"route": "/v1/models/{name}:predict", "method": "POST", "status": "503"}
+    ) or 0
+    server.batcher._queued_instances = server.batcher.max_queue  # as if the queue were full
+    try:
+        raw = early.answer(refused_request(b"/v1/models/%s:predict" % server.model.name.encode()), time.monotonic())
+        unknown_model = early.answer(refused_request(b"/v1/models/other:predict"), time.monotonic())
+        not_predict = early.answer(refused_request(b"/v1/models/m/metadata", b"GET"), time.monotonic())
+        settings, server.settings = server.settings, dataclasses.replace(server.settings, api_keys="secret")
+        keys_first = early.answer(refused_request(), time.monotonic())  # 401 comes before 503
+        server.settings = settings
+    finally:
+        server.batcher._queued_instances = 0
+    status, headers, body = parse_answer(raw)
+    assert status == 503 and "queue is full" in body["error"] and int(headers["Retry-After"]) >= 1
+    assert headers["X-Request-ID"] == "client-7" and headers["Content-Type"] == "application/json"
+    assert REGISTRY.get_sample_value(
+        "model_server_http_requests_total", {"route": "/v1/models/{name}:predict", "method": "POST", "status": "503"}
+    ) == counted + 1
+    assert unknown_model is None and not_predict is None, "what the full queue does not refuse is served as usual"
+    assert keys_first is None, "with API keys, a request is authenticated before it is refused"

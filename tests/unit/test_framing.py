@@ -181,3 +181,21 @@ def test_expect_continue_is_asked_only_for_an_http11_body():
 )
 def test_max_head_bytes_follows_gunicorns_limits(limits, expected):
     assert max_head_bytes(*limits) == expected
+
+
+def test_a_kept_alive_request_whose_end_is_known_gives_its_request_line_end_and_id():
+    single = COMPLETE_REQUESTS["content-length"].replace(b"Host: x\r\n", b"Host: x\r\nX-Request-ID: abc\r\n")
+    arrived = framing(single + COMPLETE_REQUESTS["get"])
+    assert arrived.ready and arrived.request_line == b"POST /predict HTTP/1.1" and arrived.request_id == b"abc"
+    assert arrived.take()[arrived.request_end :] == COMPLETE_REQUESTS["get"], "the pipelined request starts there"
+    no_body = framing(COMPLETE_REQUESTS["get"])
+    assert no_body.request_end == len(COMPLETE_REQUESTS["get"]) and no_body.request_id == b""
+
+
+@pytest.mark.parametrize("name", ["chunked", "http/1.0 body", "connection close"])
+def test_a_request_that_ends_its_connection_or_is_chunked_is_left_to_the_parser(name):
+    received = COMPLETE_REQUESTS.get(name) or COMPLETE_REQUESTS["content-length"].replace(
+        b"Host: x\r\n", b"Host: x\r\nConnection: close\r\n"
+    )
+    arrived = framing(received)
+    assert arrived.ready and arrived.request_line is None and arrived.request_end is None
