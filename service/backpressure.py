@@ -1,4 +1,4 @@
-"""While the queue is full, a kept-alive connection's next request is left unread: backpressure for clients that never back off.
+"""Backpressure for clients that never back off: while the queue is full, requests are left unread or refused cheaply.
 
 A client that ignores Retry-After and retries at once (wrk, a naive retry loop) sends its
 next request on the same connection as soon as it has the 503. Read, parsed and refused,

@@ -159,7 +159,6 @@ class RequestFraming:
         self.expects_continue = expect is not None and http11
         return body
 
-
     def _known_end(self, request_line: bytes, body_length: int, keeps_open: bool, fields: dict) -> None:
         if keeps_open:
             self.request_line = request_line

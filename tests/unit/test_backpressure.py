@@ -111,7 +111,7 @@ def test_room_comes_from_the_batcher_and_its_listeners():
 
 def refused_request(path: bytes = b"/predict", method: bytes = b"POST") -> RequestFraming:
     body = b'{"instances": [[1.0, 2.0, 3.0]]}'
-    head = b"%s %s HTTP/1.1\r\nHost: x\r\nX-Request-ID: client-7\r\nContent-Length: %d\r\n\r\n" % (method, path, len(body))
+    head = b"%s %s HTTP/1.1\r\nX-Request-ID: client-7\r\nContent-Length: %d\r\n\r\n" % (method, path, len(body))
     return RequestFraming(8192, 4096, head + body)
 
 
@@ -127,9 +127,13 @@ def test_a_full_queue_refuses_a_predict_request_unparsed_with_the_routes_own_ans
     server = app.extensions["model_server"]
     early = EarlyRefusal(server)
     assert early.answer(refused_request(), received_at=time.monotonic()) is None, "the queue has room"
-    counted = REGISTRY.get_sample_value(
-        "model_server_http_requests_total", {"route": "/v1/models/{name}:predict", "method": "POST", "status": "503"}
-    ) or 0
+    counted = (
+        REGISTRY.get_sample_value(
+            "model_server_http_requests_total",
+            {"route": "/v1/models/{name}:predict", "method": "POST", "status": "503"},
+        )
+        or 0
+    )
     server.batcher._queued_instances = server.batcher.max_queue  # as if the queue were full
     try:
         raw = early.answer(refused_request(b"/v1/models/%s:predict" % server.model.name.encode()), time.monotonic())
@@ -143,8 +147,12 @@ def test_a_full_queue_refuses_a_predict_request_unparsed_with_the_routes_own_ans
     status, headers, body = parse_answer(raw)
     assert status == 503 and "queue is full" in body["error"] and int(headers["Retry-After"]) >= 1
     assert headers["X-Request-ID"] == "client-7" and headers["Content-Type"] == "application/json"
-    assert REGISTRY.get_sample_value(
-        "model_server_http_requests_total", {"route": "/v1/models/{name}:predict", "method": "POST", "status": "503"}
-    ) == counted + 1
+    assert (
+        REGISTRY.get_sample_value(
+            "model_server_http_requests_total",
+            {"route": "/v1/models/{name}:predict", "method": "POST", "status": "503"},
+        )
+        == counted + 1
+    )
     assert unknown_model is None and not_predict is None, "what the full queue does not refuse is served as usual"
     assert keys_first is None, "with API keys, a request is authenticated before it is refused"
