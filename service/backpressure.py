@@ -65,6 +65,22 @@ def model_server_of(wsgi_app: Any):
     return getattr(wsgi_app, "extensions", {}).get("model_server")
 
 
+def backpressure_for(
+    wsgi_app: Any, wake_parked_soon: Callable[[], None]
+) -> tuple[ParkingLot | None, EarlyRefusal | None]:
+    """A worker's parking lot and early refusal for the app it serves (neither for another app).
+
+    `wake_parked_soon` is called from a batcher thread each time a batch leaves the queue: it
+    must only schedule the worker's own wake-up of parked connections in its loop.
+    """
+    server = model_server_of(wsgi_app)
+    if server is None:
+        return None, None
+    room = QueueRoom(server.batcher)
+    room.when_made(wake_parked_soon)
+    return ParkingLot(room), EarlyRefusal(server)
+
+
 class EarlyRefusal:
     """The whole 503 answer to a predict request that the full queue refuses, from its bytes, before any parsing."""
 

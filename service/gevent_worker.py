@@ -19,7 +19,7 @@ from gevent.lock import BoundedSemaphore
 from gunicorn import http, util
 from gunicorn.workers import ggevent
 
-from service.backpressure import EarlyRefusal, ParkingLot, QueueRoom, model_server_of
+from service.backpressure import EarlyRefusal, ParkingLot, backpressure_for
 from service.workers import (
     CONTINUE_RESPONSE,
     LINGER_S,
@@ -50,13 +50,11 @@ class GeventWorker(ggevent.GeventWorker):
         self._serving = BoundedSemaphore(self.cfg.worker_connections)  # after gevent's hub is set up
         self._silent: set[gevent.Greenlet] = set()  # handlers waiting for a request's first byte
         self._stopping_since: float | None = None
-        server = model_server_of(self.wsgi) if self.reads_whole else None
         self._parking: ParkingLot[Event] | None = None
-        self._early_refusal = EarlyRefusal(server) if server is not None else None
-        if server is not None:
-            room = QueueRoom(server.batcher)
-            self._parking = ParkingLot(room)
-            room.when_made(partial(gevent.get_hub().loop.run_callback_threadsafe, self._wake_parked))
+        self._early_refusal: EarlyRefusal | None = None
+        if self.reads_whole:
+            wake_soon = partial(gevent.get_hub().loop.run_callback_threadsafe, self._wake_parked)
+            self._parking, self._early_refusal = backpressure_for(self.wsgi, wake_soon)
         super().run()
 
     def notify(self):

@@ -30,7 +30,7 @@ from functools import partial
 from gunicorn import http, util
 from gunicorn.workers import gthread
 
-from service.backpressure import EarlyRefusal, ParkingLot, QueueRoom, model_server_of
+from service.backpressure import EarlyRefusal, ParkingLot, backpressure_for
 from service.framing import CHUNKED_READ_AHEAD_BYTES
 from service.workers import (
     CONTINUE_RESPONSE,
@@ -85,13 +85,12 @@ class ThreadWorker(gthread.ThreadWorker):
         super().init_process()
 
     def run(self):
-        server = model_server_of(self.wsgi) if self.reads_whole else None
         self._parking: ParkingLot[Connection] | None = None
-        self._early_refusal = EarlyRefusal(server) if server is not None else None
-        if server is not None:
-            room = QueueRoom(server.batcher)
-            self._parking = ParkingLot(room)
-            room.when_made(partial(self.method_queue.defer, self._wake_parked))
+        self._early_refusal: EarlyRefusal | None = None
+        if self.reads_whole:
+            self._parking, self._early_refusal = backpressure_for(
+                self.wsgi, partial(self.method_queue.defer, self._wake_parked)
+            )
         super().run()
 
     # Where connections come in: accept, kept-alive or pipelined requests, all call enqueue_req.

@@ -20,15 +20,21 @@ def test_the_rate_follows_arrivals_and_decays_in_silence():
     assert arrivals.expected(3.0, 0.01) < 0.2
 
 
-def test_the_echo_of_answered_clients_is_learned_and_counted_down():
+def four_clients_in_a_closed_loop() -> tuple[ArrivalEstimator, float]:
+    """An estimator after 30 passes that each answer 4 clients, who come back 1.5 ms later; and the last pass's end."""
     arrivals = ArrivalEstimator()
     now = 0.0
-    for _ in range(30):  # each pass answers 4 clients, who come back 1.5 ms later
+    for _ in range(30):
         arrivals.pass_ended(now, 4)
         for _ in range(4):
             arrivals.arrived(now + 1.5 * MS, 1)
         now += 30 * MS
     arrivals.pass_ended(now, 4)
+    return arrivals, now
+
+
+def test_the_echo_of_answered_clients_is_learned_and_counted_down():
+    arrivals, now = four_clients_in_a_closed_loop()
     assert arrivals.expected(now, 2 * MS) == pytest.approx(4, abs=0.2)
     assert arrivals.expected(now, 0.5 * MS) < 0.5  # too soon for them
     arrivals.arrived(now + 1.5 * MS, 3)
@@ -75,14 +81,7 @@ def test_closed_loop_clients_are_told_from_open_loop_traffic():
 
 
 def test_clients_not_back_yet_are_still_coming():
-    arrivals = ArrivalEstimator()
-    now = 0.0
-    for _ in range(30):  # each pass answers 4 clients, who come back 1.5 ms later
-        arrivals.pass_ended(now, 4)
-        for _ in range(4):
-            arrivals.arrived(now + 1.5 * MS, 1)
-        now += 30 * MS
-    arrivals.pass_ended(now, 4)
+    arrivals, now = four_clients_in_a_closed_loop()
     assert arrivals.closed_loop
     assert arrivals.still_coming(now, 2 * MS) == pytest.approx(4, abs=0.2)
     # 3 ms on only one is back: by the echo the rest were due, but in a closed loop they are late, not gone.
