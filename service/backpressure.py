@@ -13,7 +13,8 @@ parked connection is read after READ_TIMEOUT_S at the latest, and at once when t
 
 A request that is read while the queue is full is refused before Gunicorn parses it: from
 its request line alone (`EarlyRefusal`), for the predict route's own reason and with the same
-answer, so a refusal costs a fraction of a served request (BENCHMARKS.md).
+answer, so a refusal costs a third of what it did and a tenth of a served request
+(RELIABILITY.md, "Overload").
 
 This module holds the rules; each worker class parks and wakes connections in its own way
 (a greenlet's event, a socket left out of the poller).
