@@ -17,7 +17,8 @@ answer, so a refusal costs a third of what it did and a tenth of a served reques
 (RELIABILITY.md, "Overload").
 
 This module holds the rules; each worker class parks and wakes connections in its own way
-(a greenlet's event, a socket left out of the poller).
+(a greenlet's event, a socket left out of the poller), and imports it only in the worker: the
+metrics it counts in would give the Gunicorn master metric files of its own.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from service import metrics
 from service.access import count_request, request_id_for
 from service.errors import error_body
 from service.framing import RequestFraming
+from service.predict_endpoint import refusal_before_reading
 
 Parked = TypeVar("Parked")
 
@@ -86,10 +88,7 @@ class EarlyRefusal:
     """The whole 503 answer to a predict request that the full queue refuses, from its bytes, before any parsing."""
 
     def __init__(self, server: Any):
-        from service.predict_endpoint import refusal_before_reading  # in the worker: the master imports no numpy
-
         self._server = server
-        self._refusal_before_reading = refusal_before_reading
 
     def answer(self, framing: RequestFraming, received_at: float) -> bytes | None:
         """The answer's bytes, or None to serve the request as usual (`framing` must be ready)."""
@@ -97,7 +96,7 @@ class EarlyRefusal:
             return None
         method, _, rest = framing.request_line.partition(b" ")
         target = rest.rpartition(b" ")[0].decode("latin-1")
-        refusal = self._refusal_before_reading(self._server, method.decode("latin-1"), target)
+        refusal = refusal_before_reading(self._server, method.decode("latin-1"), target)
         if refusal is None:
             return None
         route, error = refusal

@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import time
 from functools import partial
+from typing import TYPE_CHECKING
 
 import gevent
 from gevent.event import Event
@@ -19,7 +20,6 @@ from gevent.lock import BoundedSemaphore
 from gunicorn import http, util
 from gunicorn.workers import ggevent
 
-from service.backpressure import EarlyRefusal, ParkingLot, backpressure_for
 from service.workers import (
     CONTINUE_RESPONSE,
     LINGER_S,
@@ -29,6 +29,9 @@ from service.workers import (
     count_stalled,
     prepare_to_read,
 )
+
+if TYPE_CHECKING:
+    from service.backpressure import EarlyRefusal, ParkingLot
 
 
 class GeventWorker(ggevent.GeventWorker):
@@ -53,6 +56,8 @@ class GeventWorker(ggevent.GeventWorker):
         self._parking: ParkingLot[Event] | None = None
         self._early_refusal: EarlyRefusal | None = None
         if self.reads_whole:
+            from service.backpressure import backpressure_for  # in the worker only: it creates metric files
+
             wake_soon = partial(gevent.get_hub().loop.run_callback_threadsafe, self._wake_parked)
             self._parking, self._early_refusal = backpressure_for(self.wsgi, wake_soon)
         super().run()

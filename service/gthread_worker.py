@@ -26,11 +26,11 @@ import socket
 import time
 from collections import deque
 from functools import partial
+from typing import TYPE_CHECKING
 
 from gunicorn import http, util
 from gunicorn.workers import gthread
 
-from service.backpressure import EarlyRefusal, ParkingLot, backpressure_for
 from service.framing import CHUNKED_READ_AHEAD_BYTES
 from service.workers import (
     CONTINUE_RESPONSE,
@@ -41,6 +41,9 @@ from service.workers import (
     count_stalled,
     prepare_to_read,
 )
+
+if TYPE_CHECKING:
+    from service.backpressure import EarlyRefusal, ParkingLot
 
 
 class Connection(gthread.TConn):
@@ -88,6 +91,8 @@ class ThreadWorker(gthread.ThreadWorker):
         self._parking: ParkingLot[Connection] | None = None
         self._early_refusal: EarlyRefusal | None = None
         if self.reads_whole:
+            from service.backpressure import backpressure_for  # in the worker only: it creates metric files
+
             self._parking, self._early_refusal = backpressure_for(
                 self.wsgi, partial(self.method_queue.defer, self._wake_parked)
             )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib
 import resource
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import orjson
@@ -11,6 +13,7 @@ import pytest
 from gunicorn.config import Config
 
 from service import workers
+from service.launcher import PROJECT_ROOT
 from service.settings import Settings
 from service.workers import (
     MAX_OPEN_CONNECTIONS,
@@ -158,3 +161,12 @@ def test_each_worker_class_setting_names_a_subclass_of_gunicorns_worker(name):
     worker_class = getattr(importlib.import_module(module_name), class_name)
     base = {"gevent": "gunicorn.workers.ggevent.GeventWorker", "gthread": "gunicorn.workers.gthread.ThreadWorker"}
     assert f"{worker_class.__mro__[1].__module__}.{worker_class.__mro__[1].__name__}" == base[name]
+
+
+def test_the_master_loads_the_worker_classes_without_metrics_numpy_or_tensorflow():
+    """Gunicorn imports the worker class in the master: metrics there would give it metric files of its own."""
+    loaded = "service.metrics", "prometheus_client", "numpy", "tensorflow"
+    imports = "import sys, service.gevent_worker, service.gthread_worker"
+    code = f"{imports}; print([m for m in {loaded!r} if m in sys.modules])"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=PROJECT_ROOT)
+    assert done.stdout.strip() == "[]"
