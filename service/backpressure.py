@@ -35,32 +35,10 @@ from gunicorn.util import http_date
 from service import metrics
 from service.access import count_request, request_id_for
 from service.errors import error_body
-from service.framing import RequestFraming
 from service.predict_endpoint import refusal_before_reading
+from service.workers import IncomingRequest
 
 Parked = TypeVar("Parked")
-
-
-class QueueRoom:
-    """What the workers need of the batcher: whether its queue has room, and a call when room is made."""
-
-    def __init__(self, batcher: Any):
-        self._batcher = batcher
-
-    def room(self) -> int:
-        """Instances the queue takes before it refuses (read without the batcher's lock: a hint)."""
-        return self._batcher.max_queue - self._batcher.queue_depth
-
-    def accepted(self) -> int:
-        """Requests the queue has accepted since the start."""
-        return self._batcher.accepted_requests
-
-    def full_pass_seconds(self) -> float:
-        return self._batcher.full_pass_seconds()
-
-    def when_made(self, callback: Callable[[], None]) -> None:
-        """Call `callback` (from a batcher thread, so it must only hand over) whenever a batch leaves the queue."""
-        self._batcher.add_room_listener(callback)
 
 
 def model_server_of(wsgi_app: Any):
@@ -79,9 +57,8 @@ def backpressure_for(
     server = model_server_of(wsgi_app)
     if server is None:
         return None, None
-    room = QueueRoom(server.batcher)
-    room.when_made(wake_parked_soon)
-    return ParkingLot(room), EarlyRefusal(server)
+    server.batcher.add_room_listener(wake_parked_soon)
+    return ParkingLot(server.batcher), EarlyRefusal(server)
 
 
 class EarlyRefusal:
@@ -90,9 +67,14 @@ class EarlyRefusal:
     def __init__(self, server: Any):
         self._server = server
 
-    def answer(self, framing: RequestFraming, received_at: float) -> bytes | None:
-        """The answer's bytes, or None to serve the request as usual (`framing` must be ready)."""
-        if framing.request_line is None:
+    def answer(self, incoming: IncomingRequest) -> tuple[bytes, bytes] | None:
+        """The answer's bytes and what followed the request (a pipelined next one), or None to serve it as usual.
+
+        `incoming` must be ready; when it is answered here, its bytes are taken. Costs nothing
+        while the queue has room: every request a worker serves passes here first.
+        """
+        framing = incoming.framing
+        if self._server.batcher.room > 0 or framing.request_line is None:
             return None
         method, _, rest = framing.request_line.partition(b" ")
         target = rest.rpartition(b" ")[0].decode("latin-1")
@@ -110,8 +92,8 @@ class EarlyRefusal:
                 f"X-Request-ID: {request_id}\r\n\r\n",
             ]
         )
-        count_request(route, "POST", error.status, time.monotonic() - received_at)
-        return head.encode("latin-1") + body
+        count_request(route, "POST", error.status, time.monotonic() - incoming.received_at)
+        return head.encode("latin-1") + body, incoming.take()[framing.request_end :]
 
 
 class ParkingLot(Generic[Parked]):
@@ -120,8 +102,8 @@ class ParkingLot(Generic[Parked]):
     Single-threaded: used only from the worker's own loop (the gevent hub, the gthread main thread).
     """
 
-    def __init__(self, room: QueueRoom):
-        self._room = room
+    def __init__(self, batcher: Any):
+        self._batcher = batcher
         self._parked: deque[tuple[float, Parked]] = deque()  # (parked at, connection), oldest first
         # Room promised to woken connections: counted in accepted requests, until the queue has accepted
         # that many or a full pass has gone by since the last wake-up (a woken client may send no request).
@@ -133,7 +115,7 @@ class ParkingLot(Generic[Parked]):
 
     def must_wait(self) -> bool:
         """Whether a connection about to be read must park: the queue is full, or others wait before it."""
-        return bool(self._parked) or self._room.room() <= 0
+        return bool(self._parked) or self._batcher.room <= 0
 
     def park(self, connection: Parked, now: float, first: bool = False) -> None:
         """Park a connection last in line, or `first` (one woken whose request, read, found the queue full again)."""
@@ -160,18 +142,18 @@ class ParkingLot(Generic[Parked]):
         some are woken too many anyway, one whose request then finds the queue full parks
         again at the front, its request in hand, rather than being refused after its wait.
         """
-        accepted = self._room.accepted()
-        if now - self._promised_at > self._room.full_pass_seconds():
+        accepted = self._batcher.accepted_requests
+        if now - self._promised_at > self._batcher.full_pass_seconds():
             self._promised_until = accepted
         promised = max(0, self._promised_until - accepted)
-        count = min(len(self._parked), max(0, self._room.room() - promised))
+        count = min(len(self._parked), max(0, self._batcher.room - promised))
         if count:
             self._promised_until = max(self._promised_until, accepted) + count
             self._promised_at = now
         return self._take(count)
 
     def queue_full(self) -> bool:
-        return self._room.room() <= 0
+        return self._batcher.room <= 0
 
     def overdue(self, now: float, patience_s: float) -> list[Parked]:
         """Take the connections parked for `patience_s` or longer."""

@@ -186,6 +186,11 @@ class Batcher:
         """Instances accepted and not yet taken into a forward pass."""
         return self._queued_instances
 
+    @property
+    def room(self) -> int:
+        """Instances the queue takes before it refuses (read without the lock by the workers: a hint)."""
+        return self.max_queue - self._queued_instances
+
     def add_room_listener(self, listener: Callable[[], None]) -> None:
         """Call `listener()` from a batcher thread, outside its lock, whenever a batch leaves the queue."""
         self._room_listeners.append(listener)
@@ -242,7 +247,7 @@ class Batcher:
                 self._check_admission(size, budget_s, self._clock(), joining=False)
 
     def _check_room(self, size: int) -> None:
-        if self._queued_instances + size > self.max_queue:
+        if size > self.room:
             raise QueueFull(
                 f"{self._queued_instances} instances are already waiting (limit {self.max_queue})",
                 self._drain_seconds(),

@@ -136,12 +136,12 @@ class GeventWorker(ggevent.GeventWorker):
 
     def _refused_early(self, client, parser, incoming: IncomingRequest) -> bool:
         """Answer 503 unparsed if the full queue refuses the request (service/backpressure.py); True if it did."""
-        framing = incoming.framing
-        refusal = self._early_refusal.answer(framing, incoming.received_at) if self._early_refusal else None
+        refusal = self._early_refusal.answer(incoming) if self._early_refusal else None
         if refusal is None:
             return False
-        parser.unreader.unread(incoming.take()[framing.request_end :])  # a pipelined next request
-        client.sendall(refusal)
+        answer, rest = refusal
+        parser.unreader.unread(rest)
+        client.sendall(answer)
         return True
 
     def _wake_parked(self) -> None:

@@ -180,16 +180,16 @@ class ThreadWorker(gthread.ThreadWorker):
 
     def _refused_early(self, conn: Connection, incoming: IncomingRequest) -> bool:
         """Answer 503 unparsed if the full queue refuses the request (service/backpressure.py); True if it did."""
-        framing = incoming.framing
-        refusal = self._early_refusal.answer(framing, incoming.received_at) if self._early_refusal else None
+        refusal = self._early_refusal.answer(incoming) if self._early_refusal else None
         if refusal is None:
             return False
-        conn.parser.unreader.unread(incoming.take()[framing.request_end :])  # a pipelined next request
+        answer, rest = refusal
+        conn.parser.unreader.unread(rest)
         try:
-            sent = conn.sock.send(refusal)  # small, into an empty send buffer: the main thread never waits
+            sent = conn.sock.send(answer)  # small, into an empty send buffer: the main thread never waits
         except OSError:
             sent = 0
-        if sent == len(refusal):
+        if sent == len(answer):
             self.enqueue_req(conn)  # kept alive: its next request waits for room, unread
         else:
             self.nr_conns -= 1

@@ -8,8 +8,9 @@ import time
 
 from prometheus_client import REGISTRY
 
-from service.backpressure import EarlyRefusal, ParkingLot, QueueRoom, model_server_of
+from service.backpressure import EarlyRefusal, ParkingLot, backpressure_for, model_server_of
 from service.framing import RequestFraming
+from service.workers import IncomingRequest
 
 
 class FakeBatcher:
@@ -18,6 +19,10 @@ class FakeBatcher:
         self.queue_depth = queue_depth
         self.accepted_requests = 0
         self.listeners = []
+
+    @property
+    def room(self) -> int:
+        return self.max_queue - self.queue_depth
 
     def accept(self, count: int) -> None:
         self.queue_depth += count
@@ -36,7 +41,7 @@ def parked_gauge() -> float:
 
 def test_a_connection_waits_only_while_the_queue_is_full_or_others_wait_before_it():
     batcher = FakeBatcher(max_queue=4, queue_depth=3)
-    lot = ParkingLot(QueueRoom(batcher))
+    lot = ParkingLot(batcher)
     assert not lot.must_wait()
     batcher.queue_depth = 4
     assert lot.must_wait()
@@ -49,7 +54,7 @@ def test_a_connection_waits_only_while_the_queue_is_full_or_others_wait_before_i
 
 def test_the_oldest_are_woken_as_many_as_the_queue_has_room_for_and_room_is_promised_once():
     batcher = FakeBatcher(max_queue=4, queue_depth=4)
-    lot = ParkingLot(QueueRoom(batcher))
+    lot = ParkingLot(batcher)
     gauge_before = parked_gauge()
     for name in "abcdefgh":
         lot.park(name, now=float(ord(name)))
@@ -70,7 +75,7 @@ def test_the_oldest_are_woken_as_many_as_the_queue_has_room_for_and_room_is_prom
 
 def test_one_woken_too_many_waits_again_first_in_line():
     batcher = FakeBatcher(max_queue=4, queue_depth=3)
-    lot = ParkingLot(QueueRoom(batcher))
+    lot = ParkingLot(batcher)
     for name in "abc":
         lot.park(name, now=float(ord(name)))
     assert lot.wakeable(now=200.0) == ["a"]
@@ -85,7 +90,7 @@ def test_one_woken_too_many_waits_again_first_in_line():
 
 def test_a_connection_parked_too_long_is_read_anyway_and_one_that_leaves_is_forgotten():
     batcher = FakeBatcher(max_queue=1, queue_depth=1)
-    lot = ParkingLot(QueueRoom(batcher))
+    lot = ParkingLot(batcher)
     lot.park("a", now=0.0)
     lot.park("b", now=1.0)
     lot.park("c", now=2.0)
@@ -98,21 +103,24 @@ def test_a_connection_parked_too_long_is_read_anyway_and_one_that_leaves_is_forg
     assert lot.everyone() == ["d"]
 
 
-def test_room_comes_from_the_batcher_and_its_listeners():
-    batcher = FakeBatcher(max_queue=8, queue_depth=5)
-    room = QueueRoom(batcher)
-    assert room.room() == 3
+def test_a_worker_gets_backpressure_only_for_a_model_server_and_is_told_when_room_is_made(app):
     called = []
-    room.when_made(lambda: called.append(True))
-    batcher.listeners[0]()
-    assert called == [True]
+    lot, early = backpressure_for(app, lambda: called.append(True))
+    assert isinstance(lot, ParkingLot) and isinstance(early, EarlyRefusal)
+    assert app.test_client().post("/predict", json={"instances": [[1.0, 2.0, 3.0]]}).status_code == 200
+    assert called, "a batch leaving the queue wakes the worker's parked connections"
     assert model_server_of(object()) is None, "an app without a model server has no queue to wait for"
+    assert backpressure_for(object(), lambda: None) == (None, None)
 
 
-def refused_request(path: bytes = b"/predict", method: bytes = b"POST") -> RequestFraming:
+NEXT_REQUEST = b"GET /healthz HTTP/1.1\r\n\r\n"
+
+
+def refused_request(path: bytes = b"/predict", method: bytes = b"POST") -> IncomingRequest:
+    """A request received whole, with the start of a pipelined next one behind it."""
     body = b'{"instances": [[1.0, 2.0, 3.0]]}'
     head = b"%s %s HTTP/1.1\r\nX-Request-ID: client-7\r\nContent-Length: %d\r\n\r\n" % (method, path, len(body))
-    return RequestFraming(8192, 4096, head + body)
+    return IncomingRequest(RequestFraming(8192, 4096, head + body + NEXT_REQUEST), 30.0, 30.0, time.monotonic())
 
 
 def parse_answer(raw: bytes) -> tuple[int, dict[str, str], dict]:
@@ -126,7 +134,7 @@ def parse_answer(raw: bytes) -> tuple[int, dict[str, str], dict]:
 def test_a_full_queue_refuses_a_predict_request_unparsed_with_the_routes_own_answer(app):
     server = app.extensions["model_server"]
     early = EarlyRefusal(server)
-    assert early.answer(refused_request(), received_at=time.monotonic()) is None, "the queue has room"
+    assert early.answer(refused_request()) is None, "the queue has room"
     counted = (
         REGISTRY.get_sample_value(
             "model_server_http_requests_total",
@@ -136,17 +144,18 @@ def test_a_full_queue_refuses_a_predict_request_unparsed_with_the_routes_own_ans
     )
     server.batcher._queued_instances = server.batcher.max_queue  # as if the queue were full
     try:
-        raw = early.answer(refused_request(b"/v1/models/%s:predict" % server.model.name.encode()), time.monotonic())
-        unknown_model = early.answer(refused_request(b"/v1/models/other:predict"), time.monotonic())
-        not_predict = early.answer(refused_request(b"/v1/models/m/metadata", b"GET"), time.monotonic())
+        raw, rest = early.answer(refused_request(b"/v1/models/%s:predict" % server.model.name.encode()))
+        unknown_model = early.answer(refused_request(b"/v1/models/other:predict"))
+        not_predict = early.answer(refused_request(b"/v1/models/m/metadata", b"GET"))
         settings, server.settings = server.settings, dataclasses.replace(server.settings, api_keys="secret")
-        keys_first = early.answer(refused_request(), time.monotonic())  # 401 comes before 503
+        keys_first = early.answer(refused_request())  # 401 comes before 503
         server.settings = settings
     finally:
         server.batcher._queued_instances = 0
     status, headers, body = parse_answer(raw)
     assert status == 503 and "queue is full" in body["error"] and int(headers["Retry-After"]) >= 1
     assert headers["X-Request-ID"] == "client-7" and headers["Content-Type"] == "application/json"
+    assert rest == NEXT_REQUEST, "a pipelined request after the refused one is kept for the parser"
     assert (
         REGISTRY.get_sample_value(
             "model_server_http_requests_total",

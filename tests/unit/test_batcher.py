@@ -170,6 +170,7 @@ def test_room_listeners_hear_of_every_batch_that_leaves_the_queue(make_batcher, 
     predict.wait_for_batch()
     queued = [batcher.submit(value) for value in range(1, 5)]
     assert depths_heard == [0], "told once, when the first request left for its pass"
+    assert batcher.room == 0 and batcher.accepted_requests == 5
     predict.gate.set()
     assert [c.wait(ANSWER_TIMEOUT_S).result for c in [running, *queued]] == [0, 10, 20, 30, 40]
     assert depths_heard == [0, 2, 0], "then once per batch of two, with its room already made"
