@@ -2,6 +2,7 @@
 
 from service import hooks, logs
 from service.settings import load_settings
+from service.threads import yield_cores_to_this_thread
 from service.workers import WORKER_CLASSES
 
 settings = load_settings()
@@ -35,6 +36,10 @@ def pre_fork(server, worker):
 
 def post_fork(server, worker):
     hooks.place_worker(plan, worker)
+
+
+def post_worker_init(worker):
+    yield_cores_to_this_thread(settings.compute_niceness)
 
 
 def worker_exit(server, worker):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import logging.config
 import time
@@ -18,7 +19,7 @@ from service.batcher import Batcher
 from service.cost_model import CostModel, largest_paying_size
 from service.errors import ApiError, NotFound, error_body
 from service.model import ServedModel, load_served_model
-from service.predict_endpoint import PredictEndpoint
+from service.predict_endpoint import PredictEndpoint, admission_budget_s, request_timeout_s
 from service.refusals import RefusalSummary
 from service.settings import Settings, load_settings
 
@@ -81,6 +82,10 @@ def create_app(settings: Settings | None = None, model: ServedModel | None = Non
     keys = parse_api_keys(settings.api_keys)
     app.wsgi_app = AccessLayer(ApiKeyGuard(served, keys) if keys else served)
     metrics.worker_serving(model.name, model.version, time.monotonic() - started)
+    # TensorFlow and the model leave millions of long-lived objects, which every full collection
+    # of the cyclic garbage collector walked: a pause of 0.2-0.3 s for every thread that needs the
+    # GIL, several times a minute under load (BENCHMARKS.md). Frozen, the collector skips them.
+    gc.freeze()
     return app
 
 
@@ -108,6 +113,7 @@ def build_batcher(settings: Settings, model: ServedModel, warm_up_seconds: dict[
         preferred_batch_size=preferred,
         observations=observations,
         observer=metrics.BatchMetrics(),
+        default_budget_s=admission_budget_s(settings, request_timeout_s(settings, None)),
     )
 
 

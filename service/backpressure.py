@@ -1,20 +1,22 @@
-"""Backpressure for clients that never back off: while the queue is full, requests are left unread or refused cheaply.
+"""Backpressure for retry-at-once clients: requests wait unread, or are refused cheaply, while the queue takes none.
 
 A client that ignores Retry-After and retries at once (wrk, a naive retry loop) sends its
 next request on the same connection as soon as it has the 503. Read, parsed and refused,
 each such retry takes CPU from the forward passes the queue waits for, and the client
 retries faster the cheaper the refusal: goodput collapses (RELIABILITY.md, "Overload"). TCP
 has the remedy: a request that is not read waits in the client's socket and costs the server
-nothing. So while the worker's queue is full, a kept-alive connection ready to send its next
-request is parked instead of read, and parked connections are woken first parked, first
-woken, as many as the queue has room for, whenever a batch leaves it. A new connection's first
-request is always read at once (and refused in about a millisecond if the queue is full); a
-parked connection is read after READ_TIMEOUT_S at the latest, and at once when the worker stops.
+nothing. So while the worker's queue admits nothing (it is full or, with REQUEST_TIMEOUT_MS or
+LATENCY_SLO_MS, a request would be answered too late: `Batcher.admits`), a kept-alive
+connection ready to send its next request is parked instead of read, and parked connections
+are woken first parked, first woken, as many as the queue admits, whenever a batch leaves it
+or a pass ends. A new connection's first request is always read at once (and refused in about
+a millisecond if the queue admits nothing); a parked connection is read after READ_TIMEOUT_S
+at the latest, and at once when the worker stops.
 
-A request that is read while the queue is full is refused before Gunicorn parses it: from
-its request line alone (`EarlyRefusal`), for the predict route's own reason and with the same
-answer, so a refusal costs a third of what it did and a tenth of a served request
-(RELIABILITY.md, "Overload").
+A request that is read while the queue admits nothing is refused before Gunicorn parses it:
+from its request line and its `X-Request-Timeout-Ms` alone (`EarlyRefusal`), for the predict
+route's own reason and with the same answer, so a refusal costs a third of what it did and a
+tenth of a served request (RELIABILITY.md, "Overload").
 
 This module holds the rules; each worker class parks and wakes connections in its own way
 (a greenlet's event, a socket left out of the poller), and imports it only in the worker: the
@@ -62,7 +64,7 @@ def backpressure_for(
 
 
 class EarlyRefusal:
-    """The whole 503 answer to a predict request that the full queue refuses, from its bytes, before any parsing."""
+    """The whole 503 answer to a predict request that the queue refuses now, from its bytes, before any parsing."""
 
     def __init__(self, server: Any):
         self._server = server
@@ -71,14 +73,15 @@ class EarlyRefusal:
         """The answer's bytes and what followed the request (a pipelined next one), or None to serve it as usual.
 
         `incoming` must be ready; when it is answered here, its bytes are taken. Costs nothing
-        while the queue has room: every request a worker serves passes here first.
+        while the queue admits more: every request a worker serves passes here first.
         """
         framing = incoming.framing
-        if self._server.batcher.room > 0 or framing.request_line is None:
+        if self._server.batcher.admits > 0 or framing.request_line is None:
             return None
         method, _, rest = framing.request_line.partition(b" ")
         target = rest.rpartition(b" ")[0].decode("latin-1")
-        refusal = refusal_before_reading(self._server, method.decode("latin-1"), target)
+        timeout = framing.request_timeout_ms.decode("latin-1") if framing.request_timeout_ms is not None else None
+        refusal = refusal_before_reading(self._server, method.decode("latin-1"), target, timeout)
         if refusal is None:
             return None
         route, error = refusal
@@ -114,8 +117,8 @@ class ParkingLot(Generic[Parked]):
         return len(self._parked)
 
     def must_wait(self) -> bool:
-        """Whether a connection about to be read must park: the queue is full, or others wait before it."""
-        return bool(self._parked) or self._batcher.room <= 0
+        """Whether a connection about to be read must park: the queue admits nothing, or others wait before it."""
+        return bool(self._parked) or self._batcher.admits <= 0
 
     def park(self, connection: Parked, now: float, first: bool = False) -> None:
         """Park a connection last in line, or `first` (one woken whose request, read, found the queue full again)."""
@@ -134,7 +137,7 @@ class ParkingLot(Generic[Parked]):
                 return
 
     def wakeable(self, now: float) -> list[Parked]:
-        """Take the oldest connections, as many as the queue has room for (one instance each at least).
+        """Take the oldest connections, as many as the queue admits (one instance each at least).
 
         Room promised to connections woken earlier whose requests the queue has not accepted
         yet counts as taken, so wake-ups that come before the woken are read (a batch leaving
@@ -143,17 +146,29 @@ class ParkingLot(Generic[Parked]):
         again at the front, its request in hand, rather than being refused after its wait.
         """
         accepted = self._batcher.accepted_requests
-        if now - self._promised_at > self._batcher.full_pass_seconds():
+        if now - self._promised_at >= self._batcher.full_pass_seconds():
             self._promised_until = accepted
         promised = max(0, self._promised_until - accepted)
-        count = min(len(self._parked), max(0, self._batcher.room - promised))
+        count = min(len(self._parked), max(0, self._batcher.admits - promised))
         if count:
             self._promised_until = max(self._promised_until, accepted) + count
             self._promised_at = now
         return self._take(count)
 
+    def next_wake_at(self) -> float | None:
+        """When room promised to woken connections lapses while others wait: wake again then (`wakeable`).
+
+        A woken connection whose request is refused, or that sends none, never takes its room; if
+        nothing else happens (no batch leaves, no pass ends: the queue is empty), only this brings
+        the next parked connections in.
+        """
+        if not self._parked or self._promised_until <= self._batcher.accepted_requests:
+            return None
+        return self._promised_at + self._batcher.full_pass_seconds()
+
     def queue_full(self) -> bool:
-        return self._batcher.room <= 0
+        """Whether the queue admits nothing more now (full, or the default budget would be missed)."""
+        return self._batcher.admits <= 0
 
     def overdue(self, now: float, patience_s: float) -> list[Parked]:
         """Take the connections parked for `patience_s` or longer."""

@@ -140,8 +140,13 @@ class Batcher:
         observer: BatcherObserver | None = None,
         clock: Callable[[], float] = time.monotonic,
         name: str = "batcher",
+        default_budget_s: float | None = None,
     ):
         """`max_batch_size` bounds a request and a batch; a batch counts as full at `preferred_batch_size`.
+
+        `default_budget_s` is the time allowed to a request that brings no deadline of its own
+        (REQUEST_TIMEOUT_MS, or LATENCY_SLO_MS): `admits` counts only the instances that would
+        be answered within it.
 
         `observations`, when given, is told of every arrival and every pass (its cost model
         and arrival estimate are what the adaptive policy decides from); `observer`, when
@@ -173,6 +178,8 @@ class Batcher:
         self._forming = new_lock()  # held by the one thread forming a batch
         self._closed = False
         self._room_listeners: list[Callable[[], None]] = []
+        self.default_budget_s = default_budget_s
+        self._admits = self._admitted_in_time(clock())
         self.accepted_requests = 0  # since start: every request submit() queued
         self.stats = BatcherStats()
         self._threads = [OsThread(self._run, f"{name}-{i}") for i in range(concurrent_batches)]
@@ -191,8 +198,14 @@ class Batcher:
         """Instances the queue takes before it refuses (read without the lock by the workers: a hint)."""
         return self.max_queue - self._queued_instances
 
+    @property
+    def admits(self) -> int:
+        """Instances the queue would take now from requests with the default budget: `room`, less those that
+        would be refused as late. A hint read without the lock, brought up to date whenever the queue changes."""
+        return self._admits
+
     def add_room_listener(self, listener: Callable[[], None]) -> None:
-        """Call `listener()` from a batcher thread, outside its lock, whenever a batch leaves the queue."""
+        """Call `listener()` from a batcher thread, outside its lock, when a batch leaves the queue or a pass ends."""
         self._room_listeners.append(listener)
 
     def submit(
@@ -295,14 +308,16 @@ class Batcher:
                 dues.append(request.due)
         return min(dues, default=None)
 
-    def _predicted_latency_s(self, size: int, now: float) -> float:
+    def _predicted_latency_s(self, size: int, now: float, ahead: int | None = None) -> float:
         """When a request of `size` queued now would be answered: the running passes end as expected, the
-        queue ahead leaves in full batches, full ones on the first free thread (slowed by the passes
-        beside them), a partial one once every pass has ended, as the policies send them."""
+        queue ahead (`ahead` instances, by default those queued) leaves in full batches, full ones on the
+        first free thread (slowed by the passes beside them), a partial one once every pass has ended, as
+        the policies send them."""
         if self.observations is None:
             return 0.0
         cost = self.observations.cost_model
-        full, ahead = self.preferred_batch_size, self._queued_instances
+        full = self.preferred_batch_size
+        ahead = self._queued_instances if ahead is None else ahead
         batches = [full] * (ahead // full)
         rest = ahead % full
         batches += [rest + size] if rest + size <= full else [rest, size]
@@ -348,9 +363,30 @@ class Batcher:
         return described
 
     def _queue_changed(self) -> None:
-        """Tell the observer the queue's depth; called under the lock, so reports arrive in order."""
+        """Update `admits`, tell the observer the queue's depth; called under the lock, so reports arrive in order."""
+        self._admits = self._admitted_in_time(self._clock())
         if self._observer is not None:
             self._observer.queue_changed(self._queued_instances, self._in_flight_instances)
+
+    def _admitted_in_time(self, now: float) -> int:
+        """How many more single instances the default budget admits: the queue's room, cut where
+        `_check_admission` would start refusing (binary search: the predicted wait grows with the queue)."""
+        room, budget_s = self.room, self.default_budget_s
+        if budget_s is None or self.observations is None or room <= 0:
+            return room
+        if budget_s < self.observations.cost_model.seconds(1):
+            return room  # shorter than a lone pass: the model's limit, and admission never refuses for it
+        queued = self._queued_instances
+        late, on_time = room, -1  # instances ahead beyond `queued`: the first found late, the last found on time
+        if not (queued or self._passes_running):
+            on_time = 0  # a request behind nothing is always taken
+        while late - on_time > 1:
+            middle = (late + on_time) // 2
+            if self._predicted_latency_s(1, now, queued + middle) > budget_s:
+                late = middle
+            else:
+                on_time = middle
+        return late
 
     def _run(self) -> None:
         stopping = False
@@ -366,16 +402,19 @@ class Batcher:
                         self._passes_started += 1
                         started = self._passes_started
                         self._expected_ends[started] = self._expected_end(batch, passes_beside > 0)
+                        self._admits = self._admitted_in_time(self._clock())  # waits now behind this pass
             if batch:
                 size, seconds = self._run_batch(batch, reason)
                 with self._lock:
                     self._last_pass_ended_at = self._clock()
                     del self._expected_ends[started]
                     self._in_flight_instances -= size
-                    self._queue_changed()
                     if self.observations is not None:
                         ran_alone = passes_beside == 0 and self._passes_started == started
                         self.observations.pass_ended(self._clock(), size, seconds, ran_alone)
+                    self._queue_changed()  # after the cost model learned the pass: `admits` depends on it
+                for listener in self._room_listeners:
+                    listener()  # a deadline's room grows when a pass ends
                 if self.concurrent_batches > 1:
                     self._queue.put(_PASS_ENDED)
         # Nothing is left: submit() queues under the lock that close() takes before the stop marker.

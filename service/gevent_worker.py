@@ -55,6 +55,7 @@ class GeventWorker(ggevent.GeventWorker):
         self._stopping_since: float | None = None
         self._parking: ParkingLot[Event] | None = None
         self._early_refusal: EarlyRefusal | None = None
+        self._wake_timer: gevent.Greenlet | None = None
         if self.reads_whole:
             from service.backpressure import backpressure_for  # in the worker only: it creates metric files
 
@@ -106,6 +107,7 @@ class GeventWorker(ggevent.GeventWorker):
                 if not self._skip_unread_body(parser):
                     return
                 kept_alive = True
+                gevent.sleep(0)  # let the rest of this request's batch answer before this connection reads again
         except (StopIteration, http.errors.NoMoreData):
             pass
         except TimeoutError:
@@ -145,8 +147,16 @@ class GeventWorker(ggevent.GeventWorker):
         return True
 
     def _wake_parked(self) -> None:
-        for woken in self._parking.wakeable(time.monotonic()):
+        now = time.monotonic()
+        for woken in self._parking.wakeable(now):
             woken.set()
+        wake_at = self._parking.next_wake_at()
+        if wake_at is not None and self._wake_timer is None:
+            self._wake_timer = gevent.spawn_later(max(0.0, wake_at - now), self._wake_on_time)
+
+    def _wake_on_time(self) -> None:
+        self._wake_timer = None
+        self._wake_parked()
 
     def _skip_unread_body(self, parser) -> bool:
         """Discard what the app left of the body if it comes soon; False: close, the next request's start is unknown."""

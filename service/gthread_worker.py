@@ -208,9 +208,11 @@ class ThreadWorker(gthread.ThreadWorker):
             timeout = min(timeout, self._deadlines[0][0] - now)
         if self._linger_order:
             timeout = min(timeout, self._linger_order[0][0] - now)
-        overdue_at = self._parking.next_overdue_at(self.read_policy.read_timeout_s) if self._parking else None
-        if overdue_at is not None:
-            timeout = min(timeout, overdue_at - now)
+        if self._parking is not None:
+            overdue_at = self._parking.next_overdue_at(self.read_policy.read_timeout_s)
+            for wake_at in (overdue_at, self._parking.next_wake_at()):
+                if wake_at is not None:
+                    timeout = min(timeout, wake_at - now)
         super().wait_for_and_dispatch_events(max(0.0, timeout))
         self._expire(time.monotonic())
 
@@ -229,6 +231,9 @@ class ThreadWorker(gthread.ThreadWorker):
 
     def _expire(self, now: float) -> None:
         if self._parking is not None:
+            wake_at = self._parking.next_wake_at()
+            if wake_at is not None and wake_at <= now:
+                self._wake_parked()
             parked_too_long = self._parking.overdue(now, self.read_policy.read_timeout_s)
             for conn in parked_too_long if self.alive else self._parking.everyone():
                 self._read_parked(conn, for_room=False)

@@ -40,6 +40,7 @@ from service.model import InputRejected
 
 if TYPE_CHECKING:
     from service.app import ModelServer
+    from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +80,8 @@ class PredictEndpoint:
         server = self._server
         version = match["version"]
         model = server.model_for(match["name"], int(version) if version is not None else None)
-        timeout_s = self._timeout_s(environ)
-        budget_s = timeout_s if timeout_s is not None else server.settings.latency_slo_s
+        timeout_s = request_timeout_s(server.settings, environ.get("HTTP_X_REQUEST_TIMEOUT_MS"))
+        budget_s = admission_budget_s(server.settings, timeout_s)
         with self._refusals(environ):
             if not server.ready:
                 raise _NotReady
@@ -117,20 +118,6 @@ class PredictEndpoint:
             environ[REFUSED_KEY] = _REFUSALS[type(error)][0]
             raise refused(self._server, error) from None
 
-    def _timeout_s(self, environ: dict) -> float | None:
-        """The client's `X-Request-Timeout-Ms`, at most REQUEST_TIMEOUT_MS; else that; None for no deadline."""
-        server_ms = self._server.settings.request_timeout_ms or None
-        raw = environ.get("HTTP_X_REQUEST_TIMEOUT_MS")
-        if raw is None:
-            return server_ms / 1000 if server_ms else None
-        try:
-            client_ms = float(raw)
-        except ValueError:
-            client_ms = math.nan
-        if not (math.isfinite(client_ms) and client_ms > 0):
-            raise BadRequest(f"X-Request-Timeout-Ms {raw!r} is not a positive number of milliseconds")
-        return min(client_ms, server_ms or client_ms) / 1000
-
     def _read_body(self, environ: dict) -> bytes:
         """The whole body, refused with 413 before it is read when it declares more than MAX_BODY_BYTES.
 
@@ -150,6 +137,25 @@ class PredictEndpoint:
         if len(body) > limit:
             raise PayloadTooLarge(f"the body exceeds {limit} bytes (MAX_BODY_BYTES)")
         return body
+
+
+def request_timeout_s(settings: Settings, header: str | None) -> float | None:
+    """The client's `X-Request-Timeout-Ms`, at most REQUEST_TIMEOUT_MS; else that; None for no deadline."""
+    server_ms = settings.request_timeout_ms or None
+    if header is None:
+        return server_ms / 1000 if server_ms else None
+    try:
+        client_ms = float(header)
+    except ValueError:
+        client_ms = math.nan
+    if not (math.isfinite(client_ms) and client_ms > 0):
+        raise BadRequest(f"X-Request-Timeout-Ms {header!r} is not a positive number of milliseconds")
+    return min(client_ms, server_ms or client_ms) / 1000
+
+
+def admission_budget_s(settings: Settings, timeout_s: float | None) -> float | None:
+    """The time a request is admitted for: its deadline (`request_timeout_s`), else LATENCY_SLO_MS, else none."""
+    return timeout_s if timeout_s is not None else settings.latency_slo_s
 
 
 def _read_input(environ: dict, size: int) -> bytes:
@@ -181,12 +187,15 @@ def refused(server: ModelServer, error: Exception) -> ServiceUnavailable:
     return ServiceUnavailable(detail, getattr(error, "retry_after_s", 1.0))
 
 
-def refusal_before_reading(server: ModelServer, method: str, target: str) -> tuple[str, ServiceUnavailable] | None:
-    """(route, 503) for a predict request the full queue refuses, judged from its request line; else None.
+def refusal_before_reading(
+    server: ModelServer, method: str, target: str, timeout_header: str | None = None
+) -> tuple[str, ServiceUnavailable] | None:
+    """(route, 503) for a predict request refused by a full queue or an unreachable deadline, else None.
 
-    For the workers, which call it before Gunicorn parses the request (service/backpressure.py):
-    only what the predict route would refuse before reading the body, and only when nothing
-    else could answer first (API keys, an unknown model).
+    Judged from its request line and its `X-Request-Timeout-Ms` (`timeout_header`), for the
+    workers, which call it before Gunicorn parses the request (service/backpressure.py): only
+    what the predict route would refuse before reading the body, and only when nothing else
+    could answer first (API keys, an unknown model, a malformed timeout).
     """
     match = PREDICT_PATH.fullmatch(target)
     if method != "POST" or match is None or not server.ready or server.settings.api_keys:
@@ -194,10 +203,11 @@ def refusal_before_reading(server: ModelServer, method: str, target: str) -> tup
     version = match["version"]
     try:
         server.model_for(match["name"], int(version) if version is not None else None)
-        server.batcher.check_room(1)
+        timeout_s = request_timeout_s(server.settings, timeout_header)
+        server.batcher.check_room(1, admission_budget_s(server.settings, timeout_s))
     except ApiError:
         return None
-    except QueueFull as error:
+    except (QueueFull, DeadlineUnreachable) as error:
         return _route_template(match), refused(server, error)
     return None
 

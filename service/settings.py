@@ -62,6 +62,13 @@ class Settings:
     inter_op_threads: int = _setting(
         0, "TensorFlow ops run in parallel; 0 means `CONCURRENT_BATCHES`, so each forward pass runs an op.", minimum=0
     )
+    compute_niceness: int = _setting(
+        10,
+        "Linux niceness of a worker's TensorFlow and batcher threads, above its request threads, so requests are read "
+        "and answered while passes run (BENCHMARKS.md); 0 keeps them equal.",
+        minimum=0,
+        maximum=19,
+    )
     worker_timeout_s: int = _setting(
         120, "Gunicorn heartbeat timeout: a worker silent this long is killed (not a request timeout).", "s", minimum=1
     )

@@ -160,3 +160,28 @@ class GreenletCompletion:
 def new_completion() -> Completion:
     """The completion that suits the calling worker's concurrency model."""
     return GreenletCompletion() if gevent_is_active() else ThreadCompletion()
+
+
+def yield_cores_to_this_thread(niceness: int) -> int:
+    """Lower every other thread of this process to `niceness` (Linux); returns how many were lowered.
+
+    Called in a worker once its model is warmed up (gunicorn.conf.py, COMPUTE_NICENESS): the
+    other threads are then TensorFlow's and the batcher's, and the request threads the worker
+    starts later keep this thread's priority. A request's Python work is short and its answer
+    waits for it; a pass is long, and shares the cores with it. Raising niceness needs no privilege.
+    """
+    import os
+    import threading
+
+    if niceness <= 0 or not hasattr(os, "setpriority") or not os.path.isdir("/proc/self/task"):
+        return 0
+    this = threading.get_native_id()
+    lowered = 0
+    for task in os.listdir("/proc/self/task"):
+        if int(task) != this:
+            try:
+                os.setpriority(os.PRIO_PROCESS, int(task), max(niceness, os.getpriority(os.PRIO_PROCESS, int(task))))
+                lowered += 1
+            except ProcessLookupError:
+                pass  # ended meanwhile
+    return lowered

@@ -223,14 +223,18 @@ def test_a_request_past_its_deadline_in_the_queue_gets_504_and_is_not_run(
     server.close()
 
 
-def test_the_servers_request_timeout_caps_the_clients(settings, fake_model):
-    from service.predict_endpoint import PredictEndpoint
+def test_the_servers_request_timeout_caps_the_clients_and_is_the_batchers_default_budget(settings, fake_model):
+    from service.predict_endpoint import request_timeout_s
 
-    app = create_app(dataclasses.replace(settings, request_timeout_ms=500), fake_model)
-    endpoint = PredictEndpoint(app.extensions["model_server"], app.wsgi_app)
-    assert endpoint._timeout_s({}) == 0.5
-    assert endpoint._timeout_s({"HTTP_X_REQUEST_TIMEOUT_MS": "100"}) == 0.1
-    assert endpoint._timeout_s({"HTTP_X_REQUEST_TIMEOUT_MS": "9000"}) == 0.5
+    timed = dataclasses.replace(settings, request_timeout_ms=500)
+    assert request_timeout_s(timed, None) == 0.5
+    assert request_timeout_s(timed, "100") == 0.1
+    assert request_timeout_s(timed, "9000") == 0.5
+    app = create_app(timed, fake_model)
+    assert app.extensions["model_server"].batcher.default_budget_s == 0.5
+    app.extensions["model_server"].close()
+    app = create_app(dataclasses.replace(settings, latency_slo_ms=200), fake_model)
+    assert app.extensions["model_server"].batcher.default_budget_s == 0.2, "else the objective"
     app.extensions["model_server"].close()
 
 

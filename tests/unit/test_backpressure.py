@@ -9,6 +9,7 @@ import time
 from prometheus_client import REGISTRY
 
 from service.backpressure import EarlyRefusal, ParkingLot, backpressure_for, model_server_of
+from service.batcher import DeadlineUnreachable
 from service.framing import RequestFraming
 from service.workers import IncomingRequest
 
@@ -21,7 +22,7 @@ class FakeBatcher:
         self.listeners = []
 
     @property
-    def room(self) -> int:
+    def admits(self) -> int:
         return self.max_queue - self.queue_depth
 
     def accept(self, count: int) -> None:
@@ -60,9 +61,11 @@ def test_the_oldest_are_woken_as_many_as_the_queue_has_room_for_and_room_is_prom
         lot.park(name, now=float(ord(name)))
     assert parked_gauge() == gauge_before + 8
     assert lot.wakeable(now=200.0) == []
+    assert lot.next_wake_at() is None, "nothing promised: only room made wakes anyone"
     batcher.queue_depth = 2  # a batch of 2 left
     assert lot.wakeable(now=200.0) == ["a", "b"]
     assert lot.wakeable(now=200.1) == [], "room promised to woken connections not yet read is not promised twice"
+    assert lot.next_wake_at() == 201.0, "if they never take it, the others are woken a full pass later"
     batcher.accept(1)  # "a"'s request
     batcher.queue_depth -= 2  # another batch left
     assert lot.wakeable(now=200.2) == ["c", "d"], "the room left after what is promised to b"
@@ -71,6 +74,7 @@ def test_the_oldest_are_woken_as_many_as_the_queue_has_room_for_and_room_is_prom
     assert lot.wakeable(now=200.3) == ["e", "f"]
     assert lot.wakeable(now=202.0) == ["g", "h"]
     assert len(lot) == 0 and parked_gauge() == gauge_before
+    assert lot.next_wake_at() is None, "nobody left to wake"
 
 
 def test_one_woken_too_many_waits_again_first_in_line():
@@ -116,10 +120,15 @@ def test_a_worker_gets_backpressure_only_for_a_model_server_and_is_told_when_roo
 NEXT_REQUEST = b"GET /healthz HTTP/1.1\r\n\r\n"
 
 
-def refused_request(path: bytes = b"/predict", method: bytes = b"POST") -> IncomingRequest:
+def refused_request(path: bytes = b"/predict", method: bytes = b"POST", fields: bytes = b"") -> IncomingRequest:
     """A request received whole, with the start of a pipelined next one behind it."""
     body = b'{"instances": [[1.0, 2.0, 3.0]]}'
-    head = b"%s %s HTTP/1.1\r\nX-Request-ID: client-7\r\nContent-Length: %d\r\n\r\n" % (method, path, len(body))
+    head = b"%s %s HTTP/1.1\r\nX-Request-ID: client-7\r\n%sContent-Length: %d\r\n\r\n" % (
+        method,
+        path,
+        fields,
+        len(body),
+    )
     return IncomingRequest(RequestFraming(8192, 4096, head + body + NEXT_REQUEST), 30.0, 30.0, time.monotonic())
 
 
@@ -143,6 +152,7 @@ def test_a_full_queue_refuses_a_predict_request_unparsed_with_the_routes_own_ans
         or 0
     )
     server.batcher._queued_instances = server.batcher.max_queue  # as if the queue were full
+    server.batcher._admits = 0
     try:
         raw, rest = early.answer(refused_request(b"/v1/models/%s:predict" % server.model.name.encode()))
         unknown_model = early.answer(refused_request(b"/v1/models/other:predict"))
@@ -152,6 +162,7 @@ def test_a_full_queue_refuses_a_predict_request_unparsed_with_the_routes_own_ans
         server.settings = settings
     finally:
         server.batcher._queued_instances = 0
+        server.batcher._admits = server.batcher.max_queue
     status, headers, body = parse_answer(raw)
     assert status == 503 and "queue is full" in body["error"] and int(headers["Retry-After"]) >= 1
     assert headers["X-Request-ID"] == "client-7" and headers["Content-Type"] == "application/json"
@@ -165,3 +176,30 @@ def test_a_full_queue_refuses_a_predict_request_unparsed_with_the_routes_own_ans
     )
     assert unknown_model is None and not_predict is None, "what the full queue does not refuse is served as usual"
     assert keys_first is None, "with API keys, a request is authenticated before it is refused"
+
+
+def test_a_deadline_that_cannot_be_met_refuses_unparsed_by_the_servers_timeout_or_the_clients(app, monkeypatch):
+    server = app.extensions["model_server"]
+    budgets = []
+
+    def check_room(size=1, budget_s=None):
+        budgets.append(budget_s)
+        if budget_s is not None and budget_s < 1.0:
+            raise DeadlineUnreachable("an answer would take about 1000 ms", 1.5)
+
+    monkeypatch.setattr(server.batcher, "check_room", check_room)
+    monkeypatch.setattr(server.batcher, "_admits", 0)  # as if the default budget admitted nothing more
+    monkeypatch.setattr(server, "settings", dataclasses.replace(server.settings, request_timeout_ms=500))
+    early = EarlyRefusal(server)
+    raw, rest = early.answer(refused_request())
+    status, headers, body = parse_answer(raw)
+    assert status == 503 and "deadline cannot be met" in body["error"] and headers["Retry-After"] == "2"
+    assert rest == NEXT_REQUEST
+    assert early.answer(refused_request(fields=b"X-Request-Timeout-Ms: 250\r\n")) is not None
+    assert early.answer(refused_request(fields=b"X-Request-Timeout-Ms: 5000\r\n")) is not None, (
+        "REQUEST_TIMEOUT_MS caps the client's deadline"
+    )
+    monkeypatch.setattr(server, "settings", dataclasses.replace(server.settings, request_timeout_ms=0))
+    assert early.answer(refused_request(fields=b"X-Request-Timeout-Ms: 5000\r\n")) is None, "5 s can be met"
+    assert early.answer(refused_request(fields=b"X-Request-Timeout-Ms: soon\r\n")) is None, "the route says 400"
+    assert budgets == [0.5, 0.25, 0.5, 5.0]

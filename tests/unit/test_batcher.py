@@ -161,7 +161,7 @@ def test_full_queue_refuses_at_once_and_loses_nothing_accepted(make_batcher, pre
     assert batcher.queue_depth == 0
 
 
-def test_room_listeners_hear_of_every_batch_that_leaves_the_queue(make_batcher, predict):
+def test_room_listeners_hear_of_every_batch_that_leaves_the_queue_and_every_pass_that_ends(make_batcher, predict):
     batcher = make_batcher(max_batch_size=2, max_queue=4)
     depths_heard = []
     batcher.add_room_listener(lambda: depths_heard.append(batcher.queue_depth))
@@ -173,7 +173,8 @@ def test_room_listeners_hear_of_every_batch_that_leaves_the_queue(make_batcher, 
     assert batcher.room == 0 and batcher.accepted_requests == 5
     predict.gate.set()
     assert [c.wait(ANSWER_TIMEOUT_S).result for c in [running, *queued]] == [0, 10, 20, 30, 40]
-    assert depths_heard == [0, 2, 0], "then once per batch of two, with its room already made"
+    assert len(depths_heard) == 6, "then when each pass ended and each batch of two left"
+    assert depths_heard[1:] == sorted(depths_heard[1:], reverse=True) and depths_heard[-1] == 0, "room made first"
 
 
 def test_a_failing_batch_fails_only_its_own_requests(make_batcher):
@@ -436,6 +437,44 @@ def test_admission_refuses_what_the_queue_makes_too_late_and_says_when_to_retry(
         completion.wait(ANSWER_TIMEOUT_S)
     assert batcher.close(timeout_s=ANSWER_TIMEOUT_S)  # every pass has ended
     assert batcher.predicted_latency_s(1) == pytest.approx(costs.cost_model.seconds(1))  # nothing ahead
+
+
+def test_admits_counts_the_room_that_the_default_budget_leaves_and_grows_as_passes_end(make_batcher, predict):
+    clock = ManualClock()
+    costs = Observations(CostModel({1: 0.010, 2: 0.012, 4: 0.020}))
+    batcher = make_batcher(
+        max_batch_size=4, max_queue=16, observations=costs, concurrent_batches=1, clock=clock, default_budget_s=0.050
+    )
+    heard = []
+    batcher.add_room_listener(lambda: heard.append(batcher.admits))
+    assert batcher.admits == 9, "idle: two full passes and one of a lone instance fit 50 ms (the queue holds 16)"
+    predict.hold()
+    running = batcher.submit(0, size=4)  # ends at +20 ms
+    predict.wait_for_batch()
+    # Behind the running pass (20 ms): a batch of up to 4 (ends by +40 ms), then one full pass and a lone
+    # instance (20 + 20 + 10 ms) fit 50 ms; a sixth would make the last pass one of 2 (52 ms).
+    assert batcher.admits == 5
+    queued = [batcher.submit(i) for i in range(1, 6)]
+    assert batcher.admits == 0 and batcher.room == 11
+    with pytest.raises(DeadlineUnreachable):
+        batcher.check_room(1, budget_s=0.050)
+    heard.clear()
+    predict.gate.set()
+    assert [c.wait(ANSWER_TIMEOUT_S).result for c in [running, *queued]] == [0, 10, 20, 30, 40, 50]
+    assert batcher.close(timeout_s=ANSWER_TIMEOUT_S)
+    assert len(heard) >= 2 and heard == sorted(heard) and heard[-1] > 5, "told as passes end, with the room made"
+
+
+def test_without_a_default_budget_admits_is_the_room(make_batcher, predict):
+    costs = Observations(CostModel({1: 10.0, 4: 20.0}))  # passes far longer than any budget
+    batcher = make_batcher(max_batch_size=4, max_queue=8, observations=costs, concurrent_batches=1)
+    predict.hold()
+    running = batcher.submit(0, size=4)
+    predict.wait_for_batch()
+    queued = batcher.submit(1, size=3)
+    assert batcher.admits == batcher.room == 5
+    predict.gate.set()
+    assert [c.wait(ANSWER_TIMEOUT_S).result for c in (running, queued)] == [0, 10]
 
 
 def test_admission_predicts_full_batches_beside_each_other_and_a_partial_one_after_them(make_batcher, predict):

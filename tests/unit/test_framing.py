@@ -183,13 +183,17 @@ def test_max_head_bytes_follows_gunicorns_limits(limits, expected):
     assert max_head_bytes(*limits) == expected
 
 
-def test_a_kept_alive_request_whose_end_is_known_gives_its_request_line_end_and_id():
-    single = COMPLETE_REQUESTS["content-length"].replace(b"Host: x\r\n", b"Host: x\r\nX-Request-ID: abc\r\n")
+def test_a_kept_alive_request_whose_end_is_known_gives_its_request_line_end_id_and_timeout():
+    single = COMPLETE_REQUESTS["content-length"].replace(
+        b"Host: x\r\n", b"Host: x\r\nX-Request-ID: abc\r\nx-request-timeout-ms: 250\r\n"
+    )
     arrived = framing(single + COMPLETE_REQUESTS["get"])
     assert arrived.ready and arrived.request_line == b"POST /predict HTTP/1.1" and arrived.request_id == b"abc"
+    assert arrived.request_timeout_ms == b"250"
     assert arrived.take()[arrived.request_end :] == COMPLETE_REQUESTS["get"], "the pipelined request starts there"
     no_body = framing(COMPLETE_REQUESTS["get"])
     assert no_body.request_end == len(COMPLETE_REQUESTS["get"]) and no_body.request_id == b""
+    assert no_body.request_timeout_ms is None
 
 
 @pytest.mark.parametrize("name", ["chunked", "http/1.0 body", "connection close"])
