@@ -48,3 +48,35 @@ def test_two_os_threads_contending_for_a_patched_lock_both_finish_without_a_hub(
         [sys.executable, "-c", CONTENDED_LOCK_SCRIPT], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=40
     )
     assert done.returncode == 0, done.stdout + done.stderr[-2000:]
+
+
+def test_the_compute_threads_are_lowered_below_the_thread_that_serves_requests():
+    # In a child process: lowering priority cannot be undone without privilege.
+    script = textwrap.dedent(
+        """
+        import os, threading
+        from service.threads import yield_cores_to_this_thread
+        started, done = threading.Event(), threading.Event()
+        ids = []
+        def compute():
+            ids.append(threading.get_native_id())
+            started.set()
+            done.wait()
+        thread = threading.Thread(target=compute)
+        thread.start()
+        started.wait()
+        lowered = yield_cores_to_this_thread(10)
+        later = threading.Thread(target=lambda: ids.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id())))
+        later.start(); later.join()
+        print(lowered, os.getpriority(os.PRIO_PROCESS, ids[0]), os.getpriority(os.PRIO_PROCESS, 0), ids[1],
+              yield_cores_to_this_thread(0))
+        done.set()
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60, check=True
+    )
+    lowered, compute, serving, started_later, disabled = map(int, result.stdout.split())
+    assert lowered == 1 and compute == 10, "the thread that existed is lowered"
+    assert serving == 0 and started_later == 0, "the serving thread and the threads it starts later keep their priority"
+    assert disabled == 0, "COMPUTE_NICENESS=0 changes nothing"
