@@ -35,7 +35,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
@@ -59,6 +59,13 @@ class InProcessLimit:
     max_batch_size: int
     max_batch_ms: float  # one full batch at a time
     two_at_once_ms: float  # per full batch, while two run side by side
+    batch_ms: dict[int, float] = field(default_factory=dict)  # a batch of each closed loop's C clients (C < max)
+
+    def batch_of_rps(self, size: int) -> float | None:
+        """Instances per second of one batch of `size` after another (a closed loop of `size` clients at best)."""
+        if size == self.max_batch_size:
+            return self.throughput_rps
+        return size / (self.batch_ms[size] / 1000) if size in self.batch_ms else None
 
     @property
     def throughput_rps(self) -> float:
@@ -76,6 +83,7 @@ class InProcessLimit:
             before.max_batch_size,
             (before.max_batch_ms + after.max_batch_ms) / 2,
             (before.two_at_once_ms + after.two_at_once_ms) / 2,
+            {size: (before.batch_ms[size] + after.batch_ms[size]) / 2 for size in before.batch_ms},
         )
 
 
@@ -87,15 +95,22 @@ class Measurement:
     limit: InProcessLimit  # measured just before and just after this load
 
 
-def serve_in_process_measurements(model_path: str, max_batch_size: int, intra_op_threads: int, repeats: int) -> None:
-    """Runs in a child process: TF is configured as a worker would be; each stdin line asks for one measurement."""
+def serve_in_process_measurements(
+    model_path: str, max_batch_size: int, intra_op_threads: int, repeats: int, closed_loop_sizes: tuple[int, ...] = ()
+) -> None:
+    """Runs in a child process: TF is configured as a worker would be; each stdin line asks for one measurement.
+
+    Besides batch 1 and the largest, it times a batch of each of `closed_loop_sizes` between them:
+    what a closed loop of that many clients could do at best, one batch of all of them after another.
+    """
     import numpy as np
 
     from service.gpu import configure_tensorflow
     from service.model import load_served_model
 
     configure_tensorflow(intra_op_threads, 2, None)
-    model = load_served_model(model_path, "bench", 1, (1, max_batch_size))
+    sizes = sorted({1, max_batch_size, *(size for size in closed_loop_sizes if 1 < size < max_batch_size)})
+    model = load_served_model(model_path, "bench", 1, tuple(sizes))
     model.warm_up()
     rng = np.random.default_rng(0)
     batches = {
@@ -103,7 +118,7 @@ def serve_in_process_measurements(model_path: str, max_batch_size: int, intra_op
             info.name: rng.random((size, *(dim or 1 for dim in info.instance_shape))).astype(info.dtype)
             for info in model.signature.inputs
         }
-        for size in (1, max_batch_size)
+        for size in sizes
     }
 
     def median_ms(size: int) -> float:
@@ -131,16 +146,18 @@ def serve_in_process_measurements(model_path: str, max_batch_size: int, intra_op
 
     print("ready", flush=True)
     for _ in sys.stdin:
-        limit = InProcessLimit(median_ms(1), max_batch_size, median_ms(max_batch_size), two_at_once_ms())
+        between = {size: median_ms(size) for size in sizes[1:-1]}
+        limit = InProcessLimit(median_ms(1), max_batch_size, median_ms(max_batch_size), two_at_once_ms(), between)
         print(json.dumps(limit.__dict__), flush=True)
 
 
 class InProcessProbe:
     """A child process holding the model, measuring its in-process limit whenever asked."""
 
-    def __init__(self, model_path: str, max_batch_size: int, intra_op_threads: int):
+    def __init__(self, model_path: str, max_batch_size: int, intra_op_threads: int, concurrency: list[int]):
         command = [sys.executable, __file__, "in-process", "--model", model_path]
         command += ["--max-batch-size", str(max_batch_size), "--intra-op-threads", str(intra_op_threads)]
+        command += ["--concurrency", *map(str, concurrency)]
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
         self._child = subprocess.Popen(
             command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=PROJECT_ROOT
@@ -151,7 +168,9 @@ class InProcessProbe:
     def measure(self) -> InProcessLimit:
         self._child.stdin.write("measure\n")
         self._child.stdin.flush()
-        return InProcessLimit(**json.loads(self._child.stdout.readline()))
+        measured = json.loads(self._child.stdout.readline())
+        measured["batch_ms"] = {int(size): ms for size, ms in measured["batch_ms"].items()}
+        return InProcessLimit(**measured)
 
     def close(self) -> None:
         self._child.stdin.close()
@@ -257,18 +276,20 @@ def format_table(measurements: list[Measurement]) -> str:
         f"{span([x.two_at_once_rps for x in limits], '.0f')} instances/s with two batches side by side.",
         "",
         "| server | load | throughput (req/s) | in-process limit (inst/s) | of the limit | of two side by side | "
-        "p50 (ms) | batch-1 (ms) | p50 / batch-1 | p99 (ms) | p99 / batch-1 | errors | mean batch | server CPU | "
-        "load-generator CPU |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "of one batch of all clients | p50 (ms) | batch-1 (ms) | p50 / batch-1 | p99 (ms) | p99 / batch-1 | errors | "
+        "mean batch | server CPU | load-generator CPU |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for m in measurements:
         load, limit = m.load, m.limit
         level = f"closed, {load.level:g} clients" if load.mode == "closed" else f"open, {load.level:g} req/s"
         p50, p99 = load.percentile_ms(0.5), load.percentile_ms(0.99)
+        all_at_once = limit.batch_of_rps(int(load.level)) if load.mode == "closed" else None
+        of_all_at_once = f"{load.throughput_rps / all_at_once:.0%}" if all_at_once else "-"
         lines.append(
             f"| {m.server} | {level} | {load.throughput_rps:.1f} | {limit.throughput_rps:.0f} | "
             f"{load.throughput_rps / limit.throughput_rps:.0%} | {load.throughput_rps / limit.two_at_once_rps:.0%} | "
-            f"{p50:.1f} | {limit.batch1_ms:.1f} | "
+            f"{of_all_at_once} | {p50:.1f} | {limit.batch1_ms:.1f} | "
             f"{p50 / limit.batch1_ms:.2f}x | {p99:.1f} | {p99 / limit.batch1_ms:.2f}x | {load.errors} | "
             f"{load.mean_batch_size:.1f} | {m.server_cpu_percent:.0f}% | {load.client_cpu_percent:.0f}% |"
         )
@@ -360,7 +381,8 @@ def main() -> int:
     args = parser.parse_args()
 
     if args.mode == "in-process":
-        serve_in_process_measurements(args.model, args.max_batch_size, args.intra_op_threads, repeats=30)
+        sizes = tuple(args.concurrency)
+        serve_in_process_measurements(args.model, args.max_batch_size, args.intra_op_threads, 30, sizes)
         return 0
 
     def progress(message: str) -> None:
@@ -368,7 +390,7 @@ def main() -> int:
 
     use_wrk = shutil.which("wrk") is not None and not args.python_client
     progress(f"loading {args.model} in a child process for the in-process limit ...")
-    probe = InProcessProbe(args.model, args.max_batch_size, args.intra_op_threads)
+    probe = InProcessProbe(args.model, args.max_batch_size, args.intra_op_threads, args.concurrency)
     model_name = Path(args.model.rstrip("/")).stem
     env = {
         "MODEL_PATH": args.model,

@@ -5,11 +5,16 @@ from __future__ import annotations
 from bench import InProcessLimit, Measurement, format_comparison, format_table, parse_servers
 from loadgen import LoadResult
 
-LIMIT = InProcessLimit(batch1_ms=10.0, max_batch_size=32, max_batch_ms=40.0, two_at_once_ms=32.0)
+LIMIT = InProcessLimit(batch1_ms=10.0, max_batch_size=32, max_batch_ms=40.0, two_at_once_ms=32.0, batch_ms={8: 20.0})
 
 
 def test_in_process_throughput_is_instances_per_second_at_the_largest_batch():
     assert LIMIT.throughput_rps == 800 and LIMIT.two_at_once_rps == 1000
+
+
+def test_a_closed_loop_of_c_clients_is_also_set_against_one_batch_of_c_after_another():
+    assert LIMIT.batch_of_rps(8) == 400 and LIMIT.batch_of_rps(32) == 800
+    assert LIMIT.batch_of_rps(128) is None, "more clients than a batch holds: no batch of them all"
 
 
 def test_table_states_throughput_and_latency_as_ratios():
@@ -24,13 +29,16 @@ def test_table_states_throughput_and_latency_as_ratios():
     table = format_table([Measurement("ours", load, 150.0, LIMIT), Measurement("baseline", baseline, 95.0, slower)])
     assert "batch 1 takes 10.00-20.00 ms; batch 32 takes 40.0-80.0 ms = 400-800 instances/s one batch" in table
     assert "500-1000 instances/s with two batches side by side" in table
-    assert "| ours | closed, 128 clients | 700.0 | 800 | 88% | 70% | 15.0 | 10.0 | 1.50x | 30.0 | 3.00x | 0 |" in table
-    assert "| baseline | open, 900 req/s | 20.0 | 400 | 5% | 4% | 2000.0 | 20.0 | 100.00x |" in table
+    row = "| ours | closed, 128 clients | 700.0 | 800 | 88% | 70% | - | 15.0 | 10.0 | 1.50x | 30.0 | 3.00x | 0 |"
+    assert row in table
+    assert "| baseline | open, 900 req/s | 20.0 | 400 | 5% | 4% | - | 2000.0 | 20.0 | 100.00x |" in table
+    eight = format_table([Measurement("ours", closed(8, 360.0), 100.0, LIMIT)])
+    assert "| ours | closed, 8 clients | 360.0 | 800 | 45% | 36% | 90% |" in eight, "360 of the 400 a batch of 8 allows"
 
 
 def test_each_row_is_compared_with_the_mean_of_the_limits_measured_around_it():
-    after = InProcessLimit(batch1_ms=20.0, max_batch_size=32, max_batch_ms=60.0, two_at_once_ms=48.0)
-    assert InProcessLimit.mean(LIMIT, after) == InProcessLimit(15.0, 32, 50.0, 40.0)
+    after = InProcessLimit(batch1_ms=20.0, max_batch_size=32, max_batch_ms=60.0, two_at_once_ms=48.0, batch_ms={8: 30})
+    assert InProcessLimit.mean(LIMIT, after) == InProcessLimit(15.0, 32, 50.0, 40.0, {8: 25.0})
 
 
 def closed(clients: int, throughput_rps: float) -> LoadResult:
