@@ -64,6 +64,7 @@ class RequestFraming:
         self.request_end: int | None = None
         self.request_id = b""  # its X-Request-ID, with the two above
         self.request_timeout_ms: bytes | None = None  # its X-Request-Timeout-Ms, if any, with the two above
+        self.fields: dict[bytes, list[bytes]] | None = None  # its header fields (lowercase names), with the above
         self.expects_continue = False  # the head asked for `100 Continue` before the body is sent
         if received:
             self.receive(received)
@@ -166,6 +167,7 @@ class RequestFraming:
             self.request_end = body_length  # the head's length is added once it is known
             self.request_id = (fields.get(b"x-request-id") or [b""])[0]
             self.request_timeout_ms = (fields.get(b"x-request-timeout-ms") or [None])[0]
+            self.fields = fields
 
 
 class _LengthBody:

@@ -32,6 +32,7 @@ from service.workers import (
 
 if TYPE_CHECKING:
     from service.backpressure import EarlyRefusal, ParkingLot
+    from service.fast_path import FastPath
 
 
 class GeventWorker(ggevent.GeventWorker):
@@ -56,11 +57,15 @@ class GeventWorker(ggevent.GeventWorker):
         self._parking: ParkingLot[Event] | None = None
         self._early_refusal: EarlyRefusal | None = None
         self._wake_timer: gevent.Greenlet | None = None
+        self._fast_path: FastPath | None = None
         if self.reads_whole:
             from service.backpressure import backpressure_for  # in the worker only: it creates metric files
+            from service.fast_path import FastPath
 
             wake_soon = partial(gevent.get_hub().loop.run_callback_threadsafe, self._wake_parked)
             self._parking, self._early_refusal = backpressure_for(self.wsgi, wake_soon)
+            if self._parking is not None:  # the model server's app, whose predict routes it serves
+                self._fast_path = FastPath(self.wsgi)
         super().run()
 
     def notify(self):
@@ -94,8 +99,11 @@ class GeventWorker(ggevent.GeventWorker):
                     return
                 while woken and self._parking.queue_full():
                     woken = self._wait_for_room(first=True)  # read, and the queue filled again: wait first in line
-                if self._refused_early(client, parser, incoming):
+                if self._refused_early(client, parser, incoming) or self._served_fast(
+                    client, parser, incoming, listener_name, addr
+                ):
                     answered = kept_alive = True
+                    gevent.sleep(0)  # let the rest of this request's batch answer before this connection reads again
                     continue
                 parser.unreader.unread(incoming.take())
                 answered = True
@@ -144,6 +152,23 @@ class GeventWorker(ggevent.GeventWorker):
         answer, rest = refusal
         parser.unreader.unread(rest)
         client.sendall(answer)
+        return True
+
+    def _served_fast(self, client, parser, incoming: IncomingRequest, listener_name, addr) -> bool:
+        """Serve a simple predict request without Gunicorn's parser (service/fast_path.py); True if it did."""
+        if self._fast_path is None or not self.alive:
+            return False
+        with self._serving:
+            answer = self._fast_path.answer(incoming, listener_name, addr)
+            if answer is None:
+                return False
+            response, rest = answer
+            parser.unreader.unread(rest)
+            client.sendall(response)
+        self.nr += 1
+        if self.nr >= self.max_requests and self.alive:
+            self.log.info("Autorestarting worker after current request.")
+            self.alive = False
         return True
 
     def _wake_parked(self) -> None:

@@ -76,7 +76,9 @@ def test_bench_measures_ours_and_the_baseline(demo_model_path, tmp_path, footpri
     for line in rows:
         cells = [cell.strip() for cell in line.strip("|").split("|")]
         assert float(cells[2]) > 0 and float(cells[3]) > 0  # throughput, and the in-process limit around it
-        assert cells[11] == "0"  # errors
+        assert cells[12] == "0"  # errors
+        if "closed, 4 clients" in line:
+            assert cells[6].endswith("%"), "a closed loop of 4 is set against one in-process batch of 4 after another"
     assert "In-process limit, measured around each row: batch 1 takes" in table
 
 
