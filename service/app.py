@@ -82,7 +82,7 @@ def create_app(settings: Settings | None = None, model: ServedModel | None = Non
     keys = parse_api_keys(settings.api_keys)
     app.wsgi_app = AccessLayer(ApiKeyGuard(served, keys) if keys else served)
     metrics.worker_serving(model.name, model.version, time.monotonic() - started)
-    # TensorFlow and the model leave millions of long-lived objects, which every full collection
+    # TensorFlow and the model leave some 365,000 long-lived objects, which every full collection
     # of the cyclic garbage collector walked: a pause of 0.2-0.3 s for every thread that needs the
     # GIL, several times a minute under load (BENCHMARKS.md). Frozen, the collector skips them.
     gc.freeze()

@@ -27,8 +27,9 @@ from gunicorn.util import http_date
 
 from service.workers import IncomingRequest
 
-# A predict path whose PATH_INFO is its raw bytes: no query, no percent-escapes (service/predict_endpoint.py).
-_SIMPLE_PREDICT_TARGET = re.compile(rb"/predict|/v1/models/[^/:%?#]+(?:/versions/[0-9]{1,9})?:predict")
+# A predict path whose PATH_INFO is its raw bytes: visible ASCII, no query, no percent-escapes
+# (service/predict_endpoint.py); anything else is for Gunicorn's parser to judge.
+_SIMPLE_PREDICT_TARGET = re.compile(rb"/predict|/v1/models/(?:(?![/:%?#])[!-~])+(?:/versions/[0-9]{1,9})?:predict")
 
 
 class FastPath:

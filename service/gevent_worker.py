@@ -92,6 +92,8 @@ class GeventWorker(ggevent.GeventWorker):
             parser = http.get_parser(self.cfg, client, addr)
             kept_alive = False
             while True:
+                if kept_alive:
+                    gevent.sleep(0)  # let the rest of the last request's batch answer before this connection reads
                 woken = kept_alive and self._wait_for_room()
                 incoming = self.read_policy.new_request(time.monotonic(), kept_alive, parser.unreader.take_buffered())
                 if not self._receive(client, incoming):
@@ -103,7 +105,6 @@ class GeventWorker(ggevent.GeventWorker):
                     client, parser, incoming, listener_name, addr
                 ):
                     answered = kept_alive = True
-                    gevent.sleep(0)  # let the rest of this request's batch answer before this connection reads again
                     continue
                 parser.unreader.unread(incoming.take())
                 answered = True
@@ -115,7 +116,6 @@ class GeventWorker(ggevent.GeventWorker):
                 if not self._skip_unread_body(parser):
                     return
                 kept_alive = True
-                gevent.sleep(0)  # let the rest of this request's batch answer before this connection reads again
         except (StopIteration, http.errors.NoMoreData):
             pass
         except TimeoutError:

@@ -20,6 +20,7 @@ batch. So an OsThread never gets a hub: there, that retry yields the GIL instead
 from __future__ import annotations
 
 import concurrent.futures
+import os
 import sys
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -170,12 +171,9 @@ def yield_cores_to_this_thread(niceness: int) -> int:
     starts later keep this thread's priority. A request's Python work is short and its answer
     waits for it; a pass is long, and shares the cores with it. Raising niceness needs no privilege.
     """
-    import os
-    import threading
-
     if niceness <= 0 or not hasattr(os, "setpriority") or not os.path.isdir("/proc/self/task"):
         return 0
-    this = threading.get_native_id()
+    this = _original("threading", "get_native_id")()
     lowered = 0
     for task in os.listdir("/proc/self/task"):
         if int(task) != this:

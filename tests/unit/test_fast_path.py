@@ -53,12 +53,13 @@ def test_a_simple_predict_request_gets_the_routes_own_answer_in_one_piece(app):
         b"GET /v1/models/fake:predict HTTP/1.1\r\nHost: x\r\n\r\n",
         predict_head(b"/v1/models/fake:predict?debug=1"),
         predict_head(b"/v1/models/f%61ke:predict"),
+        predict_head(b"/v1/models/f\x01ke:predict"),
         predict_head(b"/v1/models/fake/metadata"),
         predict_head(fields=b"Connection: close\r\n"),
         b"POST /predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
         b"POST /predict HTTP/1.0\r\nHost: x\r\nContent-Length: 32\r\n\r\n",
     ],
-    ids=["GET", "query", "escapes", "not predict", "connection close", "chunked", "HTTP/1.0"],
+    ids=["GET", "query", "escapes", "control byte", "not predict", "connection close", "chunked", "HTTP/1.0"],
 )
 def test_anything_else_is_left_to_gunicorn_untouched(app, head):
     body = b"20\r\n" + BODY + b"\r\n0\r\n\r\n" if b"chunked" in head else BODY
