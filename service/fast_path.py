@@ -1,14 +1,15 @@
 """Simple predict requests answered without Gunicorn's parser, environ builder and response writer.
 
-A served request cost the worker's request thread (gevent's hub) 1.1-1.3 ms of CPU, and that
-thread is what a closed loop's requests come back through one by one, and what an answer waits
-for after its pass (BENCHMARKS.md, "Where the time goes"). Gunicorn's share of it (parsing a
-request the framing has already delimited, a general environ, a response object, the head and
-the body in two sends) buys nothing for the common request: an HTTP/1.1 `POST` to a predict path,
-without a query or escapes, with a `Content-Length`, kept alive. For such a request the environ
-is built here from the fields `RequestFraming` already split, the same WSGI app answers it (so its
-access line, metrics, request id, API keys and errors are the usual ones), and the answer leaves in
-one send. Every other request, and every request while the worker stops, goes the usual way.
+A served request cost the worker's request thread (gevent's hub; gthread's pool threads share
+one GIL) 1.0-1.2 ms of CPU, and that thread is what a closed loop's requests come back through
+one by one, and what an answer waits for after its pass (BENCHMARKS.md, "Where the time goes").
+Gunicorn's share of it (parsing a request the framing has already delimited, a general environ,
+a response object, the head and the body in two sends) buys nothing for the common request: an
+HTTP/1.1 `POST` to a predict path, without a query or escapes, with a `Content-Length`, kept
+alive. For such a request the environ is built here from the fields `RequestFraming` already
+split, the same WSGI app answers it (so its access line, metrics, request id, API keys and errors
+are the usual ones), and the answer leaves in one send. Every other request, and the last
+answers of a worker that stops (they say `Connection: close`), go the usual way.
 
 Not run for these requests: Gunicorn's `pre_request`/`post_request` hooks and its access log
 (this service configures neither; service/logs.py writes the access log).

@@ -156,8 +156,8 @@ class GeventWorker(ggevent.GeventWorker):
 
     def _served_fast(self, client, parser, incoming: IncomingRequest, listener_name, addr) -> bool:
         """Serve a simple predict request without Gunicorn's parser (service/fast_path.py); True if it did."""
-        if self._fast_path is None or not self.alive:
-            return False
+        if self._fast_path is None or not self.alive or self.nr + 1 >= self.max_requests:
+            return False  # a stopping worker's last answers say `Connection: close`: Gunicorn writes those
         with self._serving:
             answer = self._fast_path.answer(incoming, listener_name, addr)
             if answer is None:
@@ -166,9 +166,6 @@ class GeventWorker(ggevent.GeventWorker):
             parser.unreader.unread(rest)
             client.sendall(response)
         self.nr += 1
-        if self.nr >= self.max_requests and self.alive:
-            self.log.info("Autorestarting worker after current request.")
-            self.alive = False
         return True
 
     def _wake_parked(self) -> None:

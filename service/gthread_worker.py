@@ -44,6 +44,7 @@ from service.workers import (
 
 if TYPE_CHECKING:
     from service.backpressure import EarlyRefusal, ParkingLot
+    from service.fast_path import FastPath
 
 
 class Connection(gthread.TConn):
@@ -55,6 +56,7 @@ class Connection(gthread.TConn):
         self.continue_sent = False  # this request's `100 Continue` went out while it was received
         self.woken_for_room = False  # parked while the queue was full, and woken when it had room
         self.held: IncomingRequest | None = None  # its request, read, while it waits first in line again
+        self.fast_request: IncomingRequest | None = None  # its request, for a pool thread's fast path
 
     def close(self, graceful=False):
         if graceful:
@@ -90,12 +92,16 @@ class ThreadWorker(gthread.ThreadWorker):
     def run(self):
         self._parking: ParkingLot[Connection] | None = None
         self._early_refusal: EarlyRefusal | None = None
+        self._fast_path: FastPath | None = None
         if self.reads_whole:
             from service.backpressure import backpressure_for  # in the worker only: it creates metric files
+            from service.fast_path import FastPath
 
             self._parking, self._early_refusal = backpressure_for(
                 self.wsgi, partial(self.method_queue.defer, self._wake_parked)
             )
+            if self._parking is not None:  # the model server's app, whose predict routes it serves
+                self._fast_path = FastPath(self.wsgi)
         super().run()
 
     # Where connections come in: accept, kept-alive or pipelined requests, all call enqueue_req.
@@ -173,7 +179,10 @@ class ThreadWorker(gthread.ThreadWorker):
             conn.parser = http.get_parser(self.cfg, conn.sock, conn.client)
         if self._refused_early(conn, incoming):
             return
-        conn.parser.unreader.unread(incoming.take())
+        if self._fast_path is not None:
+            conn.fast_request = incoming  # a pool thread answers it, or gives it to the parser (handle)
+        else:
+            conn.parser.unreader.unread(incoming.take())
         conn.data_ready = True  # Gunicorn's thread then skips its wait for the first bytes
         conn.continue_sent = incoming.continue_sent
         super().enqueue_req(conn)
@@ -309,6 +318,34 @@ class ThreadWorker(gthread.ThreadWorker):
         util.close(sock)
 
     # In the pool's threads.
+
+    def handle(self, conn):
+        """Gunicorn's handle, after the fast path (service/fast_path.py) for a simple predict request."""
+        incoming, conn.fast_request = conn.fast_request, None
+        if incoming is not None:
+            served = self._served_fast(conn, incoming)
+            if served is not None:
+                return served
+            conn.parser.unreader.unread(incoming.take())
+        return super().handle(conn)
+
+    def _served_fast(self, conn: Connection, incoming: IncomingRequest) -> bool | None:
+        """Whether to keep the connection after answering on the fast path; None if it is not for it."""
+        if not self.alive or self.nr + 1 >= self.max_requests or len(self.keepalived_conns) >= self.max_keepalived:
+            return None  # answers that say `Connection: close`: Gunicorn writes those
+        answer = self._fast_path.answer(incoming, conn.server, conn.client)
+        if answer is None:
+            return None
+        response, rest = answer
+        conn.parser.unreader.unread(rest)
+        conn.init()
+        conn.sock.settimeout(self.read_policy.read_timeout_s)
+        try:
+            conn.sock.sendall(response)
+        except OSError:  # it stopped reading its answer (READ_TIMEOUT_S), or left
+            return False
+        self.nr += 1
+        return True
 
     def handle_request(self, req, conn):
         """Gunicorn's handle_request, with READ_TIMEOUT_S on the app's reads and writes."""
