@@ -32,13 +32,11 @@ from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any, Generic, TypeVar
 
-from gunicorn.util import http_date
-
 from service import metrics
 from service.access import count_request, request_id_for
 from service.errors import error_body
 from service.predict_endpoint import refusal_before_reading
-from service.workers import IncomingRequest
+from service.workers import IncomingRequest, kept_alive_response
 
 Parked = TypeVar("Parked")
 
@@ -78,25 +76,18 @@ class EarlyRefusal:
         framing = incoming.framing
         if self._server.batcher.admits > 0 or framing.request_line is None:
             return None
-        method, _, rest = framing.request_line.partition(b" ")
-        target = rest.rpartition(b" ")[0].decode("latin-1")
         timeout = framing.request_timeout_ms.decode("latin-1") if framing.request_timeout_ms is not None else None
-        refusal = refusal_before_reading(self._server, method.decode("latin-1"), target, timeout)
+        method, target = framing.method.decode("latin-1"), framing.target.decode("latin-1")
+        refusal = refusal_before_reading(self._server, method, target, timeout)
         if refusal is None:
             return None
         route, error = refusal
-        body = error_body(error.message)
         request_id = request_id_for(framing.request_id.decode("latin-1"))
-        headers = {"Content-Type": "application/json", "Content-Length": str(len(body)), **error.headers}
-        head = "".join(
-            [
-                f"HTTP/1.1 {error.status} {HTTPStatus(error.status).phrase}\r\nDate: {http_date()}\r\n",
-                *(f"{name}: {value}\r\n" for name, value in headers.items()),
-                f"X-Request-ID: {request_id}\r\n\r\n",
-            ]
-        )
+        headers = [("Content-Type", "application/json"), *error.headers.items(), ("X-Request-ID", request_id)]
+        status = f"{error.status} {HTTPStatus(error.status).phrase}"
+        answer = kept_alive_response(status, headers, error_body(error.message))
         count_request(route, "POST", error.status, time.monotonic() - incoming.received_at)
-        return head.encode("latin-1") + body, incoming.take()[framing.request_end :]
+        return answer, incoming.take()[framing.request_end :]
 
 
 class ParkingLot(Generic[Parked]):

@@ -403,6 +403,7 @@ class Batcher:
                         started = self._passes_started
                         self._expected_ends[started] = self._expected_end(batch, passes_beside > 0)
                         self._admits = self._admitted_in_time(self._clock())  # waits now behind this pass
+            self._tell_room_listeners()  # a batch left the queue; `admits` counts its pass
             if batch:
                 size, seconds = self._run_batch(batch, reason)
                 with self._lock:
@@ -413,11 +414,14 @@ class Batcher:
                         ran_alone = passes_beside == 0 and self._passes_started == started
                         self.observations.pass_ended(self._clock(), size, seconds, ran_alone)
                     self._queue_changed()  # after the cost model learned the pass: `admits` depends on it
-                for listener in self._room_listeners:
-                    listener()  # a deadline's room grows when a pass ends
+                self._tell_room_listeners()  # a deadline's room grows when a pass ends
                 if self.concurrent_batches > 1:
                     self._queue.put(_PASS_ENDED)
         # Nothing is left: submit() queues under the lock that close() takes before the stop marker.
+
+    def _tell_room_listeners(self) -> None:
+        for listener in self._room_listeners:
+            listener()
 
     def _expected_end(self, batch: list[PendingRequest], beside: bool) -> float:
         if self.observations is None:
@@ -479,8 +483,6 @@ class Batcher:
             for _ in batch:  # the batch is the oldest requests queued, in order
                 self._waiting.popleft()
             self._queue_changed()
-        for listener in self._room_listeners:
-            listener()
         return batch, reason, stopping
 
     def _without_expired(self, batch: list[PendingRequest]) -> list[PendingRequest]:

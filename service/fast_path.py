@@ -24,9 +24,8 @@ from http import HTTPStatus
 from typing import Any
 
 from gunicorn import SERVER
-from gunicorn.util import http_date
 
-from service.workers import IncomingRequest
+from service.workers import IncomingRequest, kept_alive_response
 
 # A predict path whose PATH_INFO is its raw bytes: visible ASCII, no query, no percent-escapes
 # (service/predict_endpoint.py); anything else is for Gunicorn's parser to judge.
@@ -45,16 +44,14 @@ class FastPath:
         `incoming` must be ready; when it is answered here, its bytes are taken.
         """
         framing = incoming.framing
-        if framing.request_line is None or framing.fields is None or b"content-length" not in framing.fields:
+        if framing.request_line is None or framing.field(b"content-length") is None:
             return None
-        method, _, rest = framing.request_line.partition(b" ")
-        target = rest.rpartition(b" ")[0]
-        if method != b"POST" or not _SIMPLE_PREDICT_TARGET.fullmatch(target):
+        if framing.method != b"POST" or not _SIMPLE_PREDICT_TARGET.fullmatch(framing.target):
             return None
         received = incoming.take()
-        length = int(framing.fields[b"content-length"][0])
+        length = int(framing.field(b"content-length"))
         body = received[framing.request_end - length : framing.request_end]
-        environ = _environ(target.decode("latin-1"), framing.fields, body, server_address, client_address)
+        environ = _environ(framing.target.decode("latin-1"), framing.fields, body, server_address, client_address)
         return self._respond(environ), received[framing.request_end :]
 
     def _respond(self, environ: dict) -> bytes:
@@ -70,10 +67,7 @@ class FastPath:
             if hasattr(chunks, "close"):
                 chunks.close()
         status, headers = started[0] if started else (f"500 {HTTPStatus(500).phrase}", [])
-        lines = [f"HTTP/1.1 {status}\r\nServer: {SERVER}\r\nDate: {http_date()}\r\nConnection: keep-alive\r\n"]
-        lines += [f"{name}: {value}\r\n" for name, value in headers if name.lower() != "content-length"]
-        lines.append(f"Content-Length: {len(body)}\r\n\r\n")
-        return "".join(lines).encode("latin-1") + body
+        return kept_alive_response(status, headers, body)
 
 
 def _environ(

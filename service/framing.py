@@ -62,12 +62,35 @@ class RequestFraming:
         # index just past it in what `take()` returns. None otherwise (then only the parser can judge it).
         self.request_line: bytes | None = None
         self.request_end: int | None = None
-        self.request_id = b""  # its X-Request-ID, with the two above
-        self.request_timeout_ms: bytes | None = None  # its X-Request-Timeout-Ms, if any, with the two above
-        self.fields: dict[bytes, list[bytes]] | None = None  # its header fields (lowercase names), with the above
+        self.fields: dict[bytes, list[bytes]] | None = None  # its header fields (lowercase names), with the two above
         self.expects_continue = False  # the head asked for `100 Continue` before the body is sent
         if received:
             self.receive(received)
+
+    @property
+    def method(self) -> bytes:
+        """The request line's method (with `request_line`)."""
+        return self.request_line.partition(b" ")[0]
+
+    @property
+    def target(self) -> bytes:
+        """The request line's target, as sent (with `request_line`)."""
+        return self.request_line.partition(b" ")[2].rpartition(b" ")[0]
+
+    @property
+    def request_id(self) -> bytes:
+        """Its X-Request-ID, or empty (with `request_line`)."""
+        return self.field(b"x-request-id") or b""
+
+    @property
+    def request_timeout_ms(self) -> bytes | None:
+        """Its X-Request-Timeout-Ms, if any (with `request_line`)."""
+        return self.field(b"x-request-timeout-ms")
+
+    def field(self, name: bytes) -> bytes | None:
+        """The first value of header field `name` (lowercase), once `fields` is known."""
+        values = self.fields.get(name) if self.fields is not None else None
+        return values[0] if values else None
 
     @property
     def started(self) -> bool:
@@ -165,8 +188,6 @@ class RequestFraming:
         if keeps_open:
             self.request_line = request_line
             self.request_end = body_length  # the head's length is added once it is known
-            self.request_id = (fields.get(b"x-request-id") or [b""])[0]
-            self.request_timeout_ms = (fields.get(b"x-request-timeout-ms") or [None])[0]
             self.fields = fields
 
 

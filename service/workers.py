@@ -23,7 +23,11 @@ from __future__ import annotations
 
 import logging
 import resource
+from collections.abc import Iterable
 from dataclasses import dataclass
+
+from gunicorn import SERVER
+from gunicorn.util import http_date
 
 from service.errors import error_body
 from service.framing import RequestFraming, max_head_bytes
@@ -53,6 +57,18 @@ LINGER_S = 2.0
 # gthread STOP_KEEPALIVE_LINGER), not after their whole allowance: one may be about to send.
 STOP_IDLE_LINGER_S = 2.0
 CONTINUE_RESPONSE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+def kept_alive_response(status: str, headers: Iterable[tuple[str, str]], body: bytes) -> bytes:
+    """A whole HTTP/1.1 answer that keeps its connection open, with the head Gunicorn would write.
+
+    For answers the workers write themselves (an early refusal, the fast path): one buffer, one send.
+    `status` is WSGI's ("200 OK"); Content-Length is the body's, whatever `headers` say.
+    """
+    lines = [f"HTTP/1.1 {status}\r\nServer: {SERVER}\r\nDate: {http_date()}\r\nConnection: keep-alive\r\n"]
+    lines += [f"{name}: {value}\r\n" for name, value in headers if name.lower() != "content-length"]
+    lines.append(f"Content-Length: {len(body)}\r\n\r\n")
+    return "".join(lines).encode("latin-1") + body
 
 
 @dataclass(frozen=True)

@@ -462,7 +462,8 @@ def test_admits_counts_the_room_that_the_default_budget_leaves_and_grows_as_pass
     predict.gate.set()
     assert [c.wait(ANSWER_TIMEOUT_S).result for c in [running, *queued]] == [0, 10, 20, 30, 40, 50]
     assert batcher.close(timeout_s=ANSWER_TIMEOUT_S)
-    assert len(heard) >= 2 and heard == sorted(heard) and heard[-1] > 5, "told as passes end, with the room made"
+    # Told when each batch left (its pass counted) and when each pass ended, with the room then made.
+    assert len(heard) >= 2 and heard[-1] == max(heard) > 5, "told as passes end, with the room made"
 
 
 def test_without_a_default_budget_admits_is_the_room(make_batcher, predict):
