@@ -10,10 +10,11 @@ DEMO_MODEL := models/digits.keras
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt requirements-bench.txt
+$(VENV)/.installed: requirements.txt requirements-dev.txt requirements-bench.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt -r requirements-bench.txt
+	$(PY) -m pip install --quiet --no-deps -e .
 	touch $@
 
 $(DEMO_MODEL): | venv

@@ -1,9 +1,10 @@
 """Gunicorn configuration: sized from the machine and the model, never importing TensorFlow."""
 
-from service import hooks, logs
+from service.operations import logs
 from service.settings import load_settings
+from service.sizing import hooks
 from service.threads import yield_cores_to_this_thread
-from service.workers import WORKER_CLASSES
+from service.web.workers import WORKER_CLASSES
 
 settings = load_settings()
 metrics_dir = hooks.prepare_metrics_dir(settings)  # before anything imports prometheus_client
@@ -11,7 +12,7 @@ plan = hooks.plan_for_this_machine(settings)
 
 bind = settings.bind
 workers = plan.workers
-worker_class = WORKER_CLASSES[settings.worker_class]  # bounds slow clients (service/workers.py)
+worker_class = WORKER_CLASSES[settings.worker_class]  # bounds slow clients (service/web/workers.py)
 threads = settings.request_threads
 worker_connections = settings.gevent_connections
 timeout = settings.worker_timeout_s

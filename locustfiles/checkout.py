@@ -14,14 +14,10 @@ from __future__ import annotations
 
 import json
 import random
-import sys
-from pathlib import Path
 
 from locust import FastHttpUser, between, events, task
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from service.signature import sample_instance
+from service.backends.signature import sample_instance
 
 _instance_cache: dict[str, object] = {}
 

@@ -40,11 +40,8 @@ from pathlib import Path
 
 import psutil
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from loadgen import LoadResult, run_closed_loop, run_open_loop, sample_body
-
-from service.launcher import PROJECT_ROOT, LiveServer
+from scripts.launcher import PROJECT_ROOT, LiveServer
+from scripts.loadgen import LoadResult, run_closed_loop, run_open_loop, sample_body
 
 WRK_SCRIPT = Path(__file__).resolve().parent / "wrk_predict.lua"
 BASELINE_COMMAND = (
@@ -105,8 +102,8 @@ def serve_in_process_measurements(
     """
     import numpy as np
 
-    from service.gpu import configure_tensorflow
-    from service.model import load_served_model
+    from service.backends.tensorflow import load_served_model
+    from service.sizing.gpu import configure_tensorflow
 
     configure_tensorflow(intra_op_threads, 2, None)
     sizes = sorted({1, max_batch_size, *(size for size in closed_loop_sizes if 1 < size < max_batch_size)})

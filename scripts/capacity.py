@@ -24,11 +24,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from service.footprint import measure_footprint
-from service.planner import CPU_CORES_PER_WORKER
 from service.settings import load_settings
+from service.sizing.footprint import measure_footprint
+from service.sizing.planner import CPU_CORES_PER_WORKER
 
 SECONDS_PER_DAY = 86_400
 MIB = 1024 * 1024

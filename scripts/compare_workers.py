@@ -10,14 +10,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from loadgen import run_closed_loop, sample_body
-
-from service.launcher import LiveServer
+from scripts.launcher import LiveServer
+from scripts.loadgen import run_closed_loop, sample_body
 
 
 def main() -> None:

@@ -33,11 +33,8 @@ from pathlib import Path
 
 from dockerfile_parse import DockerfileParser
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from loadgen import sample_body
-
-from service.launcher import PROJECT_ROOT, ServerFailedToStart, free_port, wait_until_ready
+from scripts.launcher import PROJECT_ROOT, ServerFailedToStart, free_port, wait_until_ready
+from scripts.loadgen import sample_body
 
 READY_TIMEOUT_S = 300.0
 _VARIABLE = re.compile(r"\$\{(\w+)\}|\$(\w+)")

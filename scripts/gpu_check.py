@@ -16,14 +16,11 @@ from __future__ import annotations
 import re
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from service.hooks import plan_for_this_machine
-from service.launcher import LiveServer
-from service.planner import WorkerPlan
+from scripts.launcher import LiveServer
 from service.settings import Settings, load_settings
+from service.sizing.hooks import plan_for_this_machine
+from service.sizing.planner import WorkerPlan
 
 WORKER_REPORT = re.compile(
     r"\[(?P<pid>\d+)\] INFO service\.app: worker slot (?P<slot>\d+): .*; TensorFlow devices (?P<devices>\[.*\])"

@@ -30,16 +30,13 @@ import math
 import random
 import resource
 import statistics
-import sys
 import time
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from service.signature import sample_instance
+from service.backends.signature import sample_instance
 
 REQUEST_TIMEOUT_S = 10.0
 _CLIENT_ERRORS = (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError)  # ConnectionError is an OSError

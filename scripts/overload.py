@@ -14,7 +14,7 @@ refusals' p50, and the accepted requests' p99 as their clients saw it and as the
 it (from reading the request to answering it, from its access lines), the latter set against
 a full queue's drain time at the measured capacity plus one full pass (from `/stats`). The
 two p99s differ by the time a request waits unread while the queue is full
-(service/backpressure.py).
+(service/web/backpressure.py).
 """
 
 from __future__ import annotations
@@ -29,12 +29,9 @@ from pathlib import Path
 
 import requests
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench import machine_description, run_wrk, server_cpu_seconds
-from loadgen import LoadResult, percentile, run_closed_loop, run_open_loop, sample_body
-
-from service.launcher import LiveServer
+from scripts.bench import machine_description, run_wrk, server_cpu_seconds
+from scripts.launcher import LiveServer
+from scripts.loadgen import LoadResult, percentile, run_closed_loop, run_open_loop, sample_body
 
 
 def full_pass_ms(url: str) -> tuple[float, int]:
@@ -52,7 +49,7 @@ def served_p99_ms(log_since: str) -> float | None:
     """p99 of the worker's own time to answer a predict 200, from its access lines (default text format).
 
     Timed from when the worker has read the request: a request left unread while the queue is
-    full (service/backpressure.py) waits in the client's socket, which the client's p99 counts.
+    full (service/web/backpressure.py) waits in the client's socket, which the client's p99 counts.
     """
     durations = [float(found) for found in ACCESS_LINE.findall(log_since)]
     return round(percentile(durations, 0.99), 1) if durations else None

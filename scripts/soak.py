@@ -16,12 +16,9 @@ from pathlib import Path
 
 import psutil
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench import run_wrk
-from loadgen import sample_body
-
-from service.launcher import LiveServer
+from scripts.bench import run_wrk
+from scripts.launcher import LiveServer
+from scripts.loadgen import sample_body
 
 
 def worker_rss_mib(server: LiveServer) -> dict[int, float]:

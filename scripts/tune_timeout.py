@@ -33,9 +33,7 @@ import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from service.launcher import PROJECT_ROOT, LiveServer
+from scripts.launcher import PROJECT_ROOT, LiveServer
 
 LOCUSTFILE = PROJECT_ROOT / "locustfiles" / "checkout.py"
 METRICS = {"avg": "avg_ms", "p95": "p95_ms", "p99": "p99_ms"}

@@ -1,4 +1,4 @@
-"""The Flask application factory: one worker's model, batcher and routes."""
+"""The Flask application factory: one worker's model, batcher and health."""
 
 from __future__ import annotations
 
@@ -11,17 +11,17 @@ from dataclasses import dataclass, field
 from flask import Flask, Response
 from werkzeug.exceptions import HTTPException
 
-from service import api_docs, logs, metrics, routes
-from service.access import AccessLayer
-from service.api_keys import ApiKeyGuard, parse_api_keys
-from service.batch_policy import AdaptivePolicy, FixedTimeout, Observations
-from service.batcher import Batcher
-from service.cost_model import CostModel, largest_paying_size
+from service.backends.tensorflow import ServedModel, load_served_model
+from service.batching.batcher import Batcher
+from service.batching.cost_model import CostModel, largest_paying_size
+from service.batching.policy import AdaptivePolicy, FixedTimeout, Observations
 from service.errors import ApiError, NotFound, error_body
-from service.model import ServedModel, load_served_model
-from service.predict_endpoint import PredictEndpoint, admission_budget_s, request_timeout_s
-from service.refusals import RefusalSummary
+from service.operations import api_docs, health, logs, metrics
+from service.operations.refusals import RefusalSummary
+from service.protocols.tfserving_rest import PredictEndpoint, admission_budget_s, request_timeout_s
 from service.settings import Settings, load_settings
+from service.web.access import AccessLayer
+from service.web.auth import ApiKeyGuard, parse_api_keys
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +70,8 @@ def create_app(settings: Settings | None = None, model: ServedModel | None = Non
     batcher = build_batcher(settings, model, model.warm_up(repeats=5, memory_check_passes=memory_check_passes))
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
-    app.url_map.converters["model_name"] = routes.ModelNameConverter
-    app.register_blueprint(routes.blueprint)
+    app.url_map.converters["model_name"] = health.ModelNameConverter
+    app.register_blueprint(health.blueprint)
     app.register_blueprint(api_docs.blueprint)
     app.register_error_handler(ApiError, _api_error)
     app.register_error_handler(HTTPException, _http_error)
@@ -119,7 +119,7 @@ def build_batcher(settings: Settings, model: ServedModel, warm_up_seconds: dict[
 
 def _load_model_for_this_worker(settings: Settings) -> tuple[ServedModel, bool]:
     """The model, loaded after TensorFlow is configured for this worker's slot; and whether it runs on a GPU."""
-    from service import gpu, hooks
+    from service.sizing import gpu, hooks
 
     placement = hooks.current_placement()
     if placement is not None:

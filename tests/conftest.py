@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from service.app import create_app
-from service.model import ServedModel
+from service.backends.signature import ModelSignature, TensorInfo
+from service.backends.tensorflow import ServedModel
 from service.settings import Settings
-from service.signature import ModelSignature, TensorInfo
 
 
 class RecordingForward:

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import re
 
-import capacity
 import kubernetes_validate
 import pytest
 import yaml
 
-from service.footprint import measure_footprint
-from service.launcher import PROJECT_ROOT
+from scripts import capacity
+from scripts.launcher import PROJECT_ROOT
 from service.settings import load_settings
+from service.sizing.footprint import measure_footprint
 
 MANIFESTS = PROJECT_ROOT / "deploy" / "k8s"
 KUBERNETES_VERSION = "1.30"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.launcher import LiveServer
+from scripts.launcher import LiveServer
 
 DEMO_SERVER_SETTINGS = {
     "WORKERS": "2",

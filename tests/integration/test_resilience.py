@@ -23,7 +23,7 @@ import psutil
 import pytest
 import requests
 
-from service.launcher import PROJECT_ROOT
+from scripts.launcher import PROJECT_ROOT
 
 pytestmark = pytest.mark.integration
 
@@ -266,7 +266,7 @@ def test_clients_that_retry_at_once_at_four_times_the_queue_are_served_or_refuse
     assert by_status["200"]["count"] >= 4 * MAX_QUEUE, "the model kept serving through the overload"
     assert by_status["503"]["p50_ms"] < 0.2 * by_status["200"]["p50_ms"], "refusals never wait for the model"
     # Refused once, a client's next request waits unread until the queue has room, instead of
-    # being refused again and again (service/backpressure.py): without that, thousands of refusals.
+    # being refused again and again (service/web/backpressure.py): without that, thousands of refusals.
     assert by_status["503"]["count"] <= 2 * 4 * MAX_QUEUE, "clients that retry at once are refused about once each"
     # Goodput and the accepted requests' latency against the queue bound are speed targets,
     # measured by scripts/overload.py (RELIABILITY.md, "Overload").

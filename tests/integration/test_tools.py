@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from service.launcher import PROJECT_ROOT
+from scripts.launcher import PROJECT_ROOT
 
 pytestmark = pytest.mark.integration
 

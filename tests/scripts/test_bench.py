@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from bench import InProcessLimit, Measurement, format_comparison, format_table, parse_servers
-from loadgen import LoadResult
+from scripts.bench import InProcessLimit, Measurement, format_comparison, format_table, parse_servers
+from scripts.loadgen import LoadResult
 
 LIMIT = InProcessLimit(batch1_ms=10.0, max_batch_size=32, max_batch_ms=40.0, two_at_once_ms=32.0, batch_ms={8: 20.0})
 

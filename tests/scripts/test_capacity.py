@@ -7,9 +7,9 @@ import subprocess
 import sys
 
 import pytest
-from capacity import CapacityError, PodCapacity, plan_replicas, pod_capacity, pod_resources
 
-from service.launcher import PROJECT_ROOT
+from scripts.capacity import CapacityError, PodCapacity, plan_replicas, pod_capacity, pod_resources
+from scripts.launcher import PROJECT_ROOT
 
 
 def row(server, mode, level, throughput, p99, errors=0):

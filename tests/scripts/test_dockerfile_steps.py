@@ -6,7 +6,8 @@ import sys
 import textwrap
 
 import pytest
-from dockerfile_steps import ImageState, StepFailed, is_ignored, parse_assignments, run_steps
+
+from scripts.dockerfile_steps import ImageState, StepFailed, is_ignored, parse_assignments, run_steps
 
 
 def test_env_assignments_in_both_forms():

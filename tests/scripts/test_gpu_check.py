@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from gpu_check import check_workers, parse_worker_reports
-
-from service.footprint import Footprint
-from service.gpu import Gpu, GpuDiscovery
-from service.machine import Machine
-from service.planner import plan_workers
+from scripts.gpu_check import check_workers, parse_worker_reports
 from service.settings import Settings
+from service.sizing.footprint import Footprint
+from service.sizing.gpu import Gpu, GpuDiscovery
+from service.sizing.machine import Machine
+from service.sizing.planner import plan_workers
 
 MIB = 1024 * 1024
 SETTINGS = Settings(workers=2)

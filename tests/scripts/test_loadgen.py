@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 
 import pytest
-from loadgen import LoadResult, Workload, _Answer, _record, _Target, percentile
+
+from scripts.loadgen import LoadResult, Workload, _Answer, _record, _Target, percentile
 
 
 @pytest.mark.parametrize(

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from loadgen import LoadResult
-from overload import format_table, row, served_p99_ms
+from scripts.loadgen import LoadResult
+from scripts.overload import format_table, row, served_p99_ms
 
 ACCESS = "2026-12-01 10:00:00,000 [7] INFO model_server.access [{id}] POST /predict {status} {ms} ms batch 32\n"
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from tune_timeout import (
+
+from scripts.tune_timeout import (
     Setting,
     SweepRow,
     format_table,

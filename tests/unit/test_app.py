@@ -225,7 +225,7 @@ def test_a_request_past_its_deadline_in_the_queue_gets_504_and_is_not_run(
 
 
 def test_the_servers_request_timeout_caps_the_clients_and_is_the_batchers_default_budget(settings, fake_model):
-    from service.predict_endpoint import request_timeout_s
+    from service.protocols.tfserving_rest import request_timeout_s
 
     timed = dataclasses.replace(settings, request_timeout_ms=500)
     assert request_timeout_s(timed, None) == 0.5
@@ -244,7 +244,7 @@ def test_the_servers_request_timeout_caps_the_clients_and_is_the_batchers_defaul
 def test_overload_is_refused_at_the_door_and_readyz_sheds_until_the_queue_drains(
     settings, fake_model, fake_forward, make_rows
 ):
-    from service.cost_model import CostModel
+    from service.batching.cost_model import CostModel
 
     app = create_app(dataclasses.replace(settings, concurrent_batches=1, latency_slo_ms=100), fake_model)
     client, server = app.test_client(), app.extensions["model_server"]
@@ -278,7 +278,7 @@ def test_overload_is_refused_at_the_door_and_readyz_sheds_until_the_queue_drains
 def test_without_an_objective_a_request_that_must_wait_is_accepted_and_readyz_sheds_only_when_full(
     settings, fake_model, fake_forward, make_rows
 ):
-    from service.cost_model import CostModel
+    from service.batching.cost_model import CostModel
 
     assert settings.latency_slo_ms == 0  # the default: no objective
     app = create_app(dataclasses.replace(settings, concurrent_batches=1), fake_model)

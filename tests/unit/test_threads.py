@@ -6,7 +6,7 @@ import subprocess
 import sys
 import textwrap
 
-from service.launcher import PROJECT_ROOT
+from scripts.launcher import PROJECT_ROOT
 
 # Each OsThread takes and releases an RLock made after patching, as a batcher thread does with the
 # lock of the `tf.function` it calls, while the main thread's hub runs. Before OsThread kept its

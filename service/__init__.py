@@ -1,0 +1,1 @@
+"""A model server for TensorFlow models: Flask under Gunicorn, with a dynamic batching queue in each worker."""

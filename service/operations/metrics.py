@@ -1,0 +1,139 @@
+"""Prometheus metrics of one worker, summed across Gunicorn's workers at scrape time.
+
+A scrape reaches one worker, which cannot see the others' memory. So under Gunicorn every
+worker writes its metrics to files in `PROMETHEUS_MULTIPROC_DIR` (set by the master before
+anything imports prometheus_client, see hooks.prepare_metrics_dir) and `/metrics` reads
+all of them. Outside Gunicorn (tests, scripts) the metrics live in the process.
+
+Names follow Prometheus conventions: base units (`_seconds`), counters end in `_total`,
+batch sizes count instances. Gauges say how workers combine: `livesum` adds the live
+workers, `liveall` keeps one series per worker (`pid` label).
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+from service.batching.policy import SendReason
+
+LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+http_requests = Counter(
+    "model_server_http_requests",
+    "HTTP requests answered, by route template, method and status code.",
+    ["route", "method", "status"],
+)
+http_request_duration = Histogram(
+    "model_server_http_request_duration_seconds",
+    "Time from a request reaching the app to its answer being ready, by route template.",
+    ["route"],
+    buckets=LATENCY_BUCKETS_S,
+)
+rejected_requests = Counter(
+    "model_server_rejected_requests",
+    "Predict requests answered without a forward pass, by reason (queue_full, deadline_unreachable, deadline, "
+    "shutting_down, not_ready).",
+    ["reason"],
+)
+queue_wait = Histogram(
+    "model_server_batch_queue_wait_seconds",
+    "Time a request waited in its worker's queue before its forward pass started.",
+    buckets=LATENCY_BUCKETS_S,
+)
+forward_pass = Histogram(
+    "model_server_forward_pass_seconds",
+    "Duration of one forward pass (one batch, padded).",
+    buckets=LATENCY_BUCKETS_S,
+)
+batch_size = Histogram(
+    "model_server_batch_size_instances",
+    "Instances in one forward pass, before padding.",
+    buckets=BATCH_SIZE_BUCKETS,
+)
+batches = Counter(
+    "model_server_batches",
+    "Forward passes run, by why the batch was sent (full, deadline, nothing_coming, timeout, shutdown).",
+    ["reason"],
+)
+failed_batches = Counter("model_server_failed_batches", "Forward passes that raised; each of their requests got 500.")
+stalled_connections = Counter(
+    "model_server_stalled_connections",
+    "Connections closed because the client stopped sending its request (READ_TIMEOUT_S), by what it was sending: "
+    "idle (nothing yet; closed silently), head or body (answered 408).",
+    ["stage"],
+)
+queue_depth = Gauge(
+    "model_server_queue_depth_instances",
+    "Instances accepted and waiting for a forward pass, summed over live workers.",
+    multiprocess_mode="livesum",
+)
+instances_in_flight = Gauge(
+    "model_server_instances_in_flight",
+    "Instances accepted and not yet answered (queued or in a forward pass), summed over live workers.",
+    multiprocess_mode="livesum",
+)
+parked_connections = Gauge(
+    "model_server_parked_connections",
+    "Kept-alive connections whose next request is left unread until the queue has room (service/web/backpressure.py), "
+    "summed over live workers.",
+    multiprocess_mode="livesum",
+)
+workers_alive = Gauge(
+    "model_server_workers_alive", "Workers that have loaded the model and serve.", multiprocess_mode="livesum"
+)
+model_info = Gauge(
+    "model_server_model_info", "The served model (always 1).", ["name", "version"], multiprocess_mode="livemax"
+)
+model_load_duration = Gauge(
+    "model_server_model_load_duration_seconds",
+    "Time a worker took to load and warm up its model, one series per live worker.",
+    multiprocess_mode="liveall",
+)
+
+
+class BatchMetrics:
+    """What the batcher reports (service.batching.batcher.BatcherObserver), written to the metrics above."""
+
+    def queue_changed(self, queued_instances: int, in_flight_instances: int) -> None:
+        queue_depth.set(queued_instances)
+        instances_in_flight.set(in_flight_instances)
+
+    def batch_ran(
+        self, reason: SendReason, instances: int, queue_waits_s: list[float], forward_s: float, failed: bool
+    ) -> None:
+        batches.labels(reason.value).inc()
+        batch_size.observe(instances)
+        forward_pass.observe(forward_s)
+        for wait_s in queue_waits_s:
+            queue_wait.observe(wait_s)
+        if failed:
+            failed_batches.inc()
+
+
+def worker_serving(model_name: str, model_version: int, load_duration_s: float) -> None:
+    """Record that this worker has loaded its model and serves."""
+    model_info.labels(model_name, str(model_version)).set(1)
+    model_load_duration.set(load_duration_s)
+    workers_alive.set(1)
+
+
+def exposition() -> tuple[bytes, str]:
+    """The metrics of every worker in Prometheus' text format, and its content type."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    else:
+        registry = REGISTRY
+    return generate_latest(registry), CONTENT_TYPE_LATEST

@@ -1,0 +1,184 @@
+"""TF Serving's REST request and response bodies, decoded and validated against the model.
+
+Decoding happens on the request's own thread, before the request reaches the batcher, so
+a malformed body costs the batch nothing. Values are checked against the model's
+declared dtype by their JSON type, never coerced with Python casts: `true` is not 1.0.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import orjson
+
+from service.backends.signature import ModelSignature, TensorInfo
+from service.errors import BadRequest
+
+Layout = Literal["row", "columnar"]
+
+_ACCEPTED_KINDS = {"f": "iuf", "i": "iu", "u": "iu", "b": "b", "string": "U"}
+_NON_FINITE_LITERAL = re.compile(rb"-?\b(NaN|Infinity)\b")
+_JSON_TYPE_NAMES = {"f": "numbers", "i": "integers", "u": "integers", "b": "booleans", "string": "strings"}
+
+
+@dataclass(frozen=True)
+class DecodedRequest:
+    """A request's inputs as arrays with a leading batch dimension of `count` instances."""
+
+    layout: Layout
+    inputs: dict[str, np.ndarray]
+    count: int
+
+
+def decode_request(body: bytes, signature: ModelSignature, max_instances: int) -> DecodedRequest:
+    """Parse a TF Serving predict body; raise BadRequest saying what is wrong with it."""
+    document = _parse_json(body)
+    if not isinstance(document, dict):
+        raise BadRequest("request body must be a JSON object with an 'instances' or an 'inputs' key")
+    signature_name = document.get("signature_name", "serving_default")
+    if signature_name != "serving_default":
+        raise BadRequest(f"unknown signature_name {signature_name!r}; this model serves 'serving_default'")
+    unknown = set(document) - {"instances", "inputs", "signature_name"}
+    if unknown:
+        raise BadRequest(f"unknown keys {sorted(unknown)}; expected 'instances' or 'inputs'")
+    if "instances" in document and "inputs" in document:
+        raise BadRequest("send either 'instances' (row format) or 'inputs' (columnar format), not both")
+    may_hold_booleans = b"true" in body or b"false" in body
+    if "instances" in document:
+        return _decode_rows(document["instances"], signature, max_instances, may_hold_booleans)
+    if "inputs" in document:
+        return _decode_columns(document["inputs"], signature, max_instances, may_hold_booleans)
+    raise BadRequest("missing key: the body needs 'instances' (row format) or 'inputs' (columnar format)")
+
+
+def encode_response(outputs: dict[str, np.ndarray], layout: Layout) -> dict:
+    """TF Serving's answer: `predictions` for rows, `outputs` for columns; a lone output is unnamed."""
+    lists = {name: _to_json_values(array) for name, array in outputs.items()}
+    if layout == "columnar":
+        return {"outputs": next(iter(lists.values())) if len(lists) == 1 else lists}
+    if len(lists) == 1:
+        return {"predictions": next(iter(lists.values()))}
+    count = len(next(iter(lists.values())))
+    return {"predictions": [{name: values[i] for name, values in lists.items()} for i in range(count)]}
+
+
+def _parse_json(body: bytes):
+    """orjson, not the standard json module: a 512-float instance parses in 15 us instead of 185 us."""
+    if not body:
+        raise BadRequest("request body is empty; send a JSON object with 'instances' or 'inputs'")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as error:
+        raise BadRequest(_json_error_message(body, str(error))) from None
+
+
+def _json_error_message(body: bytes, error: str) -> str:
+    if "depth limit" in error:
+        return "request body is nested too deeply (at most 1024 levels)"
+    if "infinity" in error or _NON_FINITE_LITERAL.search(body):
+        return "non-finite number in request (NaN, Infinity or out of range); inputs must be finite"
+    return f"request body is not valid JSON: {error}"
+
+
+def _decode_rows(instances, signature: ModelSignature, max_instances: int, may_hold_booleans: bool):
+    if not isinstance(instances, list):
+        raise BadRequest("'instances' must be a list with one entry per instance")
+    count = _check_count(len(instances), max_instances, "'instances'")
+    named = isinstance(instances[0], dict)
+    if len(signature.inputs) > 1 and not named:
+        names = ", ".join(signature.input_names)
+        raise BadRequest(f"this model has several inputs ({names}): each instance must be an object keyed by them")
+    if not named:
+        info = signature.inputs[0]
+        return DecodedRequest("row", {info.name: _to_array(instances, info, count, may_hold_booleans)}, count)
+    columns: dict[str, list] = {name: [] for name in signature.input_names}
+    for position, instance in enumerate(instances):
+        if not isinstance(instance, dict) or set(instance) != set(columns):
+            raise BadRequest(f"instance {position} must be an object with exactly the keys {sorted(columns)}")
+        for name, value in instance.items():
+            columns[name].append(value)
+    inputs = {info.name: _to_array(columns[info.name], info, count, may_hold_booleans) for info in signature.inputs}
+    return DecodedRequest("row", inputs, count)
+
+
+def _decode_columns(columns, signature: ModelSignature, max_instances: int, may_hold_booleans: bool):
+    if not isinstance(columns, dict):
+        if len(signature.inputs) > 1:
+            raise BadRequest(f"'inputs' must be an object keyed by the input names {list(signature.input_names)}")
+        columns = {signature.inputs[0].name: columns}
+    if set(columns) != set(signature.input_names):
+        raise BadRequest(f"'inputs' must have exactly the keys {sorted(signature.input_names)}, got {sorted(columns)}")
+    counts = set()
+    for name, value in columns.items():
+        if not isinstance(value, list):
+            raise BadRequest(f"input {name!r} must be a list with one entry per instance")
+        counts.add(len(value))
+    if len(counts) > 1:
+        raise BadRequest(f"all inputs must have the same number of instances, got {sorted(counts)}")
+    count = _check_count(counts.pop(), max_instances, "'inputs'")
+    inputs = {info.name: _to_array(columns[info.name], info, count, may_hold_booleans) for info in signature.inputs}
+    return DecodedRequest("columnar", inputs, count)
+
+
+def _check_count(count: int, max_instances: int, where: str) -> int:
+    if count == 0:
+        raise BadRequest(f"{where} is empty; send at least one instance")
+    if count > max_instances:
+        raise BadRequest(f"{where} holds {count} instances; at most {max_instances} are accepted per request")
+    return count
+
+
+def _to_array(values: list, info: TensorInfo, count: int, may_hold_booleans: bool) -> np.ndarray:
+    """Values of one input as an array of the model's dtype, shape (count, *instance_shape)."""
+    try:
+        array = np.asarray(values)
+    except ValueError:
+        raise BadRequest(f"input {info.name!r} is ragged: every instance must have the same nesting") from None
+    dtype_key = "string" if info.dtype == "string" else np.dtype(info.dtype).kind
+    expected = _JSON_TYPE_NAMES[dtype_key]
+    if array.dtype.kind not in _ACCEPTED_KINDS[dtype_key] or (
+        dtype_key != "b" and may_hold_booleans and _holds_boolean(values)
+    ):
+        raise BadRequest(f"input {info.name!r} must hold {expected} (dtype {info.dtype}), got other values")
+    expected_shape = (count, *info.instance_shape)
+    if array.ndim != len(expected_shape) or any(
+        want is not None and got != want for got, want in zip(array.shape, expected_shape, strict=True)
+    ):
+        raise BadRequest(
+            f"input {info.name!r}: each instance must have shape {_shape_text(info.instance_shape)}, "
+            f"got {list(array.shape[1:])}"
+        )
+    if dtype_key == "string":
+        return array
+    if dtype_key in "iu":
+        limits = np.iinfo(info.dtype)
+        if array.size and (array.min() < limits.min or array.max() > limits.max):
+            raise BadRequest(f"input {info.name!r} has integers outside the range of {info.dtype}")
+    with np.errstate(over="ignore"):
+        array = array.astype(info.dtype, copy=False)
+    if dtype_key == "f" and not np.isfinite(array).all():
+        raise BadRequest(f"input {info.name!r} has non-finite or out-of-range numbers for {info.dtype}")
+    return array
+
+
+def _holds_boolean(values) -> bool:
+    if isinstance(values, bool):
+        return True
+    return isinstance(values, list) and any(_holds_boolean(value) for value in values)
+
+
+def _shape_text(instance_shape: tuple[int | None, ...]) -> str:
+    return "[" + ", ".join("any" if dim is None else str(dim) for dim in instance_shape) + "]"
+
+
+def _to_json_values(array: np.ndarray) -> list:
+    if array.dtype.kind in "SO":
+        return np.vectorize(_text, otypes=[object])(array).tolist()
+    return array.tolist()
+
+
+def _text(value) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)

@@ -1,0 +1,112 @@
+"""Measure how much RAM one worker needs for the model, without TensorFlow in the master.
+
+The master runs `python -m service.sizing.footprint` as a child process: it imports TensorFlow,
+loads the model, warms up every batch size and reports its resident memory at each step.
+The figure is cached under the model files' SHA-256, so only the first start pays for it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+MEASURE_TIMEOUT_S = 900
+
+
+class FootprintError(RuntimeError):
+    """The model could not be loaded in the measuring child; the message carries its error."""
+
+
+@dataclass(frozen=True)
+class Footprint:
+    runtime_bytes: int  # Python with TensorFlow imported, before the model
+    model_bytes: int  # growth from loading the model and warming up every batch size
+    cached: bool = False
+
+    @property
+    def worker_bytes(self) -> int:
+        """What each worker process costs: every worker imports TensorFlow and loads the model."""
+        return self.runtime_bytes + self.model_bytes
+
+
+def model_digest(path: str) -> str:
+    """SHA-256 over the model's files (one `.keras` file or a SavedModel directory tree)."""
+    root = Path(path)
+    files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(str(file.relative_to(root) if root.is_dir() else file.name).encode())
+        with open(file, "rb") as stream:
+            while chunk := stream.read(1 << 20):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def measure_footprint(model_path: str, batch_sizes: Sequence[int], cache_path: str) -> Footprint:
+    """The model's footprint from the cache, or measured in a child process and cached."""
+    cache_file = Path(cache_path).expanduser()
+    key = f"{model_digest(model_path)}/batches={','.join(map(str, batch_sizes))}"
+    cache = _read_cache(cache_file)
+    if key in cache:
+        return Footprint(**cache[key], cached=True)
+    command = [
+        sys.executable,
+        "-m",
+        "service.sizing.footprint",
+        os.path.abspath(model_path),
+        ",".join(map(str, batch_sizes)),
+    ]
+    # The child must see no GPU: it measures host RAM and must not hold GPU memory.
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    cwd = Path(__file__).resolve().parent.parent
+    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=cwd, timeout=MEASURE_TIMEOUT_S)
+    if done.returncode != 0:
+        raise FootprintError(f"loading {model_path!r} to measure it failed:\n{done.stderr.strip()[-2000:]}")
+    footprint = Footprint(**json.loads(done.stdout.strip().splitlines()[-1]))
+    cache[key] = {k: v for k, v in dataclasses.asdict(footprint).items() if k != "cached"}
+    _write_cache(cache_file, cache)
+    return footprint
+
+
+def _read_cache(cache_file: Path) -> dict:
+    try:
+        return json.loads(cache_file.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_cache(cache_file: Path, cache: dict) -> None:
+    try:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        temporary = cache_file.with_suffix(".tmp")
+        temporary.write_text(json.dumps(cache, indent=1))
+        temporary.replace(cache_file)
+    except OSError:
+        pass  # an unwritable cache only costs a re-measurement at the next start
+
+
+def _measure_here(model_path: str, batch_sizes: Sequence[int]) -> Footprint:
+    import psutil
+
+    process = psutil.Process()
+    import tensorflow  # noqa: F401  (the runtime's own memory is part of every worker's cost)
+
+    from service.backends.tensorflow import load_served_model
+
+    runtime_bytes = process.memory_info().rss
+    model = load_served_model(model_path, "footprint", 1, batch_sizes)
+    model.warm_up(repeats=1)
+    return Footprint(runtime_bytes=runtime_bytes, model_bytes=max(0, process.memory_info().rss - runtime_bytes))
+
+
+if __name__ == "__main__":
+    path, sizes = sys.argv[1], [int(size) for size in sys.argv[2].split(",")]
+    measured = _measure_here(path, sizes)
+    print(json.dumps({"runtime_bytes": measured.runtime_bytes, "model_bytes": measured.model_bytes}))

@@ -1,0 +1,93 @@
+"""The bodies of the Gunicorn hooks in gunicorn.conf.py: plan in the master, place each worker.
+
+The master runs `plan_for_this_machine` and `assign_slot`; neither imports TensorFlow or
+touches CUDA, since neither survives `fork()`. A worker learns its placement in `post_fork`
+(before the app, and so TensorFlow, is imported) and drains its batcher in `worker_exit`.
+The master also owns the directory of the workers' metric files: it empties it at start
+and forgets each dead worker's live gauges in `child_exit`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from service.settings import Settings
+from service.sizing.footprint import measure_footprint
+from service.sizing.gpu import discover_gpus, pin_visible_gpu
+from service.sizing.machine import detect_machine
+from service.sizing.planner import WorkerPlacement, WorkerPlan, plan_workers
+
+_this_worker_placement: WorkerPlacement | None = None
+
+
+def plan_for_this_machine(settings: Settings) -> WorkerPlan:
+    """Measure (or read from cache) the model's footprint, find GPUs, and plan the workers."""
+    footprint = measure_footprint(settings.model_path, settings.padded_batch_sizes(), settings.footprint_cache)
+    return plan_workers(settings, detect_machine(), footprint, discover_gpus())
+
+
+def prepare_metrics_dir(settings: Settings) -> Path:
+    """Empty (or create) METRICS_DIR and point prometheus_client at it, in the master.
+
+    Must run before anything in the process imports prometheus_client: its multiprocess
+    mode is chosen at import. Files left by an earlier run would be summed with this one's.
+    """
+    if settings.metrics_dir:
+        path = Path(settings.metrics_dir)
+        path.mkdir(parents=True, exist_ok=True)
+        for stale in path.glob("*.db"):
+            stale.unlink()
+    else:
+        path = Path(tempfile.mkdtemp(prefix="model-server-metrics-"))
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
+    # Imported here, before fork and before gevent patches `threading`, so its locks are OS
+    # locks: a gevent worker's greenlets and its batcher's OS thread both update metrics.
+    import prometheus_client  # noqa: F401
+
+    return path
+
+
+def remove_metrics_dir(settings: Settings, path: Path) -> None:
+    """on_exit: delete the temporary metrics directory (a configured METRICS_DIR stays)."""
+    if not settings.metrics_dir:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def forget_worker_metrics(worker) -> None:
+    """child_exit: drop the dead worker's live gauges (queue depth, workers alive) from the sums."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def assign_slot(server, worker) -> None:
+    """pre_fork: give the new worker the lowest slot no live worker holds.
+
+    `worker.age` only grows, so a replacement for a dead worker would otherwise land on a
+    new GPU index; slots are reused, so it takes the dead worker's GPU.
+    """
+    taken = {getattr(live, "slot", None) for live in server.WORKERS.values()}
+    worker.slot = next(slot for slot in range(len(taken) + 1) if slot not in taken)
+
+
+def place_worker(plan: WorkerPlan, worker) -> None:
+    """post_fork, in the worker: record its placement and pin its GPU before TensorFlow loads."""
+    global _this_worker_placement
+    _this_worker_placement = plan.placement(worker.slot)
+    pin_visible_gpu(_this_worker_placement.gpu.uuid if _this_worker_placement.gpu else None)
+
+
+def current_placement() -> WorkerPlacement | None:
+    """This worker's placement, or None outside Gunicorn (tests, scripts)."""
+    return _this_worker_placement
+
+
+def drain_worker(worker) -> None:
+    """worker_exit: answer every request already accepted before the process ends."""
+    app = getattr(worker, "wsgi", None)
+    server = getattr(app, "extensions", {}).get("model_server") if app is not None else None
+    if server is not None:
+        server.close()

@@ -1,0 +1,234 @@
+"""What the two worker classes share to bound slow and stalled clients.
+
+Gunicorn's own workers give a connection a greenlet or a thread before its request has
+arrived, and read it with no time limit (the gevent worker bounds only the head, silently,
+by `keepalive`): clients that stall mid-head or mid-body exhaust the pool and stop all
+service. The workers in service/web/gevent_worker.py and service/web/gthread_worker.py instead
+receive each request whole first, with deadlines (`IncomingRequest`), and only then hand it
+to Gunicorn's parser and the app, so a stalled client holds nothing but its connection:
+
+- a new connection that sends nothing is closed silently after max(KEEPALIVE_S, READ_TIMEOUT_S);
+  a kept-alive one after KEEPALIVE_S, as before;
+- the head (request line and headers) must arrive within READ_TIMEOUT_S of its first byte
+  (nginx's `client_header_timeout`), so trickling it does not help;
+- the body may pause at most READ_TIMEOUT_S between bytes (nginx's `client_body_timeout`),
+  so a `Content-Length` that promises more than arrives holds the connection that long;
+- when either deadline passes, the client gets 408 with a JSON error and `Connection: close`.
+
+This module imports neither gevent nor Gunicorn's workers, so each worker class loads only
+what it uses, and it can be tested without a server.
+"""
+
+from __future__ import annotations
+
+import logging
+import resource
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from gunicorn import SERVER
+from gunicorn.util import http_date
+
+from service.errors import error_body
+from service.settings import Settings, load_settings
+from service.web.framing import RequestFraming, max_head_bytes
+
+log = logging.getLogger(__name__)
+
+# gunicorn.conf.py's `worker_class` for each WORKER_CLASS setting.
+WORKER_CLASSES = {
+    "gevent": "service.web.gevent_worker.GeventWorker",
+    "gthread": "service.web.gthread_worker.ThreadWorker",
+}
+
+# Connections one worker keeps open, idle or still sending their request, besides the ones it
+# serves. Each costs a file descriptor and a few kilobytes (a greenlet, or a buffer in the
+# gthread poller); the open-file limit lowers it.
+MAX_OPEN_CONNECTIONS = 10_000
+# Files a worker opens besides its connections: model files, logs, metric files, pipes.
+RESERVED_FILES = 256
+# Used when the hard open-file limit is unlimited: Linux's default `fs.nr_open`.
+UNLIMITED_FILES_TARGET = 1 << 20
+RECV_BYTES = 64 * 1024
+# How long a connection being closed after an error waits for the client's FIN, so an
+# unread request does not make the kernel reset the connection before the answer is read.
+LINGER_S = 2.0
+# A stopping worker closes connections that have sent nothing of a request after this (Gunicorn's
+# gthread STOP_KEEPALIVE_LINGER), not after their whole allowance: one may be about to send.
+STOP_IDLE_LINGER_S = 2.0
+CONTINUE_RESPONSE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+def kept_alive_response(status: str, headers: Iterable[tuple[str, str]], body: bytes) -> bytes:
+    """A whole HTTP/1.1 answer that keeps its connection open, with the head Gunicorn would write.
+
+    For answers the workers write themselves (an early refusal, the fast path): one buffer, one send.
+    `status` is WSGI's ("200 OK"); Content-Length is the body's, whatever `headers` say.
+    """
+    lines = [f"HTTP/1.1 {status}\r\nServer: {SERVER}\r\nDate: {http_date()}\r\nConnection: keep-alive\r\n"]
+    lines += [f"{name}: {value}\r\n" for name, value in headers if name.lower() != "content-length"]
+    lines.append(f"Content-Length: {len(body)}\r\n\r\n")
+    return "".join(lines).encode("latin-1") + body
+
+
+@dataclass(frozen=True)
+class ReadPolicy:
+    """How one worker receives requests: deadlines and the sizes at which the parser takes over."""
+
+    read_timeout_s: float
+    keepalive_s: float
+    max_head_bytes: int
+    max_body_bytes: int
+
+    @classmethod
+    def for_worker(cls, cfg, settings: Settings) -> ReadPolicy:
+        """From Gunicorn's config (keepalive, header limits) and the service's settings."""
+        return cls(
+            read_timeout_s=settings.read_timeout_s,
+            keepalive_s=cfg.keepalive,
+            max_head_bytes=max_head_bytes(
+                cfg.limit_request_line, cfg.limit_request_fields, cfg.limit_request_field_size
+            ),
+            max_body_bytes=settings.max_body_bytes,
+        )
+
+    def new_request(self, now: float, kept_alive: bool, received: bytes = b"") -> IncomingRequest:
+        """A request starting to arrive at `now`; `received` holds bytes already read (pipelined)."""
+        silent_s = self.keepalive_s if kept_alive else max(self.keepalive_s, self.read_timeout_s)
+        framing = RequestFraming(self.max_head_bytes, self.max_body_bytes, received)
+        return IncomingRequest(framing, self.read_timeout_s, silent_s, now)
+
+    def timeout_response(self, stage: str) -> bytes:
+        """The 408 answer for a request that stalled in `stage` ("head" or "body")."""
+        if stage == "head":
+            message = (
+                f"the request's head (request line and headers) did not arrive within {self.read_timeout_s:g} s "
+                "of its first byte (READ_TIMEOUT_S); send the whole request at once"
+            )
+        else:
+            message = (
+                f"the request's body stopped arriving: nothing for {self.read_timeout_s:g} s (READ_TIMEOUT_S); "
+                "check that Content-Length matches the body sent"
+            )
+        body = error_body(message)
+        head = (
+            "HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        )
+        return head.encode("latin-1") + body
+
+
+class IncomingRequest:
+    """One request being received: its bytes so far and the time by which more must come.
+
+    `deadline` (a `time.monotonic()` value) depends on what has arrived: while nothing has,
+    the connection's silent allowance; during the head, READ_TIMEOUT_S from its first byte;
+    during the body, READ_TIMEOUT_S from the last byte. The caller reads until `ready` or
+    the deadline, then answers 408 if `started` (or closes silently if not).
+    """
+
+    def __init__(self, framing: RequestFraming, read_timeout_s: float, silent_s: float, now: float):
+        self.framing = framing
+        self._read_timeout_s = read_timeout_s
+        self._silent_until = now + silent_s
+        self._first_byte_at = now if framing.started else None
+        self._last_byte_at = self._first_byte_at
+        self.continue_sent = False
+
+    def receive(self, data: bytes, now: float) -> None:
+        if self._first_byte_at is None:
+            self._first_byte_at = now
+        self._last_byte_at = now
+        self.framing.receive(data)
+
+    @property
+    def ready(self) -> bool:
+        return self.framing.ready
+
+    @property
+    def received_at(self) -> float | None:
+        """When its first byte arrived: the request's start, for its duration."""
+        return self._first_byte_at
+
+    @property
+    def started(self) -> bool:
+        return self.framing.started
+
+    @property
+    def stage(self) -> str:
+        """What the client is (or was, when it stalled) sending: "idle", "head" or "body"."""
+        if not self.framing.started:
+            return "idle"
+        return "body" if self.framing.head_complete else "head"
+
+    @property
+    def deadline(self) -> float:
+        if self._first_byte_at is None:
+            return self._silent_until
+        if not self.framing.head_complete:
+            return self._first_byte_at + self._read_timeout_s
+        return self._last_byte_at + self._read_timeout_s
+
+    @property
+    def needs_continue(self) -> bool:
+        """The client waits for `100 Continue` before sending the body: the caller sends it, then `continued()`."""
+        return self.framing.expects_continue and not self.continue_sent and not self.framing.ready
+
+    def continued(self) -> None:
+        self.continue_sent = True
+
+    def take(self) -> bytes:
+        return self.framing.take()
+
+
+def reads_requests_whole(cfg) -> bool:
+    """Whether the workers receive requests themselves before Gunicorn parses them.
+
+    Not over TLS, the PROXY protocol or HTTP/2 prior knowledge, which Gunicorn must see
+    from the first byte (this service configures none of them); those fall back to
+    Gunicorn's own reading, unbounded as before.
+    """
+    return not cfg.is_ssl and cfg.proxy_protocol == "off" and cfg.http2_cleartext not in ("prior-knowledge", "both")
+
+
+def raise_open_file_limit() -> int:
+    """Raise this process's soft RLIMIT_NOFILE to its hard limit; return the soft limit now in force.
+
+    Each connection takes a file descriptor, and the usual soft limit (1,024) is below
+    what a worker holds. Raising the soft limit up to the hard one needs no privilege.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = UNLIMITED_FILES_TARGET if hard == resource.RLIM_INFINITY else hard
+    if soft == resource.RLIM_INFINITY or soft >= target:
+        return soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError) as error:
+        log.warning("could not raise the open-file limit from %d to %d: %s", soft, target, error)
+        return soft
+    return target
+
+
+def open_connection_cap(open_file_limit: int, served_at_once: int) -> int:
+    """Connections one worker keeps open: those it serves plus idle or arriving ones, within its files."""
+    if open_file_limit == resource.RLIM_INFINITY:
+        open_file_limit = UNLIMITED_FILES_TARGET
+    return max(served_at_once, min(MAX_OPEN_CONNECTIONS, open_file_limit - RESERVED_FILES))
+
+
+def prepare_to_read(worker, served_at_once: int) -> int:
+    """Both worker classes' `init_process`: set the read policy, whether requests are received whole,
+    and `worker_connections` (Gunicorn sizes its pool from it: every open connection, not only those
+    served); return the open-file limit in force."""
+    worker.read_policy = ReadPolicy.for_worker(worker.cfg, load_settings())
+    worker.reads_whole = reads_requests_whole(worker.cfg)
+    open_files = raise_open_file_limit()
+    worker.worker_connections = open_connection_cap(open_files, served_at_once)
+    return open_files
+
+
+def count_stalled(stage: str) -> None:
+    """Count a connection closed because its client stopped sending (metric `model_server_stalled_connections`)."""
+    from service.operations import metrics  # in the worker only: the master must not create metric files
+
+    metrics.stalled_connections.labels(stage).inc()

@@ -1,0 +1,107 @@
+"""The predict hot path as raw WSGI: what the test client cannot send (no Content-Length, a bad one)."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+import pytest
+
+from service.protocols.tfserving_rest import PREDICT_PATH
+
+
+def call(app, path: str, body: bytes = b"", method: str = "POST", content_length: str | None = None, body_stream=None):
+    environ = {
+        "REQUEST_METHOD": method,
+        "PATH_INFO": path,
+        "SERVER_NAME": "127.0.0.1",
+        "SERVER_PORT": "8000",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "wsgi.url_scheme": "http",
+        "wsgi.input": body_stream or io.BytesIO(body),
+    }
+    if content_length is not None:
+        environ["CONTENT_LENGTH"] = content_length
+    answer = {}
+
+    def start_response(status, headers, exc_info=None):
+        answer["status"], answer["headers"] = int(status.split()[0]), dict(headers)
+
+    chunks = app.wsgi_app(environ, start_response)
+    answer["body"] = json.loads(b"".join(chunks))
+    getattr(chunks, "close", lambda: None)()
+    return answer
+
+
+@pytest.mark.parametrize(
+    ("path", "name", "version"),
+    [("/predict", None, None), ("/v1/models/m:predict", "m", None), ("/v1/models/m/versions/7:predict", "m", "7")],
+)
+def test_the_three_predict_paths_and_nothing_else_match(path, name, version):
+    match = PREDICT_PATH.fullmatch(path)
+    assert match is not None and match["name"] == name and match["version"] == version
+    for other in ["/predictions", "/v1/models/m", "/v1/models/m:predict/x", "/v1/models/a/b:predict"]:
+        assert PREDICT_PATH.fullmatch(other) is None
+
+
+def test_body_without_content_length_is_read_up_to_the_limit(app, make_rows):
+    body = json.dumps({"instances": make_rows(2)}).encode()
+    answer = call(app, "/predict", body)
+    assert answer["status"] == 200 and len(answer["body"]["predictions"]) == 2
+    too_long = call(app, "/predict", b" " * 4097)  # MAX_BODY_BYTES is 4096 in the test settings
+    assert too_long["status"] == 413 and "4096" in too_long["body"]["error"]
+
+
+def test_declared_length_over_the_limit_is_refused_before_reading(app):
+    answer = call(app, "/predict", b"", content_length="999999999")
+    assert answer["status"] == 413 and "999999999 bytes" in answer["body"]["error"]
+
+
+@pytest.mark.parametrize("declared", ["-1", "12x", "²"])
+def test_malformed_content_length_gets_400(app, declared):
+    answer = call(app, "/predict", b"{}", content_length=declared)
+    assert answer["status"] == 400 and "Content-Length" in answer["body"]["error"]
+
+
+def test_other_methods_on_predict_paths_get_405_naming_post(app):
+    answer = call(app, "/v1/models/fake/versions/1:predict", method="PUT")
+    assert answer["status"] == 405 and answer["headers"]["Allow"] == "POST"
+
+
+def test_a_version_too_long_for_the_fast_path_falls_through_to_a_json_404(app):
+    answer = call(app, "/v1/models/fake/versions/" + "9" * 5000 + ":predict", b"{}")
+    assert answer["status"] == 404 and answer["body"]["error"]
+
+
+class UnreadableBody(io.RawIOBase):
+    """A body that fails the test if anything reads it."""
+
+    def read(self, size=-1):
+        raise AssertionError("the body was read")
+
+
+def test_a_full_queue_refuses_before_reading_the_body_and_logs_no_access_line(app, caplog):
+    server = app.extensions["model_server"]
+    server.batcher._queued_instances = server.batcher.max_queue  # as if the queue were full
+    try:
+        with caplog.at_level(logging.INFO):
+            answer = call(app, "/predict", content_length="64", body_stream=UnreadableBody())
+    finally:
+        server.batcher._queued_instances = 0
+    assert answer["status"] == 503 and "queue is full" in answer["body"]["error"]
+    assert int(answer["headers"]["Retry-After"]) >= 1
+    assert not [record for record in caplog.records if getattr(record, "event", None) == "access"]
+    assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
+
+
+class StalledBody(io.RawIOBase):
+    """A body whose socket timed out: the client stopped sending it."""
+
+    def read(self, size=-1):
+        raise TimeoutError("timed out")
+
+
+def test_a_body_that_stops_arriving_gets_408(app):
+    answer = call(app, "/predict", content_length="64", body_stream=StalledBody())
+    assert answer["status"] == 408 and "stopped arriving" in answer["body"]["error"]

@@ -1,0 +1,52 @@
+"""Footprint measurement: real in a child process, then served from the cache keyed by the model's hash."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from service.sizing.footprint import FootprintError, measure_footprint, model_digest
+
+
+def test_digest_follows_the_content(tmp_path):
+    model = tmp_path / "m.keras"
+    model.write_bytes(b"weights v1")
+    first = model_digest(str(model))
+    model.write_bytes(b"weights v2")
+    assert model_digest(str(model)) != first
+    saved_model = tmp_path / "saved"
+    (saved_model / "variables").mkdir(parents=True)
+    (saved_model / "saved_model.pb").write_bytes(b"graph")
+    (saved_model / "variables" / "v.data").write_bytes(b"values")
+    assert len(model_digest(str(saved_model))) == 64
+
+
+@pytest.mark.slow
+def test_measured_in_a_child_then_cached(demo_model_path, tmp_path):
+    cache = tmp_path / "footprints.json"
+    measured = measure_footprint(str(demo_model_path), (1, 2, 4), str(cache))
+    assert not measured.cached
+    # TensorFlow alone is hundreds of MiB; the small digits CNN adds little.
+    assert measured.runtime_bytes > 200 * 1024**2
+    assert 0 < measured.model_bytes < measured.runtime_bytes
+    again = measure_footprint(str(demo_model_path), (1, 2, 4), str(cache))
+    assert again.cached and again.worker_bytes == measured.worker_bytes
+    assert len(json.loads(cache.read_text())) == 1
+
+
+def test_cache_hit_needs_no_child(tmp_path):
+    model = tmp_path / "m.keras"
+    model.write_bytes(b"not really a model")
+    cache = tmp_path / "footprints.json"
+    key = f"{model_digest(str(model))}/batches=1,2"
+    cache.write_text(json.dumps({key: {"runtime_bytes": 100, "model_bytes": 20}}))
+    found = measure_footprint(str(model), (1, 2), str(cache))
+    assert found.cached and found.worker_bytes == 120
+
+
+def test_unloadable_model_reports_the_childs_error(tmp_path):
+    model = tmp_path / "broken.keras"
+    model.write_bytes(b"not a zip file")
+    with pytest.raises(FootprintError, match=r"broken\.keras"):
+        measure_footprint(str(model), (1,), str(tmp_path / "cache.json"))

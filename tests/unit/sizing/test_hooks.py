@@ -1,0 +1,90 @@
+"""Gunicorn hook bodies with stand-ins for Gunicorn's arbiter and worker objects."""
+
+from __future__ import annotations
+
+import os
+from types import SimpleNamespace
+
+import pytest
+
+from service.settings import Settings
+from service.sizing import hooks
+from service.sizing.footprint import Footprint
+from service.sizing.gpu import Gpu, GpuDiscovery
+from service.sizing.machine import Machine
+from service.sizing.planner import plan_workers
+
+PLAN = plan_workers(
+    Settings(workers=3),
+    Machine(cores=8, ram_total_bytes=64 << 30, ram_available_bytes=60 << 30),
+    Footprint(runtime_bytes=600 << 20, model_bytes=400 << 20),
+    GpuDiscovery((Gpu(0, "GPU-a", "T4", 15360), Gpu(1, "GPU-b", "T4", 15360)), "nvml"),
+)
+
+
+def spawn(arbiter, pid):
+    worker = SimpleNamespace(pid=pid)
+    hooks.assign_slot(arbiter, worker)  # pre_fork: before the worker joins WORKERS
+    arbiter.WORKERS[pid] = worker
+    return worker
+
+
+def test_slots_are_dense_and_a_dead_workers_slot_is_reused():
+    arbiter = SimpleNamespace(WORKERS={})
+    workers = [spawn(arbiter, pid) for pid in (10, 11, 12)]
+    assert [w.slot for w in workers] == [0, 1, 2]
+    del arbiter.WORKERS[11]  # the worker in slot 1 died
+    replacement = spawn(arbiter, 13)
+    assert replacement.slot == 1  # it takes the dead worker's GPU, not a new one
+
+
+@pytest.fixture
+def restore_placement(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "unchanged")
+    yield
+    hooks._this_worker_placement = None
+
+
+def test_post_fork_pins_the_slots_gpu_before_tensorflow(restore_placement):
+    hooks.place_worker(PLAN, SimpleNamespace(slot=1))
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "GPU-b"
+    placement = hooks.current_placement()
+    assert placement.slot == 1 and placement.gpu_memory_limit_mb == PLAN.placements[1].gpu_memory_limit_mb
+    hooks.place_worker(PLAN, SimpleNamespace(slot=2))
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "GPU-a"  # slot 2 of 2 GPUs: GPU 0
+
+
+def test_worker_exit_drains_the_apps_batcher(app):
+    server = app.extensions["model_server"]
+    hooks.drain_worker(SimpleNamespace(wsgi=app))
+    assert not server.ready
+    hooks.drain_worker(SimpleNamespace())  # a worker that never loaded the app
+
+
+def test_metrics_dir_is_emptied_at_start_and_kept_when_configured(tmp_path, monkeypatch):
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "")
+    configured = tmp_path / "metrics"
+    configured.mkdir()
+    (configured / "counter_123.db").write_bytes(b"stale")
+    (configured / "keep.txt").write_text("not ours")
+    path = hooks.prepare_metrics_dir(Settings(metrics_dir=str(configured)))
+    assert path == configured and os.environ["PROMETHEUS_MULTIPROC_DIR"] == str(configured)
+    assert sorted(p.name for p in configured.iterdir()) == ["keep.txt"]
+    hooks.remove_metrics_dir(Settings(metrics_dir=str(configured)), path)
+    assert configured.exists()
+
+
+def test_without_a_metrics_dir_a_temporary_one_is_made_and_removed(monkeypatch):
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "")
+    path = hooks.prepare_metrics_dir(Settings())
+    assert path.is_dir() and not any(path.iterdir()) and os.environ["PROMETHEUS_MULTIPROC_DIR"] == str(path)
+    hooks.remove_metrics_dir(Settings(), path)
+    assert not path.exists()
+
+
+def test_a_dead_workers_live_gauge_files_are_removed(tmp_path, monkeypatch):
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    for name in ("gauge_livesum_41.db", "gauge_liveall_41.db", "counter_41.db", "gauge_livesum_42.db"):
+        (tmp_path / name).write_bytes(b"")
+    hooks.forget_worker_metrics(SimpleNamespace(pid=41))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["counter_41.db", "gauge_livesum_42.db"]
