@@ -102,10 +102,9 @@ def serve_in_process_measurements(
     """
     import numpy as np
 
-    from service.backends.tensorflow import load_served_model
-    from service.sizing.gpu import configure_tensorflow
+    from service.backends import backend_for, load_served_model
 
-    configure_tensorflow(intra_op_threads, 2, None)
+    backend_for(model_path).configure(intra_op_threads, 2, None)
     sizes = sorted({1, max_batch_size, *(size for size in closed_loop_sizes if 1 < size < max_batch_size)})
     model = load_served_model(model_path, "bench", 1, tuple(sizes))
     model.warm_up()

@@ -1,4 +1,4 @@
-"""The Flask application factory: one worker's model, batcher and health."""
+"""The Flask application factory: one worker's model, batcher, protocols and routes."""
 
 from __future__ import annotations
 
@@ -6,51 +6,24 @@ import gc
 import logging
 import logging.config
 import time
-from dataclasses import dataclass, field
 
-from flask import Flask, Response
-from werkzeug.exceptions import HTTPException
+from flask import Flask, Response, request
 
-from service.backends.tensorflow import ServedModel, load_served_model
+from service.backends import backend_for, load_served_model
+from service.backends.base import ServedModel
 from service.batching.batcher import Batcher
 from service.batching.cost_model import CostModel, largest_paying_size
 from service.batching.policy import AdaptivePolicy, FixedTimeout, Observations
-from service.errors import ApiError, NotFound, error_body
+from service.errors import render
+from service.model_server import ModelServer
 from service.operations import api_docs, health, logs, metrics
-from service.operations.refusals import RefusalSummary
-from service.protocols.tfserving_rest import PredictEndpoint, admission_budget_s, request_timeout_s
+from service.protocols import PROTOCOLS
+from service.protocols.common import admission_budget_s, api_error_for, request_timeout_s
 from service.settings import Settings, load_settings
-from service.web.access import AccessLayer
+from service.web.access import ROUTE_KEY, AccessLayer, route_template
 from service.web.auth import ApiKeyGuard, parse_api_keys
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class ModelServer:
-    """What one worker serves with; `ready` is true between warm-up and shutdown."""
-
-    settings: Settings
-    model: ServedModel
-    batcher: Batcher
-    ready: bool = False
-    refusals: RefusalSummary = field(default_factory=RefusalSummary)
-
-    def model_for(self, name: str | None, version: int | None) -> ServedModel:
-        """The served model if `name` and `version` (None: any) designate it; else NotFound."""
-        model = self.model
-        if name is not None and name != model.name:
-            raise NotFound(f"model {name!r} is not served here; this server serves {model.name!r}")
-        if version is not None and version != model.version:
-            raise NotFound(f"model {model.name!r} has no version {version}; it serves version {model.version}")
-        return model
-
-    def close(self) -> bool:
-        """Stop taking requests and answer every accepted one; True if done within the graceful timeout."""
-        self.ready = False
-        closed = self.batcher.close(timeout_s=self.settings.graceful_timeout_s)
-        self.refusals.flush()
-        return closed
 
 
 def create_app(settings: Settings | None = None, model: ServedModel | None = None) -> Flask:
@@ -70,15 +43,15 @@ def create_app(settings: Settings | None = None, model: ServedModel | None = Non
     batcher = build_batcher(settings, model, model.warm_up(repeats=5, memory_check_passes=memory_check_passes))
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
-    app.url_map.converters["model_name"] = health.ModelNameConverter
-    app.register_blueprint(health.blueprint)
-    app.register_blueprint(api_docs.blueprint)
-    app.register_error_handler(ApiError, _api_error)
-    app.register_error_handler(HTTPException, _http_error)
-    app.register_error_handler(Exception, _unexpected_error)
+    for blueprint in (*(protocol.blueprint for protocol in PROTOCOLS), health.blueprint, api_docs.blueprint):
+        app.register_blueprint(blueprint)
+    app.before_request(_label_route)
+    app.register_error_handler(Exception, _error_answer)
     server = ModelServer(settings, model, batcher, ready=True)
     app.extensions["model_server"] = server
-    served = PredictEndpoint(server, app.wsgi_app)
+    served = app.wsgi_app
+    for protocol in PROTOCOLS:  # each answers its inference requests before Flask, and passes the rest on
+        served = protocol.endpoint(server, served)
     keys = parse_api_keys(settings.api_keys)
     app.wsgi_app = AccessLayer(ApiKeyGuard(served, keys) if keys else served)
     metrics.worker_serving(model.name, model.version, time.monotonic() - started)
@@ -119,11 +92,11 @@ def build_batcher(settings: Settings, model: ServedModel, warm_up_seconds: dict[
 
 def _load_model_for_this_worker(settings: Settings) -> tuple[ServedModel, bool]:
     """The model, loaded after TensorFlow is configured for this worker's slot; and whether it runs on a GPU."""
-    from service.sizing import gpu, hooks
+    from service.sizing import hooks
 
     placement = hooks.current_placement()
     if placement is not None:
-        devices = gpu.configure_tensorflow(
+        devices = backend_for(settings.model_path).configure(
             placement.intra_op_threads, placement.inter_op_threads, placement.gpu_memory_limit_mb
         )
         log.info("worker slot %d: %s; TensorFlow devices %s", placement.slot, placement.device, devices)
@@ -133,21 +106,13 @@ def _load_model_for_this_worker(settings: Settings) -> tuple[ServedModel, bool]:
     return model, placement is not None and placement.gpu is not None
 
 
-def _error_body(status: int, message: str, headers: dict | None = None) -> Response:
-    return Response(error_body(message), status=status, mimetype="application/json", headers=headers)
+def _label_route() -> None:
+    """Name the matched route for the access layer's metrics and log (unmatched paths stay unlabelled)."""
+    if request.url_rule is not None:
+        request.environ[ROUTE_KEY] = route_template(request.url_rule.rule)
 
 
-def _api_error(error: ApiError) -> Response:
-    if error.status >= 500:
-        log.error("answering %d: %s", error.status, error.message)
-    return _error_body(error.status, error.message, error.headers)
-
-
-def _http_error(error: HTTPException) -> Response:
-    headers = {"Allow": ", ".join(error.valid_methods)} if getattr(error, "valid_methods", None) else None
-    return _error_body(error.code or 500, f"{error.name}: {error.description}", headers)
-
-
-def _unexpected_error(error: Exception) -> Response:
-    log.exception("unexpected error")
-    return _error_body(500, f"internal error: {type(error).__name__}")
+def _error_answer(error: Exception) -> Response:
+    """Flask's routes' errors, answered as every protocol's are (service/protocols/common.py)."""
+    status, body, headers = render(api_error_for(error))
+    return Response(body, status=status, mimetype="application/json", headers=headers)

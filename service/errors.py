@@ -6,16 +6,30 @@ Every client mistake is raised as an `ApiError` subclass and answered as
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 from http import HTTPStatus
 
 import orjson
 
+log = logging.getLogger(__name__)
+
 
 def error_body(message: str) -> bytes:
     """The JSON body of every error answer."""
     return orjson.dumps({"error": message})
+
+
+def render(error: ApiError) -> tuple[int, bytes, dict[str, str]]:
+    """Every error answer, whichever protocol or layer gives it: status, body and headers.
+
+    Server faults are logged here; refusals (503) and expiries (504) are counted and summarised
+    instead (service/operations/refusals.py), since under overload there are thousands a second.
+    """
+    if error.status >= 500 and error.status not in (503, 504):
+        log.error("answering %d: %s", error.status, error.message)
+    return error.status, error_body(error.message), error.headers
 
 
 def write_json(start_response: Callable, status: int, body: bytes, headers: dict[str, str]) -> list[bytes]:
@@ -30,10 +44,12 @@ def write_json(start_response: Callable, status: int, body: bytes, headers: dict
 class ApiError(Exception):
     status = 500
 
-    def __init__(self, message: str, headers: dict[str, str] | None = None):
+    def __init__(self, message: str, headers: dict[str, str] | None = None, status: int | None = None):
         super().__init__(message)
         self.message = message
         self.headers = headers or {}
+        if status is not None:
+            self.status = status
 
 
 class BadRequest(ApiError):
@@ -91,6 +107,7 @@ class ServiceUnavailable(ApiError):
 
     status = 503
 
-    def __init__(self, message: str, retry_after_s: float = 1.0):
+    def __init__(self, message: str, retry_after_s: float = 1.0, reason: str | None = None):
         # Retry-After counts whole seconds; never 0, which would invite an immediate retry.
         super().__init__(message, {"Retry-After": str(max(1, math.ceil(retry_after_s)))})
+        self.reason = reason  # the refusal's label in metrics and the refusal summary

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from service.app import create_app
+from service.backends.base import ServedModel
 from service.backends.signature import ModelSignature, TensorInfo
-from service.backends.tensorflow import ServedModel
 from service.settings import Settings
 
 

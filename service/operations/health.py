@@ -1,34 +1,16 @@
-"""The model's status and metadata routes (TensorFlow Serving's REST API), health checks, stats and metrics.
-
-The predict routes are not here: they are the hot path and skip Flask (predict_endpoint.py).
-"""
+"""Routes for operators and load balancers, whatever the protocol: health checks, stats and metrics."""
 
 from __future__ import annotations
 
 import os
 
 import orjson
-from flask import Blueprint, Response, current_app, request
-from werkzeug.routing import BaseConverter
+from flask import Blueprint, Response, current_app
 
 from service.batching.batcher import DeadlineUnreachable, QueueFull
 from service.operations import metrics
-from service.web.access import ROUTE_KEY, route_template
 
-blueprint = Blueprint("serving", __name__)
-
-
-class ModelNameConverter(BaseConverter):
-    """A model name stops at ':' so `/v1/models/m:predict` never reads as a model called `m:predict`."""
-
-    regex = "[^/:]+"
-
-
-@blueprint.before_app_request
-def label_route():
-    """Name the matched route for the access layer's metrics and log (unmatched paths stay unlabelled)."""
-    if request.url_rule is not None:
-        request.environ[ROUTE_KEY] = route_template(request.url_rule.rule)
+blueprint = Blueprint("health", __name__)
 
 
 def _state():
@@ -37,31 +19,6 @@ def _state():
 
 def _json(body: dict, status: int = 200) -> Response:
     return Response(orjson.dumps(body), status=status, mimetype="application/json")
-
-
-@blueprint.get("/v1/models/<model_name:name>")
-@blueprint.get("/v1/models/<model_name:name>/versions/<int:version>")
-def model_status(name: str, version: int | None = None):
-    state = _state()
-    state.model_for(name, version)
-    available = "AVAILABLE" if state.ready else "LOADING"
-    return _json(
-        {
-            "model_version_status": [
-                {
-                    "version": str(state.model.version),
-                    "state": available,
-                    "status": {"error_code": "OK", "error_message": ""},
-                }
-            ]
-        }
-    )
-
-
-@blueprint.get("/v1/models/<model_name:name>/metadata")
-@blueprint.get("/v1/models/<model_name:name>/versions/<int:version>/metadata")
-def model_metadata(name: str, version: int | None = None):
-    return _json(_state().model_for(name, version).metadata())
 
 
 @blueprint.get("/healthz")

@@ -1,0 +1,27 @@
+"""The protocols the server speaks, one module each, all over the same batcher.
+
+A protocol module provides:
+- `endpoint(server, fallback)`: WSGI middleware that answers its inference requests before
+  Flask (the hot path) and hands every other request to `fallback`;
+- `blueprint`: a Flask blueprint with its other routes (status, metadata);
+- `match_inference(path)`: the `InferenceTarget` an inference path names, else None; the
+  workers ask it which requests the fast path and the early refusal may take.
+Everything between decoding and encoding is shared (service/protocols/common.py). Adding a
+protocol is one module and one line in PROTOCOLS.
+"""
+
+from __future__ import annotations
+
+from service.protocols import tfserving_rest
+from service.protocols.common import InferenceTarget
+
+PROTOCOLS = (tfserving_rest,)
+
+
+def match_inference(path: str) -> InferenceTarget | None:
+    """The inference request a path names under any protocol spoken here, else None."""
+    for protocol in PROTOCOLS:
+        target = protocol.match_inference(path)
+        if target is not None:
+            return target
+    return None

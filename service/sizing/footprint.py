@@ -98,7 +98,7 @@ def _measure_here(model_path: str, batch_sizes: Sequence[int]) -> Footprint:
     process = psutil.Process()
     import tensorflow  # noqa: F401  (the runtime's own memory is part of every worker's cost)
 
-    from service.backends.tensorflow import load_served_model
+    from service.backends import load_served_model
 
     runtime_bytes = process.memory_info().rss
     model = load_served_model(model_path, "footprint", 1, batch_sizes)

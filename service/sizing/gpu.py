@@ -89,25 +89,3 @@ def _text(value) -> str:
 def pin_visible_gpu(gpu_uuid: str | None) -> None:
     """In a worker, before TensorFlow is imported: show it only its own GPU (or none)."""
     os.environ["CUDA_VISIBLE_DEVICES"] = gpu_uuid or ""
-
-
-def configure_tensorflow(
-    intra_op_threads: int, inter_op_threads: int, gpu_memory_limit_mb: int | None, tf=None
-) -> list[str]:
-    """Set TF's thread pools and the GPU memory limit; must run before TF's first op.
-
-    Returns the logical devices TF then sees, e.g. ["/device:CPU:0", "/device:GPU:0"].
-    Raises RuntimeError if a memory limit is asked for but TF sees no GPU.
-    """
-    if tf is None:
-        import tensorflow as tf
-    tf.config.threading.set_intra_op_parallelism_threads(intra_op_threads)
-    tf.config.threading.set_inter_op_parallelism_threads(inter_op_threads)
-    if gpu_memory_limit_mb is not None:
-        gpus = tf.config.list_physical_devices("GPU")
-        if not gpus:
-            raise RuntimeError("this worker was given a GPU but TensorFlow sees none (is CUDA installed?)")
-        tf.config.set_logical_device_configuration(
-            gpus[0], [tf.config.LogicalDeviceConfiguration(memory_limit=gpu_memory_limit_mb)]
-        )
-    return [device.name for device in tf.config.list_logical_devices()]

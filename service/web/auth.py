@@ -10,7 +10,7 @@ from __future__ import annotations
 import hmac
 from collections.abc import Callable, Iterable
 
-from service.errors import ApiError, Forbidden, Unauthorized, error_body, write_json
+from service.errors import ApiError, Forbidden, Unauthorized, render, write_json
 
 WsgiApp = Callable[[dict, Callable], Iterable[bytes]]
 
@@ -39,7 +39,7 @@ class ApiKeyGuard:
         try:
             self._check(_presented_key(environ))
         except ApiError as error:
-            return write_json(start_response, error.status, error_body(error.message), error.headers)
+            return write_json(start_response, *render(error))
         return self._app(environ, start_response)
 
     def _check(self, presented: bytes | None) -> None:

@@ -32,9 +32,11 @@ from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any, Generic, TypeVar
 
-from service.errors import error_body
+from service.batching.batcher import DeadlineUnreachable, QueueFull
+from service.errors import ApiError, ServiceUnavailable, error_body
 from service.operations import metrics
-from service.protocols.tfserving_rest import refusal_before_reading
+from service.protocols import match_inference
+from service.protocols.common import admission_budget_s, refused, request_timeout_s
 from service.web.access import count_request, request_id_for
 from service.web.workers import IncomingRequest, kept_alive_response
 
@@ -88,6 +90,30 @@ class EarlyRefusal:
         answer = kept_alive_response(status, headers, error_body(error.message))
         count_request(route, "POST", error.status, time.monotonic() - incoming.received_at)
         return answer, incoming.take()[framing.request_end :]
+
+
+def refusal_before_reading(
+    server: Any, method: str, path: str, timeout_header: str | None = None
+) -> tuple[str, ServiceUnavailable] | None:
+    """(route, 503) for an inference request refused by a full queue or an unreachable deadline, else None.
+
+    Judged from its request line and its `X-Request-Timeout-Ms` (`timeout_header`), before
+    Gunicorn parses the request: only what the protocol's endpoint would refuse before reading
+    the body, and only when nothing else could answer first (API keys, an unknown model, a
+    malformed timeout).
+    """
+    target = match_inference(path)
+    if method != "POST" or target is None or not server.ready or server.settings.api_keys:
+        return None
+    try:
+        server.model_for(target.model_name, target.version)
+        timeout_s = request_timeout_s(server.settings, timeout_header)
+        server.batcher.check_room(1, admission_budget_s(server.settings, timeout_s))
+    except ApiError:
+        return None
+    except (QueueFull, DeadlineUnreachable) as error:
+        return target.route, refused(server, error)
+    return None
 
 
 class ParkingLot(Generic[Parked]):

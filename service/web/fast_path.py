@@ -1,4 +1,4 @@
-"""Simple predict requests answered without Gunicorn's parser, environ builder and response writer.
+"""Simple inference requests answered without Gunicorn's parser, environ builder and response writer.
 
 A served request cost the worker's request thread (gevent's hub; gthread's pool threads share
 one GIL) 1.0-1.2 ms of CPU, and that thread is what a closed loop's requests come back through
@@ -25,11 +25,13 @@ from typing import Any
 
 from gunicorn import SERVER
 
+from service.protocols import match_inference
 from service.web.workers import IncomingRequest, kept_alive_response
 
-# A predict path whose PATH_INFO is its raw bytes: visible ASCII, no query, no percent-escapes
-# (service/protocols/tfserving_rest.py); anything else is for Gunicorn's parser to judge.
-_SIMPLE_PREDICT_TARGET = re.compile(rb"/predict|/v1/models/(?:(?![/:%?#])[!-~])+(?:/versions/[0-9]{1,9})?:predict")
+# A path that is its own PATH_INFO: visible ASCII, no query, no percent-escapes; anything else
+# is for Gunicorn's parser to judge.
+_SIMPLE_TARGET = re.compile(rb"/[!-~]*")
+_NOT_SIMPLE = re.compile(rb"[%?#]")
 
 
 class FastPath:
@@ -46,7 +48,10 @@ class FastPath:
         framing = incoming.framing
         if framing.request_line is None or framing.field(b"content-length") is None:
             return None
-        if framing.method != b"POST" or not _SIMPLE_PREDICT_TARGET.fullmatch(framing.target):
+        target = framing.target
+        if framing.method != b"POST" or not _SIMPLE_TARGET.fullmatch(target) or _NOT_SIMPLE.search(target):
+            return None
+        if match_inference(target.decode("ascii")) is None:
             return None
         received = incoming.take()
         length = int(framing.field(b"content-length"))

@@ -1,44 +1,16 @@
-"""The served model: padding, splitting, and real TensorFlow loading of .keras files and SavedModels."""
+"""The TensorFlow backend: loading .keras files and SavedModels, its errors, and its per-worker configuration."""
 
 from __future__ import annotations
+
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from service.backends.signature import ModelSignature, TensorInfo
-from service.backends.tensorflow import ModelLoadError, ServedModel, load_served_model
-
-
-def test_batches_are_padded_to_a_compiled_size_and_trimmed(fake_model, fake_forward):
-    outputs = fake_model.run({"x": np.ones((3, 3), dtype=np.float32)})
-    assert fake_forward.batch_sizes == [4]  # 3 padded up to the next compiled size
-    assert outputs["y"].shape == (3, 3)
-
-
-def test_each_payload_gets_its_own_rows(fake_model, fake_forward):
-    payloads = [{"x": np.full((count, 3), value, dtype=np.float32)} for value, count in ((1, 2), (5, 1), (7, 3))]
-    results = fake_model.predict(payloads)
-    assert fake_forward.batch_sizes == [8]  # one forward pass for six instances
-    assert [r["y"][:, 0].tolist() for r in results] == [[2, 2], [10], [14, 14, 14]]
-
-
-def test_payloads_of_different_shapes_run_as_separate_passes():
-    signature = ModelSignature((TensorInfo("t", "int64", (None,)),), (TensorInfo("n", "int64", ()),))
-    model = ServedModel("v", 1, signature, lambda a: {"n": a["t"].sum(axis=1)}, (1, 2, 4))
-    short, long_ = {"t": np.array([[1, 2]])}, {"t": np.array([[1, 2, 3], [4, 5, 6]])}
-    results = model.predict([short, long_, short])
-    assert [r["n"].tolist() for r in results] == [[3], [6, 15], [3]]
-
-
-def test_more_instances_than_the_largest_size_is_an_error(fake_model):
-    with pytest.raises(ValueError, match="exceed"):
-        fake_model.run({"x": np.ones((9, 3), dtype=np.float32)})
-
-
-def test_warm_up_runs_every_compiled_size(fake_model, fake_forward):
-    timings = fake_model.warm_up(repeats=2)
-    assert sorted(timings) == [1, 2, 4, 8]
-    assert sorted(set(fake_forward.batch_sizes)) == [1, 2, 4, 8]
+from service.backends import backend_for, load_served_model
+from service.backends.base import InputRejected, ModelLoadError, OutOfDeviceMemory
+from service.backends.signature import TensorInfo
+from service.backends.tensorflow import TensorFlowBackend, _numpy_forward
 
 
 def test_missing_model_path_says_how_to_fix_it(tmp_path):
@@ -74,35 +46,69 @@ def test_saved_model_directory_is_served(demo_model_path, demo_holdout, tmp_path
     )
 
 
-def out_of_memory_above(rows: int, forward):
-    """A forward pass that runs out of device memory, as TensorFlow reports it, above `rows` rows."""
+class FakeTfConfig:
+    """Records what a worker asks of tf.config, and refuses late changes as TF does."""
+
+    def __init__(self, gpus):
+        self.calls, self._gpus, self.started = [], gpus, False
+        self.threading = SimpleNamespace(
+            set_intra_op_parallelism_threads=lambda n: self._record("intra", n),
+            set_inter_op_parallelism_threads=lambda n: self._record("inter", n),
+        )
+        self.LogicalDeviceConfiguration = lambda memory_limit: ("logical", memory_limit)
+
+    def _record(self, *call):
+        if self.started:
+            raise RuntimeError("cannot be modified after initialization")
+        self.calls.append(call)
+
+    def list_physical_devices(self, kind):
+        return list(self._gpus) if kind == "GPU" else []
+
+    def set_logical_device_configuration(self, device, configs):
+        self._record("limit", device, configs)
+
+    def list_logical_devices(self):
+        self.started = True
+        return [SimpleNamespace(name="/device:CPU:0")] + [SimpleNamespace(name="/device:GPU:0") for _ in self._gpus]
+
+
+def test_worker_configuration_sets_threads_then_memory_limit():
+    config = FakeTfConfig(gpus=["PhysicalDevice(GPU:0)"])
+    devices = TensorFlowBackend().configure(2, 1, 6000, tf=SimpleNamespace(config=config))
+    assert config.calls == [("intra", 2), ("inter", 1), ("limit", "PhysicalDevice(GPU:0)", [("logical", 6000)])]
+    assert devices == ["/device:CPU:0", "/device:GPU:0"]
+
+
+def test_cpu_worker_sets_no_memory_limit():
+    config = FakeTfConfig(gpus=[])
+    assert TensorFlowBackend().configure(4, 1, None, tf=SimpleNamespace(config=config)) == ["/device:CPU:0"]
+    assert [call[0] for call in config.calls] == ["intra", "inter"]
+
+
+def test_gpu_worker_without_a_visible_gpu_fails_loudly():
+    with pytest.raises(RuntimeError, match="sees none"):
+        TensorFlowBackend().configure(1, 1, 6000, tf=SimpleNamespace(config=FakeTfConfig(gpus=[])))
+
+
+def test_a_model_no_backend_loads_is_refused_by_name(tmp_path):
+    path = tmp_path / "model.onnx"
+    path.write_bytes(b"")
+    with pytest.raises(ModelLoadError, match="no model that a backend here loads"):
+        load_served_model(str(path), "m", 1, (1,))
+    assert isinstance(backend_for(str(tmp_path)), TensorFlowBackend)  # a directory: a SavedModel
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("tf_error", "raised"), [("InvalidArgumentError", InputRejected), ("ResourceExhaustedError", OutOfDeviceMemory)]
+)
+def test_tensorflow_errors_become_the_backend_errors_the_service_knows(tf_error, raised):
     import tensorflow as tf
 
-    def run(arrays):
-        if len(arrays["x"]) > rows:
-            raise tf.errors.ResourceExhaustedError(
-                None, None, f"OOM when allocating tensor with {len(arrays['x'])} rows"
-            )
-        return forward(arrays)
+    def compiled(*tensors):
+        raise getattr(tf.errors, tf_error)(None, None, "Graph execution error:\nDetected at node x\nwhat went wrong")
 
-    return run
-
-
-def test_on_a_gpu_the_warm_up_keeps_the_sizes_that_fit_with_a_margin(fake_model, fake_forward):
-    # Batch 8 needs 10 rows with the 25% margin and fits; batch 16 would need 20 and does not.
-    model = ServedModel("m", 1, fake_model.signature, out_of_memory_above(12, fake_forward), (1, 2, 4, 8, 16))
-    timings = model.warm_up(repeats=1, memory_check_passes=2)
-    assert sorted(timings) == [1, 2, 4, 8]
-    assert fake_forward.batch_sizes.count(10) == 2  # batch 8's margin check: two passes at once
-
-
-def test_the_gpu_probe_passes_other_errors_on(fake_model, fake_forward):
-    fake_forward.fail_with = FloatingPointError("bad kernel")
-    with pytest.raises(FloatingPointError):
-        fake_model.warm_up(repeats=1, memory_check_passes=1)
-
-
-def test_when_not_even_batch_1_fits_the_model_cannot_be_served(fake_model, fake_forward):
-    model = ServedModel("m", 1, fake_model.signature, out_of_memory_above(0, fake_forward), (1, 2))
-    with pytest.raises(ModelLoadError, match="not even a batch of 1"):
-        model.warm_up(repeats=1, memory_check_passes=1)
+    forward = _numpy_forward(compiled, (TensorInfo("x", "float32", (3,)),), keep_alive=None)
+    with pytest.raises(raised, match="what went wrong"):
+        forward({"x": np.zeros((1, 3), dtype=np.float32)})

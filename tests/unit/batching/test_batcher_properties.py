@@ -12,8 +12,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from service.backends.base import ServedModel
 from service.backends.signature import ModelSignature, TensorInfo
-from service.backends.tensorflow import ServedModel
 from service.batching.batcher import Batcher
 from service.batching.policy import FixedTimeout
 

@@ -1,0 +1,186 @@
+"""What a backend gives the batcher, and what the service builds on it whatever the backend.
+
+A backend (service/backends/tensorflow.py) loads one kind of model file into a signature and a
+forward pass over padded batches (`Forward`); `ServedModel` adds what every backend needs
+around it: padding each batch up to one of a few compiled sizes, splitting and merging the
+requests of a batch, and the warm-up that builds and times every size before the worker
+reports ready. Nothing here imports a machine-learning framework.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+import numpy as np
+
+from service.backends.signature import ModelSignature, TensorInfo, describe_metadata
+from service.threads import OsThread
+
+log = logging.getLogger(__name__)
+
+# On a GPU a batch size is served only if this many more rows also fit, several passes at once.
+GPU_BATCH_MARGIN = 0.25
+
+Arrays = dict[str, np.ndarray]
+Forward = Callable[[Arrays], Arrays]
+
+
+class ModelLoadError(RuntimeError):
+    """The model file cannot be served; the message says why."""
+
+
+class InputRejected(ValueError):
+    """The model refused these inputs (for example TensorFlow's InvalidArgumentError): the client's to fix."""
+
+
+class OutOfDeviceMemory(RuntimeError):
+    """A forward pass did not fit the device's memory (for example TensorFlow's ResourceExhaustedError)."""
+
+
+class Backend(Protocol):
+    """A framework that runs models: the one interface the rest of the service knows it by."""
+
+    name: str
+
+    def can_load(self, path: str) -> bool:
+        """Whether `path` is a model this backend loads (by its suffix or layout, without loading it)."""
+
+    def configure(self, intra_op_threads: int, inter_op_threads: int, gpu_memory_limit_mb: int | None) -> list[str]:
+        """In a worker, before the model is loaded: thread pools and device memory; returns the devices seen."""
+
+    def load(self, path: str) -> tuple[ModelSignature, Forward]:
+        """The model's signature and its forward pass; raises ModelLoadError saying why it cannot be served.
+
+        The forward pass takes and returns arrays keyed by tensor name, for any batch size it
+        is given; it raises InputRejected for inputs the model refuses and OutOfDeviceMemory
+        when a batch does not fit the device.
+        """
+
+
+class ServedModel:
+    """A forward pass over padded batches, with the request-level split and merge around it.
+
+    `forward` takes and returns arrays keyed by tensor name whose first dimension is one
+    of `batch_sizes`; `predict` is what the batcher calls.
+    """
+
+    def __init__(
+        self, name: str, version: int, signature: ModelSignature, forward: Forward, batch_sizes: Sequence[int]
+    ):
+        self.name = name
+        self.version = version
+        self.signature = signature
+        self.batch_sizes = tuple(sorted(batch_sizes))
+        self._forward = forward
+        self.warm_up_seconds: dict[int, float] = {}
+
+    @property
+    def max_batch_size(self) -> int:
+        return self.batch_sizes[-1]
+
+    def metadata(self) -> dict:
+        return describe_metadata(self.name, self.version, self.signature)
+
+    def predict(self, payloads: list[Arrays]) -> list[Arrays]:
+        """Run the payloads (each with its own instance count) together; answer each with its own rows.
+
+        Payloads whose non-batch dimensions differ (models with variable-size inputs) are
+        run as separate forward passes within the batch.
+        """
+        results: list[Arrays | None] = [None] * len(payloads)
+        groups: dict[tuple, list[int]] = {}
+        for position, payload in enumerate(payloads):
+            key = tuple(payload[info.name].shape[1:] for info in self.signature.inputs)
+            groups.setdefault(key, []).append(position)
+        for positions in groups.values():
+            merged = {
+                info.name: np.concatenate([payloads[p][info.name] for p in positions]) for info in self.signature.inputs
+            }
+            outputs = self.run(merged)
+            start = 0
+            for p in positions:
+                count = len(payloads[p][self.signature.inputs[0].name])
+                results[p] = {name: array[start : start + count] for name, array in outputs.items()}
+                start += count
+        return results
+
+    def run(self, inputs: Arrays) -> Arrays:
+        """Forward pass for any count up to the largest batch size: pad, run, trim."""
+        count = len(inputs[self.signature.inputs[0].name])
+        padded_size = next((size for size in self.batch_sizes if size >= count), None)
+        if padded_size is None:
+            raise ValueError(f"{count} instances exceed the largest compiled batch size {self.max_batch_size}")
+        if padded_size > count:
+            inputs = {name: _pad_rows(array, padded_size) for name, array in inputs.items()}
+        outputs = self._forward(inputs)
+        return {name: array[:count] for name, array in outputs.items()}
+
+    def warm_up(self, repeats: int = 3, memory_check_passes: int = 0) -> dict[int, float]:
+        """Run every padded batch size so no shape is first built while serving; time each.
+
+        Returns the median forward-pass time per batch size after the first (building) call.
+        With `memory_check_passes` (on a GPU: the worker's concurrent batches), each size is
+        first run that many times at once with GPU_BATCH_MARGIN more rows; the first size
+        that runs out of device memory ends the warm-up, and it and larger sizes are left out
+        of the answer (the largest size that fits is then the largest key).
+        """
+        self.warm_up_seconds = {}
+        for size in self.batch_sizes:
+            if memory_check_passes and not self._fits_in_memory(size, memory_check_passes):
+                log.warning(
+                    "batch %d with a %d%% margin (%d at once) does not fit the device's memory; serving up to %s",
+                    size, 100 * GPU_BATCH_MARGIN, memory_check_passes, max(self.warm_up_seconds, default="none"),
+                )  # fmt: skip
+                break
+            sample = {info.name: _sample_batch(info, size) for info in self.signature.inputs}
+            self._forward(sample)
+            timings = []
+            for _ in range(repeats):
+                started = time.perf_counter()
+                self._forward(sample)
+                timings.append(time.perf_counter() - started)
+            self.warm_up_seconds[size] = statistics.median(timings)
+        if not self.warm_up_seconds:
+            raise ModelLoadError("not even a batch of 1 fits the device's memory; lower WORKERS_PER_GPU or the model")
+        log.info(
+            "warm-up done: %s",
+            ", ".join(f"batch {size}: {seconds * 1000:.1f} ms" for size, seconds in self.warm_up_seconds.items()),
+        )
+        return self.warm_up_seconds
+
+    def _fits_in_memory(self, size: int, passes: int) -> bool:
+        """Run `passes` forward passes of `size` plus the margin at once; False if the device runs out of memory."""
+        probe_size = math.ceil(size * (1 + GPU_BATCH_MARGIN))
+        sample = {info.name: _sample_batch(info, probe_size) for info in self.signature.inputs}
+        errors: list[BaseException] = []
+
+        def one_pass():
+            try:
+                self._forward(sample)
+            except Exception as error:
+                errors.append(error)
+
+        threads = [OsThread(one_pass, f"memory-probe-{index}") for index in range(passes)]
+        for thread in threads:
+            thread.join(timeout_s=600)
+        out_of_memory = [error for error in errors if isinstance(error, OutOfDeviceMemory)]
+        if len(out_of_memory) < len(errors):
+            raise next(error for error in errors if not isinstance(error, OutOfDeviceMemory))
+        return not out_of_memory
+
+
+def _pad_rows(array: np.ndarray, size: int) -> np.ndarray:
+    """Repeat the last row up to `size` rows: valid input for any dtype, discarded after the pass."""
+    return np.concatenate([array, np.repeat(array[-1:], size - len(array), axis=0)])
+
+
+def _sample_batch(info: TensorInfo, size: int) -> np.ndarray:
+    shape = (size, *(1 if dim is None else dim for dim in info.instance_shape))
+    if info.dtype == "string":
+        return np.full(shape, "", dtype=object)
+    return np.zeros(shape, dtype=info.dtype)

@@ -1,0 +1,38 @@
+"""What one worker serves with: its settings, model and batcher, shared by every protocol."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from service.backends.base import ServedModel
+from service.batching.batcher import Batcher
+from service.errors import NotFound
+from service.operations.refusals import RefusalSummary
+from service.settings import Settings
+
+
+@dataclass
+class ModelServer:
+    """One worker's model and batcher; `ready` is true between warm-up and shutdown."""
+
+    settings: Settings
+    model: ServedModel
+    batcher: Batcher
+    ready: bool = False
+    refusals: RefusalSummary = field(default_factory=RefusalSummary)
+
+    def model_for(self, name: str | None, version: int | None) -> ServedModel:
+        """The served model if `name` and `version` (None: any) designate it; else NotFound."""
+        model = self.model
+        if name is not None and name != model.name:
+            raise NotFound(f"model {name!r} is not served here; this server serves {model.name!r}")
+        if version is not None and version != model.version:
+            raise NotFound(f"model {model.name!r} has no version {version}; it serves version {model.version}")
+        return model
+
+    def close(self) -> bool:
+        """Stop taking requests and answer every accepted one; True if done within the graceful timeout."""
+        self.ready = False
+        closed = self.batcher.close(timeout_s=self.settings.graceful_timeout_s)
+        self.refusals.flush()
+        return closed

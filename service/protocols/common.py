@@ -1,0 +1,150 @@
+"""What every protocol shares: deadlines from the request, reading the body, and the one table
+that turns what went wrong into an answer (status, message, headers).
+
+A protocol module decodes its wire format and encodes its answers; everything between (admission,
+the batcher's refusals, the model's rejections, deadlines) is answered the same way whichever
+protocol the request came in by.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+from werkzeug.exceptions import HTTPException
+
+from service.backends.base import InputRejected
+from service.batching.batcher import BatcherClosed, BatchOutcome, DeadlineExceeded, DeadlineUnreachable, QueueFull
+from service.errors import (
+    ApiError,
+    BadRequest,
+    GatewayTimeout,
+    PayloadTooLarge,
+    RequestTimeout,
+    ServiceUnavailable,
+    UnprocessableContent,
+)
+from service.model_server import ModelServer
+from service.operations import metrics
+from service.settings import Settings
+from service.threads import Completion
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class InferenceTarget:
+    """An inference request's path, understood: its route template (for metrics) and the model it names."""
+
+    route: str
+    model_name: str | None  # None: the one model served
+    version: int | None  # None: the version served
+
+
+class NotReady(Exception):
+    """The model is not warmed up yet, or the worker is shutting down."""
+
+
+# The server's refusals (503 + Retry-After): the reason label they are counted under, and what the client reads.
+REFUSALS: dict[type[Exception], tuple[str, str]] = {
+    QueueFull: ("queue_full", "this worker's queue is full"),
+    DeadlineUnreachable: ("deadline_unreachable", "the deadline cannot be met"),
+    BatcherClosed: ("shutting_down", "this worker takes no more requests"),
+    NotReady: ("not_ready", "the model is not ready yet or the worker is shutting down"),
+}
+
+# What else a request's work can raise, and how it is answered: the error class and what the message begins with.
+ANSWERS: dict[type[Exception], tuple[type[ApiError], str]] = {
+    InputRejected: (UnprocessableContent, "the model rejected this input"),
+    DeadlineExceeded: (GatewayTimeout, "the request was not run"),
+}
+
+
+def api_error_for(error: BaseException, server: ModelServer | None = None) -> ApiError:
+    """The answer to `error`, for every protocol: an ApiError as it is, the server's refusals as 503,
+    the model's and the deadline's as ANSWERS says, an HTTP error of Flask's with its code, and
+    anything else as a 500 that is logged with its traceback (a client mistake never gets here)."""
+    if isinstance(error, ApiError):
+        return error
+    if type(error) in REFUSALS and server is not None:
+        return refused(server, error)
+    if type(error) in ANSWERS:
+        answer, prefix = ANSWERS[type(error)]
+        if isinstance(error, DeadlineExceeded):
+            metrics.rejected_requests.labels("deadline").inc()
+        return answer(f"{prefix}: {error}")
+    if isinstance(error, HTTPException):
+        allowed = getattr(error, "valid_methods", None)
+        headers = {"Allow": ", ".join(allowed)} if allowed else None
+        return ApiError(f"{error.name}: {error.description}", headers, status=error.code or 500)
+    log.error("unexpected error", exc_info=error)
+    return ApiError(f"internal error: {type(error).__name__}")
+
+
+def outcome_of(completion: Completion) -> BatchOutcome:
+    """Wait for a submitted request's pass; a failure that is not in the tables is the forward pass's (500)."""
+    try:
+        return completion.wait()
+    except tuple(ANSWERS) as error:
+        raise error from None
+    except Exception as error:
+        raise ApiError(f"the forward pass failed: {type(error).__name__}: {error}") from error
+
+
+def refused(server: ModelServer, error: Exception) -> ServiceUnavailable:
+    """The 503 for a refusal of the batcher's (or the server's): counted, and logged only in the summary."""
+    reason, message = REFUSALS[type(error)]
+    server.refusals.refused(reason)
+    detail = f"{message}: {error}" if str(error) else message
+    return ServiceUnavailable(detail, getattr(error, "retry_after_s", 1.0), reason)
+
+
+def request_timeout_s(settings: Settings, header: str | None) -> float | None:
+    """The client's `X-Request-Timeout-Ms`, at most REQUEST_TIMEOUT_MS; else that; None for no deadline."""
+    server_ms = settings.request_timeout_ms or None
+    if header is None:
+        return server_ms / 1000 if server_ms else None
+    try:
+        client_ms = float(header)
+    except ValueError:
+        client_ms = math.nan
+    if not (math.isfinite(client_ms) and client_ms > 0):
+        raise BadRequest(f"X-Request-Timeout-Ms {header!r} is not a positive number of milliseconds")
+    return min(client_ms, server_ms or client_ms) / 1000
+
+
+def admission_budget_s(settings: Settings, timeout_s: float | None) -> float | None:
+    """The time a request is admitted for: its deadline (`request_timeout_s`), else LATENCY_SLO_MS, else none."""
+    return timeout_s if timeout_s is not None else settings.latency_slo_s
+
+
+def read_body(environ: dict, max_body_bytes: int) -> bytes:
+    """The whole body, refused with 413 before it is read when it declares more than `max_body_bytes`.
+
+    408 when the client stops sending it: the workers receive a request whole before the
+    app sees it (service/web/workers.py), so this happens only where they fall back to
+    Gunicorn's reading, whose socket then times out after READ_TIMEOUT_S without a byte.
+    """
+    declared = environ.get("CONTENT_LENGTH") or ""
+    if declared:
+        if not (declared.isascii() and declared.isdigit()):
+            raise BadRequest(f"Content-Length {declared!r} is not a byte count")
+        if int(declared) > max_body_bytes:
+            raise PayloadTooLarge(
+                f"the body has {declared} bytes; at most {max_body_bytes} are accepted (MAX_BODY_BYTES)"
+            )
+        return _read_input(environ, int(declared))
+    body = _read_input(environ, max_body_bytes + 1)  # chunked: read at most one byte past the limit
+    if len(body) > max_body_bytes:
+        raise PayloadTooLarge(f"the body exceeds {max_body_bytes} bytes (MAX_BODY_BYTES)")
+    return body
+
+
+def _read_input(environ: dict, size: int) -> bytes:
+    try:
+        return environ["wsgi.input"].read(size)
+    except TimeoutError:  # the socket's READ_TIMEOUT_S passed without a byte
+        raise RequestTimeout(
+            "the request's body stopped arriving (READ_TIMEOUT_S); check that Content-Length matches the body sent"
+        ) from None
