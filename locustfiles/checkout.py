@@ -17,7 +17,7 @@ import random
 
 from locust import FastHttpUser, between, events, task
 
-from service.backends.signature import sample_instance
+from scripts.predict_requests import sample_instance
 
 _instance_cache: dict[str, object] = {}
 

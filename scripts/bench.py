@@ -41,7 +41,8 @@ from pathlib import Path
 import psutil
 
 from scripts.launcher import PROJECT_ROOT, LiveServer
-from scripts.loadgen import LoadResult, run_closed_loop, run_open_loop, sample_body
+from scripts.loadgen import LoadResult, run_closed_loop, run_open_loop
+from scripts.predict_requests import sample_body
 
 WRK_SCRIPT = Path(__file__).resolve().parent / "wrk_predict.lua"
 BASELINE_COMMAND = (

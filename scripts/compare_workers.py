@@ -13,7 +13,8 @@ import json
 from pathlib import Path
 
 from scripts.launcher import LiveServer
-from scripts.loadgen import run_closed_loop, sample_body
+from scripts.loadgen import run_closed_loop
+from scripts.predict_requests import sample_body
 
 
 def main() -> None:

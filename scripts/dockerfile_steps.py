@@ -34,7 +34,7 @@ from pathlib import Path
 from dockerfile_parse import DockerfileParser
 
 from scripts.launcher import PROJECT_ROOT, ServerFailedToStart, free_port, wait_until_ready
-from scripts.loadgen import sample_body
+from scripts.predict_requests import sample_body
 
 READY_TIMEOUT_S = 300.0
 _VARIABLE = re.compile(r"\$\{(\w+)\}|\$(\w+)")

@@ -36,7 +36,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from service.backends.signature import sample_instance
+from scripts.predict_requests import sample_body
 
 REQUEST_TIMEOUT_S = 10.0
 _CLIENT_ERRORS = (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError)  # ConnectionError is an OSError
@@ -368,14 +368,6 @@ def run_open_loop(
 
 def _workload(body: bytes | Workload) -> Workload:
     return body if isinstance(body, Workload) else Workload([body])
-
-
-def sample_body(url: str, model_name: str, instances: int = 1) -> bytes:
-    """A predict body of `instances` rows shaped after the model's first input, from its metadata."""
-    with urllib.request.urlopen(f"{url}/v1/models/{model_name}/metadata") as answer:
-        metadata = json.load(answer)
-    rng = random.Random(0)
-    return json.dumps({"instances": [sample_instance(metadata, rng) for _ in range(instances)]}).encode()
 
 
 def main() -> None:

@@ -31,7 +31,8 @@ import requests
 
 from scripts.bench import machine_description, run_wrk, server_cpu_seconds
 from scripts.launcher import LiveServer
-from scripts.loadgen import LoadResult, percentile, run_closed_loop, run_open_loop, sample_body
+from scripts.loadgen import LoadResult, percentile, run_closed_loop, run_open_loop
+from scripts.predict_requests import sample_body
 
 
 def full_pass_ms(url: str) -> tuple[float, int]:

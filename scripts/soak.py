@@ -18,7 +18,7 @@ import psutil
 
 from scripts.bench import run_wrk
 from scripts.launcher import LiveServer
-from scripts.loadgen import sample_body
+from scripts.predict_requests import sample_body
 
 
 def worker_rss_mib(server: LiveServer) -> dict[int, float]:

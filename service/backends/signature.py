@@ -6,7 +6,6 @@ them, so both work in tests and in the master without importing TensorFlow.
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 
 
@@ -79,30 +78,3 @@ def describe_metadata(name: str, version: int, signature: ModelSignature) -> dic
         "model_spec": {"name": name, "signature_name": "", "version": str(version)},
         "metadata": {"signature_def": {"signature_def": {"serving_default": serving_default}}},
     }
-
-
-def sample_instance(metadata: dict, rng: random.Random):
-    """One instance for the first input of a metadata answer: its shape (variable dimensions as 8) and dtype.
-
-    For load generators: they shape their requests from the server's own answer, so they work for any model.
-    """
-    inputs = metadata["metadata"]["signature_def"]["signature_def"]["serving_default"]["inputs"]
-    spec = next(iter(inputs.values()))
-    dims = [int(dim["size"]) for dim in spec["tensor_shape"]["dim"]][1:]
-
-    def nested(shape):
-        if not shape:
-            return _sample_value(spec["dtype"], rng)
-        return [nested(shape[1:]) for _ in range(8 if shape[0] < 0 else shape[0])]
-
-    return nested(dims)
-
-
-def _sample_value(dtype: str, rng: random.Random):
-    if dtype == "DT_BOOL":
-        return rng.random() < 0.5
-    if dtype == "DT_STRING":
-        return "product"
-    if "INT" in dtype:
-        return rng.randint(0, 9)
-    return round(rng.random(), 4)

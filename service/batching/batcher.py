@@ -29,102 +29,28 @@ import collections
 import logging
 import queue
 import time
-from collections import Counter
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from collections.abc import Callable, Collection, Sequence
+from typing import Any
 
+from service.batching.admission import Admission
 from service.batching.policy import BatchPolicy, FormingBatch, Observations, SendReason
+from service.batching.requests import (
+    BatcherClosed,
+    BatcherObserver,
+    BatcherStats,
+    BatchOutcome,
+    BatchSizeMismatch,
+    DeadlineExceeded,
+    PendingRequest,
+    QueueFull,
+)
 from service.threads import Completion, OsThread, new_completion, new_lock, new_queue
 
 log = logging.getLogger(__name__)
 
 _STOP = object()
+_TIMED_OUT = object()  # the policy's wait for more requests ended without one
 _PASS_ENDED = object()  # queued when a forward pass ends, to wake a thread waiting to send a partial batch
-
-
-class QueueFull(Exception):
-    """The worker's queue holds `max_queue` instances already; retry after `retry_after_s`."""
-
-    def __init__(self, message: str, retry_after_s: float):
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
-
-
-class DeadlineUnreachable(Exception):
-    """Refused at the door: the queue ahead and its own pass would outlast the request's budget."""
-
-    def __init__(self, message: str, retry_after_s: float):
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
-
-
-class BatcherClosed(Exception):
-    """The batcher is shutting down and takes no more requests."""
-
-
-class DeadlineExceeded(Exception):
-    """The request's deadline passed while it waited; it was taken out before its forward pass."""
-
-
-class BatchSizeMismatch(RuntimeError):
-    """`predict` returned a different number of results than it was given payloads."""
-
-
-@dataclass(frozen=True)
-class BatchOutcome:
-    """What one caller gets back: its own result and the batch it was served in."""
-
-    result: Any
-    batch_size: int
-    queue_wait_s: float
-
-
-@dataclass
-class PendingRequest:
-    payload: Any
-    size: int
-    enqueued_at: float
-    completion: Completion = field(repr=False)
-    deadline: float | None = None  # on the batcher's clock: answered DeadlineExceeded if still queued then
-    due: float | None = None  # on the batcher's clock: admitted because its answer was predicted by then
-
-
-class BatcherObserver(Protocol):
-    """Told of the queue and of every forward pass, for metrics (service.operations.metrics.BatchMetrics)."""
-
-    def queue_changed(self, queued_instances: int, in_flight_instances: int) -> None: ...
-
-    def batch_ran(
-        self, reason: SendReason, instances: int, queue_waits_s: list[float], forward_s: float, failed: bool
-    ) -> None: ...
-
-
-@dataclass
-class BatcherStats:
-    """Counters since start; read them for tests and reports, they are not locked."""
-
-    batches: int = 0
-    requests: int = 0
-    instances: int = 0
-    failed_batches: int = 0
-    failed_requests_alone: int = 0  # after their batch failed, retried alone, and failed again
-    expired: int = 0  # requests whose deadline passed in the queue, answered DeadlineExceeded
-    queue_wait_s: float = 0.0  # summed over requests, from submit() to the start of their pass
-    sent_because: Counter = field(default_factory=Counter)  # SendReason -> batches
-
-    def describe(self) -> dict:
-        return {
-            "batches": self.batches,
-            "requests": self.requests,
-            "instances": self.instances,
-            "failed_batches": self.failed_batches,
-            "failed_requests_alone": self.failed_requests_alone,
-            "expired": self.expired,
-            "mean_batch_size": round(self.instances / self.batches, 3) if self.batches else None,
-            "mean_queue_wait_ms": round(1000 * self.queue_wait_s / self.requests, 3) if self.requests else None,
-            "sent_because": {reason.value: self.sent_because[reason] for reason in SendReason},
-        }
 
 
 class Batcher:
@@ -144,19 +70,13 @@ class Batcher:
     ):
         """`max_batch_size` bounds a request and a batch; a batch counts as full at `preferred_batch_size`.
 
-        `default_budget_s` is the time allowed to a request that brings no deadline of its own
-        (REQUEST_TIMEOUT_MS, or LATENCY_SLO_MS): `admits` counts only the instances that would
-        be answered within it.
-
-        `observations`, when given, is told of every arrival and every pass (its cost model
-        and arrival estimate are what the adaptive policy decides from); `observer`, when
-        given, of every change of the queue and of every pass's outcome.
+        `observations` is told of every arrival and pass (the adaptive policy and admission decide
+        from its cost model); `observer` of every change of the queue and every pass's outcome.
+        `default_budget_s` (REQUEST_TIMEOUT_MS, else LATENCY_SLO_MS) is what `admits` counts by.
         """
         preferred_batch_size = preferred_batch_size or max_batch_size
         if not 1 <= preferred_batch_size <= max_batch_size <= max_queue or concurrent_batches < 1:
-            raise ValueError(
-                "need 1 <= preferred_batch_size <= max_batch_size <= max_queue and concurrent_batches >= 1"
-            )
+            raise ValueError("need 1 <= preferred_batch_size <= max_batch_size <= max_queue, concurrent_batches >= 1")
         self._predict = predict
         self.policy = policy
         self.observations = observations
@@ -178,8 +98,8 @@ class Batcher:
         self._forming = new_lock()  # held by the one thread forming a batch
         self._closed = False
         self._room_listeners: list[Callable[[], None]] = []
-        self.default_budget_s = default_budget_s
-        self._admits = self._admitted_in_time(clock())
+        self.admission = Admission(self, observations, preferred_batch_size, concurrent_batches, default_budget_s)
+        self._admits = self.admission.admitted_in_time(clock())
         self.accepted_requests = 0  # since start: every request submit() queued
         self.stats = BatcherStats()
         self._threads = [OsThread(self._run, f"{name}-{i}") for i in range(concurrent_batches)]
@@ -187,6 +107,16 @@ class Batcher:
     @property
     def _passes_running(self) -> int:
         return len(self._expected_ends)
+
+    @property
+    def running_pass_ends(self) -> Collection[float]:
+        """When each running forward pass is expected to end (read under the lock, by admission)."""
+        return self._expected_ends.values()
+
+    @property
+    def waiting_requests(self) -> Sequence[PendingRequest]:
+        """The queued requests, oldest first (read under the lock, by admission)."""
+        return self._waiting
 
     @property
     def queue_depth(self) -> int:
@@ -216,7 +146,7 @@ class Batcher:
         Raises QueueFull when the queue is full, BatcherClosed after `close()`, and
         ValueError if `size` is not between 1 and `max_batch_size` (a request is never split).
         With `budget_s`, raises DeadlineUnreachable when waiting would make it late (see
-        `_check_admission`): refused at once rather than accepted to fail late. A request still
+        `Admission.check`): refused at once rather than accepted to fail late. A request still
         waiting `timeout_s` after it was queued is answered DeadlineExceeded instead of being run.
         """
         if not 1 <= size <= self.max_batch_size:
@@ -227,7 +157,7 @@ class Batcher:
             now = self._clock()
             self._check_room(size)
             if budget_s is not None:
-                self._check_admission(size, budget_s, now)
+                self.admission.check(size, budget_s, now)
             deadline = now + timeout_s if timeout_s is not None else None
             due = now + budget_s if budget_s is not None else None
             request = PendingRequest(payload, size, now, new_completion(), deadline, due)
@@ -244,7 +174,7 @@ class Batcher:
     def predicted_latency_s(self, size: int = 1) -> float:
         """Expected time to answer a request of `size` instances submitted now (0 without a cost model)."""
         with self._lock:
-            return self._predicted_latency_s(size, self._clock())
+            return self.admission.predicted_latency_s(size, self._clock())
 
     def check_room(self, size: int = 1, budget_s: float | None = None) -> None:
         """Raise QueueFull or DeadlineUnreachable if any request of at least `size` instances would be refused now.
@@ -257,87 +187,18 @@ class Batcher:
         with self._lock:
             self._check_room(size)
             if budget_s is not None:
-                self._check_admission(size, budget_s, self._clock(), joining=False)
+                self.admission.check(size, budget_s, self._clock(), joining=False)
 
     def _check_room(self, size: int) -> None:
         if size > self.room:
             raise QueueFull(
                 f"{self._queued_instances} instances are already waiting (limit {self.max_queue})",
-                self._drain_seconds(),
+                self.admission.drain_seconds(self._clock()),
             )
-
-    def _check_admission(self, size: int, budget_s: float, now: float, joining: bool = True) -> None:
-        """Refuse what waiting would make late, and (`joining`) what would make the requests it joins late.
-
-        A request that waits behind nothing is always taken, and so is one whose budget is shorter
-        than its own pass alone (the model's limit, not the queue's). Otherwise it is refused when
-        its predicted answer comes after `budget_s`, or when it would join a batch of requests
-        admitted for an earlier time and, by making that pass longer, answer them after it.
-        """
-        if self.observations is None or not (self._queued_instances or self._passes_running):
-            return
-        answered_at = now + self._predicted_latency_s(size, now)
-        if answered_at - now > budget_s >= self.observations.cost_model.seconds(size):
-            late_s, why = answered_at - now - budget_s, f"beyond its {1000 * budget_s:.0f} ms"
-        elif not joining:
-            return
-        else:
-            joined_due = self._earliest_due_joined(size)
-            if joined_due is None or answered_at <= joined_due:
-                return
-            if answered_at <= now + self._predicted_latency_s(0, now):  # padded to the same size: no harm done
-                return
-            late_s, why = answered_at - joined_due, "later than the requests whose batch it would join"
-        raise DeadlineUnreachable(
-            f"{self._queued_instances} instances queued, {self._passes_running} passes running: an answer would "
-            f"take about {1000 * (answered_at - now):.0f} ms, {why}",
-            late_s + self.full_pass_seconds(),
-        )
-
-    def _earliest_due_joined(self, size: int) -> float | None:
-        """The earliest due time of the requests queued in the partial batch a request of `size` would join."""
-        rest = self._queued_instances % self.preferred_batch_size
-        if not rest or rest + size > self.preferred_batch_size:
-            return None  # it starts a batch of its own
-        dues, counted = [], 0
-        for request in reversed(self._waiting):
-            if counted >= rest:
-                break
-            counted += request.size
-            if request.due is not None:
-                dues.append(request.due)
-        return min(dues, default=None)
-
-    def _predicted_latency_s(self, size: int, now: float, ahead: int | None = None) -> float:
-        """When a request of `size` queued now would be answered: the running passes end as expected, the
-        queue ahead (`ahead` instances, by default those queued) leaves in full batches, full ones on the
-        first free thread (slowed by the passes beside them), a partial one once every pass has ended, as
-        the policies send them."""
-        if self.observations is None:
-            return 0.0
-        cost = self.observations.cost_model
-        full = self.preferred_batch_size
-        ahead = self._queued_instances if ahead is None else ahead
-        batches = [full] * (ahead // full)
-        rest = ahead % full
-        batches += [rest + size] if rest + size <= full else [rest, size]
-        free_at = [now] * (self.concurrent_batches - len(self._expected_ends))
-        free_at += [max(now, end) for end in self._expected_ends.values()]
-        free_at.sort()
-        ends = now
-        for batch in filter(None, batches):
-            start = free_at.pop(0) if batch >= full else free_at.pop()
-            ends = start + cost.seconds(batch, beside=any(t > start for t in free_at))
-            free_at = sorted([*free_at, ends]) if batch >= full else [ends] * (len(free_at) + 1)
-        return ends - now
 
     def full_pass_seconds(self) -> float:
         """The measured cost of a full batch (0 without a cost model)."""
-        return self.observations.cost_model.seconds(self.preferred_batch_size) if self.observations else 0.0
-
-    def _drain_seconds(self) -> float:
-        """How long the queue as it is takes to empty: the time to answer the last request in it."""
-        return self._predicted_latency_s(0, self._clock()) if self._queued_instances else 0.0
+        return self.admission.full_pass_seconds()
 
     def close(self, timeout_s: float = 30.0) -> bool:
         """Refuse new requests, answer every accepted one, stop the thread; True if it stopped in time."""
@@ -364,29 +225,9 @@ class Batcher:
 
     def _queue_changed(self) -> None:
         """Update `admits`, tell the observer the queue's depth; called under the lock, so reports arrive in order."""
-        self._admits = self._admitted_in_time(self._clock())
+        self._admits = self.admission.admitted_in_time(self._clock())
         if self._observer is not None:
             self._observer.queue_changed(self._queued_instances, self._in_flight_instances)
-
-    def _admitted_in_time(self, now: float) -> int:
-        """How many more single instances the default budget admits: the queue's room, cut where
-        `_check_admission` would start refusing (binary search: the predicted wait grows with the queue)."""
-        room, budget_s = self.room, self.default_budget_s
-        if budget_s is None or self.observations is None or room <= 0:
-            return room
-        if budget_s < self.observations.cost_model.seconds(1):
-            return room  # shorter than a lone pass: the model's limit, and admission never refuses for it
-        queued = self._queued_instances
-        late, on_time = room, -1  # instances ahead beyond `queued`: the first found late, the last found on time
-        if not (queued or self._passes_running):
-            on_time = 0  # a request behind nothing is always taken
-        while late - on_time > 1:
-            middle = (late + on_time) // 2
-            if self._predicted_latency_s(1, now, queued + middle) > budget_s:
-                late = middle
-            else:
-                on_time = middle
-        return late
 
     def _run(self) -> None:
         stopping = False
@@ -401,8 +242,11 @@ class Batcher:
                         passes_beside = self._passes_running
                         self._passes_started += 1
                         started = self._passes_started
-                        self._expected_ends[started] = self._expected_end(batch, passes_beside > 0)
-                        self._admits = self._admitted_in_time(self._clock())  # waits now behind this pass
+                        instances = sum(request.size for request in batch)
+                        self._expected_ends[started] = self.admission.expected_end(
+                            instances, self._clock(), passes_beside > 0
+                        )
+                        self._admits = self.admission.admitted_in_time(self._clock())  # waits now behind this pass
             self._tell_room_listeners()  # a batch left the queue; `admits` counts its pass
             if batch:
                 size, seconds = self._run_batch(batch, reason)
@@ -423,11 +267,6 @@ class Batcher:
         for listener in self._room_listeners:
             listener()
 
-    def _expected_end(self, batch: list[PendingRequest], beside: bool) -> float:
-        if self.observations is None:
-            return self._clock()
-        return self._clock() + self.observations.cost_model.seconds(sum(r.size for r in batch), beside)
-
     def _next_batch(self) -> tuple[list[PendingRequest], SendReason | None, bool]:
         """Block for the first request, then gather until full or until the policy says send.
 
@@ -439,51 +278,54 @@ class Batcher:
             first = self._queue.get()
         if first is _STOP:
             return [], None, True
+        batch, reason = self._gather(first)
+        self.stats.sent_because[reason] += 1
+        with self._lock:
+            self._queued_instances -= sum(request.size for request in batch)
+            for _ in batch:  # the batch is the oldest requests queued, in order
+                self._waiting.popleft()
+            self._queue_changed()
+        return batch, reason, reason is SendReason.SHUTDOWN
+
+    def _gather(self, first: PendingRequest) -> tuple[list[PendingRequest], SendReason]:
+        """The batch that starts with `first`, and why it is sent: full, the policy's word, or shutdown."""
         batch, size = [first], first.size
-        stopping = timed_out = False
-        while True:
-            if size >= self.preferred_batch_size:
-                reason = SendReason.FULL
-                break
+        timed_out = False
+        while size < self.preferred_batch_size:
             # Whatever is already queued is taken at once; only the wait for more is the policy's.
             try:
                 item = self._queue.get_nowait()
             except queue.Empty:
-                now = self._clock()
-                decision = self.policy.decide(
-                    now,
-                    FormingBatch(size, first.enqueued_at, self._passes_running, timed_out, self._last_pass_ended_at),
+                forming = FormingBatch(
+                    size, first.enqueued_at, self._passes_running, timed_out, self._last_pass_ended_at
                 )
-                if decision.send_because is not None:
-                    reason = decision.send_because
-                    break
-                timed_out = False
-                if decision.wait_until is None:
-                    item = self._queue.get()  # a request, or the running pass's end
-                else:
-                    try:
-                        item = self._queue.get(timeout=max(0.0, decision.wait_until - now))
-                    except queue.Empty:
-                        timed_out = True
-                        continue
-            if item is _PASS_ENDED:
-                continue
+                item = self._wait_for_more(forming)
+            timed_out = item is _TIMED_OUT
+            if isinstance(item, SendReason):
+                return batch, item
             if item is _STOP:
-                stopping, reason = True, SendReason.SHUTDOWN
-                break
+                return batch, SendReason.SHUTDOWN
+            if item is _PASS_ENDED or timed_out:
+                continue
             if size + item.size > self.preferred_batch_size:
                 self._held_over.append(item)
-                reason = SendReason.FULL
                 break
             batch.append(item)
             size += item.size
-        self.stats.sent_because[reason] += 1
-        with self._lock:
-            self._queued_instances -= size
-            for _ in batch:  # the batch is the oldest requests queued, in order
-                self._waiting.popleft()
-            self._queue_changed()
-        return batch, reason, stopping
+        return batch, SendReason.FULL
+
+    def _wait_for_more(self, forming: FormingBatch) -> Any:
+        """Nothing more is queued: the policy's reason to send now, else the next item or _TIMED_OUT."""
+        now = self._clock()
+        decision = self.policy.decide(now, forming)
+        if decision.send_because is not None:
+            return decision.send_because
+        if decision.wait_until is None:
+            return self._queue.get()  # a request, or the running pass's end
+        try:
+            return self._queue.get(timeout=max(0.0, decision.wait_until - now))
+        except queue.Empty:
+            return _TIMED_OUT
 
     def _without_expired(self, batch: list[PendingRequest]) -> list[PendingRequest]:
         """Answer the requests whose deadline has passed, so no forward pass is spent on them."""

@@ -7,7 +7,8 @@ import os
 import orjson
 from flask import Blueprint, Response, current_app
 
-from service.batching.batcher import DeadlineUnreachable, QueueFull
+from service.batching.admission import DeadlineUnreachable
+from service.batching.requests import QueueFull
 from service.operations import metrics
 
 blueprint = Blueprint("health", __name__)

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from werkzeug.exceptions import HTTPException
 
 from service.backends.base import InputRejected
-from service.batching.batcher import BatcherClosed, BatchOutcome, DeadlineExceeded, DeadlineUnreachable, QueueFull
+from service.batching.admission import DeadlineUnreachable
+from service.batching.requests import BatcherClosed, BatchOutcome, DeadlineExceeded, QueueFull
 from service.errors import (
     ApiError,
     BadRequest,

@@ -32,7 +32,8 @@ from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any, Generic, TypeVar
 
-from service.batching.batcher import DeadlineUnreachable, QueueFull
+from service.batching.admission import DeadlineUnreachable
+from service.batching.requests import QueueFull
 from service.errors import ApiError, ServiceUnavailable, error_body
 from service.operations import metrics
 from service.protocols import match_inference

@@ -8,7 +8,7 @@ import time
 
 from prometheus_client import REGISTRY
 
-from service.batching.batcher import DeadlineUnreachable
+from service.batching.admission import DeadlineUnreachable
 from service.web.backpressure import EarlyRefusal, ParkingLot, backpressure_for, model_server_of
 from service.web.framing import RequestFraming
 from service.web.workers import IncomingRequest

@@ -1,0 +1,39 @@
+"""What the batching tests drive a batcher with: a predict gated by events and a clock the test moves."""
+
+from __future__ import annotations
+
+import threading
+
+ANSWER_TIMEOUT_S = 10
+
+
+class GatedPredict:
+    """predict(payloads) -> [p * 10]; blocks while `gate` is clear and signals each batch it starts."""
+
+    def __init__(self):
+        self.gate = threading.Event()
+        self.gate.set()
+        self.started = threading.Semaphore(0)
+        self.batches: list[list] = []
+
+    def __call__(self, payloads):
+        self.batches.append(list(payloads))
+        self.started.release()
+        assert self.gate.wait(ANSWER_TIMEOUT_S)
+        return [payload * 10 for payload in payloads]
+
+    def hold(self):
+        self.gate.clear()
+
+    def wait_for_batch(self):
+        assert self.started.acquire(timeout=ANSWER_TIMEOUT_S), "no batch started"
+
+
+class ManualClock:
+    """A clock the test moves; the batcher reads deadlines from it."""
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
