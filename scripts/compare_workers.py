@@ -1,7 +1,7 @@
 """Serve one model with several worker counts and compare them under the same closed-loop load.
 
 This is the evidence behind the planner's default worker count on CPU machines
-(README "Sizing"). Each configuration runs under a real Gunicorn on a free port.
+(docs/sizing.md). Each configuration runs under a real Gunicorn on a free port.
 
     python scripts/compare_workers.py --model models/heavy.keras --workers 1 2 3 -c 1 8 32 64 -d 8
 """

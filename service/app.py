@@ -20,6 +20,7 @@ from service.operations import api_docs, health, logs, metrics
 from service.protocols import PROTOCOLS
 from service.protocols.common import admission_budget_s, api_error_for, request_timeout_s
 from service.settings import Settings, load_settings
+from service.sizing.placement import current_placement
 from service.web.access import ROUTE_KEY, AccessLayer, route_template
 from service.web.auth import ApiKeyGuard, parse_api_keys
 
@@ -92,9 +93,7 @@ def build_batcher(settings: Settings, model: ServedModel, warm_up_seconds: dict[
 
 def _load_model_for_this_worker(settings: Settings) -> tuple[ServedModel, bool]:
     """The model, loaded after TensorFlow is configured for this worker's slot; and whether it runs on a GPU."""
-    from service.sizing import hooks
-
-    placement = hooks.current_placement()
+    placement = current_placement()
     if placement is not None:
         devices = backend_for(settings.model_path).configure(
             placement.intra_op_threads, placement.inter_op_threads, placement.gpu_memory_limit_mb

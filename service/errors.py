@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from http import HTTPStatus
 
 import orjson
 
 log = logging.getLogger(__name__)
+
+WsgiApp = Callable[[dict, Callable], Iterable[bytes]]  # a WSGI application (PEP 3333)
 
 
 def error_body(message: str) -> bytes:

@@ -103,7 +103,7 @@ class Settings:
     batch_policy: str = _setting(
         "adaptive",
         "When a partial batch is sent: `fixed` after `BATCH_TIMEOUT_MS`; `adaptive` when waiting for the requests "
-        "it expects stops saving latency, from the pass costs and arrivals it measures (README, Batching).",
+        "it expects stops saving latency, from the pass costs and arrivals it measures (docs/design.md).",
         choices=("fixed", "adaptive"),
     )
     max_batch_size: int = _setting(
@@ -120,7 +120,7 @@ class Settings:
         "Latency objective you choose: when set, a request that would wait and whose predicted wait and pass exceed "
         "it (or its own deadline) is refused with 503, `/readyz` answers 503 while new requests would be, and under "
         "`adaptive` no request is held back past it. 0 means none: only a full queue or a request's own deadline "
-        "refuses, and `adaptive` holds a batch at most one full pass (RELIABILITY.md, Overload).",
+        "refuses, and `adaptive` holds a batch at most one full pass (docs/reliability.md, Overload).",
         "ms",
         minimum=0,
     )

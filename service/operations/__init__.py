@@ -1,0 +1,1 @@
+"""Operations: metrics, logs, the refusal summary, health routes and the API document."""

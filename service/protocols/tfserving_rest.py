@@ -19,7 +19,7 @@ import orjson
 from flask import Blueprint, Response, current_app
 from werkzeug.routing import BaseConverter
 
-from service.errors import MethodNotAllowed, render, write_json
+from service.errors import MethodNotAllowed, WsgiApp, render, write_json
 from service.model_server import ModelServer
 from service.protocols.common import (
     InferenceTarget,
@@ -32,8 +32,6 @@ from service.protocols.common import (
 )
 from service.protocols.tfserving_codec import decode_request, encode_response
 from service.web.access import BATCH_SIZE_KEY, REFUSED_KEY, ROUTE_KEY
-
-WsgiApp = Callable[[dict, Callable], Iterable[bytes]]
 
 PREDICT_ROUTES = ("/predict", "/v1/models/{name}:predict", "/v1/models/{name}/versions/{version}:predict")
 PREDICT_PATH = re.compile(r"/predict|/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>[0-9]{1,9}))?:predict")

@@ -18,9 +18,8 @@ from service.settings import Settings
 from service.sizing.footprint import measure_footprint
 from service.sizing.gpu import discover_gpus, pin_visible_gpu
 from service.sizing.machine import detect_machine
-from service.sizing.planner import WorkerPlacement, WorkerPlan, plan_workers
-
-_this_worker_placement: WorkerPlacement | None = None
+from service.sizing.placement import place_this_worker
+from service.sizing.planner import WorkerPlan, plan_workers
 
 
 def plan_for_this_machine(settings: Settings) -> WorkerPlan:
@@ -75,14 +74,9 @@ def assign_slot(server, worker) -> None:
 
 def place_worker(plan: WorkerPlan, worker) -> None:
     """post_fork, in the worker: record its placement and pin its GPU before TensorFlow loads."""
-    global _this_worker_placement
-    _this_worker_placement = plan.placement(worker.slot)
-    pin_visible_gpu(_this_worker_placement.gpu.uuid if _this_worker_placement.gpu else None)
-
-
-def current_placement() -> WorkerPlacement | None:
-    """This worker's placement, or None outside Gunicorn (tests, scripts)."""
-    return _this_worker_placement
+    placement = plan.placement(worker.slot)
+    place_this_worker(placement)
+    pin_visible_gpu(placement.gpu.uuid if placement.gpu else None)
 
 
 def drain_worker(worker) -> None:

@@ -8,7 +8,7 @@ machines, the workers that fit in GPU memory. Within the cap the default is not 
 - On CPU, one forward pass already uses every core it is given (intra-op threads), so
   extra workers do not add compute; they split the arrivals between more queues, which
   makes every batch smaller and the model less efficient. The default gives each worker
-  `CPU_CORES_PER_WORKER` cores (measured on the heavy model, see README "Sizing").
+  `CPU_CORES_PER_WORKER` cores (measured on the heavy model, see docs/sizing.md).
 - On GPU, `WORKERS_PER_GPU` workers per GPU (1 by default: one process per device keeps
   its batches large and its memory whole).
 """
@@ -24,7 +24,7 @@ from service.sizing.footprint import Footprint
 from service.sizing.gpu import Gpu, GpuDiscovery
 from service.sizing.machine import Machine
 
-# Measured with the heavy model on a 2-core machine (README "Sizing"): one worker using both
+# Measured with the heavy model on a 2-core machine (docs/sizing.md): one worker using both
 # cores served more than two single-core workers at every concurrency.
 CPU_CORES_PER_WORKER = 2
 

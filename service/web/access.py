@@ -17,12 +17,12 @@ import re
 import time
 from collections.abc import Callable, Iterable
 
+from service.errors import WsgiApp
 from service.operations import metrics
 from service.operations.logs import request_id_var
 
 log = logging.getLogger("model_server.access")
 
-WsgiApp = Callable[[dict, Callable], Iterable[bytes]]
 
 ROUTE_KEY = "model_server.route"  # environ key: the route template, set by whoever matched the path
 BATCH_SIZE_KEY = "model_server.batch_size"  # environ key: instances in the request's forward pass

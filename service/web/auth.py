@@ -10,9 +10,7 @@ from __future__ import annotations
 import hmac
 from collections.abc import Callable, Iterable
 
-from service.errors import ApiError, Forbidden, Unauthorized, render, write_json
-
-WsgiApp = Callable[[dict, Callable], Iterable[bytes]]
+from service.errors import ApiError, Forbidden, Unauthorized, WsgiApp, render, write_json
 
 # Probes carry no credentials, and the API's description is no secret (its page must load it).
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json", "/docs", "/docs/"})

@@ -3,7 +3,7 @@
 A client that ignores Retry-After and retries at once (wrk, a naive retry loop) sends its
 next request on the same connection as soon as it has the 503. Read, parsed and refused,
 each such retry takes CPU from the forward passes the queue waits for, and the client
-retries faster the cheaper the refusal: goodput collapses (RELIABILITY.md, "Overload"). TCP
+retries faster the cheaper the refusal: goodput collapses (docs/reliability.md, "Overload"). TCP
 has the remedy: a request that is not read waits in the client's socket and costs the server
 nothing. So while the worker's queue admits nothing (it is full or, with REQUEST_TIMEOUT_MS or
 LATENCY_SLO_MS, a request would be answered too late: `Batcher.admits`), a kept-alive
@@ -16,7 +16,7 @@ at the latest, and at once when the worker stops.
 A request that is read while the queue admits nothing is refused before Gunicorn parses it:
 from its request line and its `X-Request-Timeout-Ms` alone (`EarlyRefusal`), for the predict
 route's own reason and with the same answer, so a refusal costs a third of what it did and a
-tenth of a served request (RELIABILITY.md, "Overload").
+tenth of a served request (docs/reliability.md, "Overload").
 
 This module holds the rules; each worker class parks and wakes connections in its own way
 (a greenlet's event, a socket left out of the poller), and imports it only in the worker: the
@@ -34,7 +34,7 @@ from typing import Any, Generic, TypeVar
 
 from service.batching.admission import DeadlineUnreachable
 from service.batching.requests import QueueFull
-from service.errors import ApiError, ServiceUnavailable, error_body
+from service.errors import ApiError, ServiceUnavailable, render
 from service.operations import metrics
 from service.protocols import match_inference
 from service.protocols.common import admission_budget_s, refused, request_timeout_s
@@ -85,11 +85,11 @@ class EarlyRefusal:
         if refusal is None:
             return None
         route, error = refusal
+        status, body, error_headers = render(error)
         request_id = request_id_for(framing.request_id.decode("latin-1"))
-        headers = [("Content-Type", "application/json"), *error.headers.items(), ("X-Request-ID", request_id)]
-        status = f"{error.status} {HTTPStatus(error.status).phrase}"
-        answer = kept_alive_response(status, headers, error_body(error.message))
-        count_request(route, "POST", error.status, time.monotonic() - incoming.received_at)
+        headers = [("Content-Type", "application/json"), *error_headers.items(), ("X-Request-ID", request_id)]
+        answer = kept_alive_response(f"{status} {HTTPStatus(status).phrase}", headers, body)
+        count_request(route, "POST", status, time.monotonic() - incoming.received_at)
         return answer, incoming.take()[framing.request_end :]
 
 

@@ -2,7 +2,7 @@
 
 A served request cost the worker's request thread (gevent's hub; gthread's pool threads share
 one GIL) 1.0-1.2 ms of CPU, and that thread is what a closed loop's requests come back through
-one by one, and what an answer waits for after its pass (BENCHMARKS.md, "Where the time goes").
+one by one, and what an answer waits for after its pass (BENCHMARKS.md, "Where the request's time goes").
 Gunicorn's share of it (parsing a request the framing has already delimited, a general environ,
 a response object, the head and the body in two sends) buys nothing for the common request: an
 HTTP/1.1 `POST` to a predict path, without a query or escapes, with a `Content-Length`, kept

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from gunicorn import SERVER
 from gunicorn.util import http_date
 
-from service.errors import error_body
+from service.errors import RequestTimeout, render
 from service.settings import Settings, load_settings
 from service.web.framing import RequestFraming, max_head_bytes
 
@@ -110,7 +110,7 @@ class ReadPolicy:
                 f"the request's body stopped arriving: nothing for {self.read_timeout_s:g} s (READ_TIMEOUT_S); "
                 "check that Content-Length matches the body sent"
             )
-        body = error_body(message)
+        _, body, _ = render(RequestTimeout(message))
         head = (
             "HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"

@@ -225,7 +225,7 @@ def served_p99_ms(server, from_line: int) -> float:
 
     The promises below are the server's: a request is timed from when the worker has it. Under
     overload a request can also wait unread in front of a saturated worker; the clients' p99 is
-    printed for that (RELIABILITY.md, "Overload"), not asserted.
+    printed for that (docs/reliability.md, "Overload"), not asserted.
     """
     lines = server.log().split("\n")[from_line:]
     events = (json.loads(line) for line in lines if line.startswith("{"))
@@ -269,7 +269,7 @@ def test_clients_that_retry_at_once_at_four_times_the_queue_are_served_or_refuse
     # being refused again and again (service/web/backpressure.py): without that, thousands of refusals.
     assert by_status["503"]["count"] <= 2 * 4 * MAX_QUEUE, "clients that retry at once are refused about once each"
     # Goodput and the accepted requests' latency against the queue bound are speed targets,
-    # measured by scripts/overload.py (RELIABILITY.md, "Overload").
+    # measured by scripts/overload.py (docs/reliability.md, "Overload").
     assert_recovers(server.url, answers)
 
 
@@ -288,5 +288,5 @@ def test_explicit_deadlines_under_overload_get_answers_refusals_or_expiries_only
     assert set(by_status) <= {"200", "503", "504"} and {"200", "503"} <= set(by_status), overload["error_kinds"]
     assert overload["wrong_answers"] == 0 and overload["missing_retry_after"] == 0
     # Whether an accepted request is answered within its deadline and a pass is a speed target measured
-    # by scripts/overload.py: under this overload it is not yet (RELIABILITY.md, "Overload").
+    # by scripts/overload.py: under this overload it is not yet (docs/reliability.md, "Overload").
     assert_recovers(server.url, answers)

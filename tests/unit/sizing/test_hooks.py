@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from service.settings import Settings
-from service.sizing import hooks
+from service.sizing import hooks, placement
 from service.sizing.footprint import Footprint
 from service.sizing.gpu import Gpu, GpuDiscovery
 from service.sizing.machine import Machine
@@ -42,14 +42,14 @@ def test_slots_are_dense_and_a_dead_workers_slot_is_reused():
 def restore_placement(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "unchanged")
     yield
-    hooks._this_worker_placement = None
+    placement._this_worker_placement = None
 
 
 def test_post_fork_pins_the_slots_gpu_before_tensorflow(restore_placement):
     hooks.place_worker(PLAN, SimpleNamespace(slot=1))
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "GPU-b"
-    placement = hooks.current_placement()
-    assert placement.slot == 1 and placement.gpu_memory_limit_mb == PLAN.placements[1].gpu_memory_limit_mb
+    placed = placement.current_placement()
+    assert placed.slot == 1 and placed.gpu_memory_limit_mb == PLAN.placements[1].gpu_memory_limit_mb
     hooks.place_worker(PLAN, SimpleNamespace(slot=2))
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "GPU-a"  # slot 2 of 2 GPUs: GPU 0
 
