@@ -8,7 +8,9 @@ import logging
 
 import pytest
 
-from service.protocols.tfserving_rest import PREDICT_PATH
+from service import protocols
+from service.protocols.common import InferenceTarget
+from service.protocols.tfserving_rest import match_inference
 
 
 def call(app, path: str, body: bytes = b"", method: str = "POST", content_length: str | None = None, body_stream=None):
@@ -35,14 +37,18 @@ def call(app, path: str, body: bytes = b"", method: str = "POST", content_length
 
 
 @pytest.mark.parametrize(
-    ("path", "name", "version"),
-    [("/predict", None, None), ("/v1/models/m:predict", "m", None), ("/v1/models/m/versions/7:predict", "m", "7")],
+    ("path", "target"),
+    [
+        ("/predict", InferenceTarget("/predict", None, None)),
+        ("/v1/models/m:predict", InferenceTarget("/v1/models/{name}:predict", "m", None)),
+        ("/v1/models/m/versions/7:predict", InferenceTarget("/v1/models/{name}/versions/{version}:predict", "m", 7)),
+    ],
 )
-def test_the_three_predict_paths_and_nothing_else_match(path, name, version):
-    match = PREDICT_PATH.fullmatch(path)
-    assert match is not None and match["name"] == name and match["version"] == version
-    for other in ["/predictions", "/v1/models/m", "/v1/models/m:predict/x", "/v1/models/a/b:predict"]:
-        assert PREDICT_PATH.fullmatch(other) is None
+def test_the_three_predict_paths_and_nothing_else_are_inference_targets(path, target):
+    assert match_inference(path) == target
+    assert protocols.match_inference(path) == target, "the registry asks TF Serving REST"
+    for other in ["/predictions", "/v1/models/m", "/v1/models/m:predict/x", "/v1/models/a/b:predict", "/healthz"]:
+        assert match_inference(other) is None and protocols.match_inference(other) is None
 
 
 def test_body_without_content_length_is_read_up_to_the_limit(app, make_rows):
