@@ -87,8 +87,8 @@ def outcome_of(completion: Completion) -> BatchOutcome:
     """Wait for a submitted request's pass; a failure that is not in the tables is the forward pass's (500)."""
     try:
         return completion.wait()
-    except tuple(ANSWERS) as error:
-        raise error from None
+    except tuple(ANSWERS):
+        raise
     except Exception as error:
         raise ApiError(f"the forward pass failed: {type(error).__name__}: {error}") from error
 
