@@ -108,7 +108,7 @@ class Settings:
     )
     max_batch_size: int = _setting(
         32,
-        "Most instances in one request or forward pass; on a GPU the warm-up may lower it to what fits.",
+        "Most instances in one forward pass; on a GPU the warm-up may lower it to what fits.",
         "instances",
         minimum=1,
     )
@@ -145,6 +145,14 @@ class Settings:
         minimum=0,
     )
     max_body_bytes: int = _setting(10 * 1024 * 1024, "Largest request body accepted (413 beyond).", "bytes", minimum=1)
+    max_request_instances: int = _setting(
+        10_000,
+        "Most instances in one predict request (400 beyond; `MAX_BODY_BYTES` bounds it too). A request larger than "
+        "a batch is split into passes that share the worker with other requests; identical instances are computed "
+        "once.",
+        "instances",
+        minimum=1,
+    )
     api_keys: str = _setting(
         "",
         "Comma-separated API keys; when set, every route but `/healthz`, `/readyz` and the API docs needs one, as "

@@ -38,7 +38,13 @@ class RecordingForward:
 @pytest.fixture
 def settings() -> Settings:
     return Settings(
-        model_name="fake", batch_policy="fixed", max_batch_size=8, batch_timeout_ms=2, max_queue=16, max_body_bytes=4096
+        model_name="fake",
+        batch_policy="fixed",
+        max_batch_size=8,
+        batch_timeout_ms=2,
+        max_queue=16,
+        max_body_bytes=4096,
+        max_request_instances=100,
     )
 
 

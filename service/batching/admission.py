@@ -11,6 +11,7 @@ with the server's default budget the queue takes (web/backpressure.py parks conn
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection, Sequence
 from typing import Protocol
 
@@ -91,6 +92,21 @@ class Admission:
             f"would take about {1000 * (answered_at - now):.0f} ms, {why}",
             late_s + self.full_pass_seconds(),
         )
+
+    def check_bulk(self, size: int, budget_s: float, now: float) -> None:
+        """Refuse a request of `size` instances, more than a batch, whose passes would outlast `budget_s`:
+        its first full chunk waits as any batch would, and each later one takes a full pass."""
+        if self._observations is None:
+            return
+        full_pass_s = self.full_pass_seconds()
+        passes = math.ceil(size / self._full)
+        answered_in_s = self.predicted_latency_s(self._full, now) + (passes - 1) * full_pass_s
+        if answered_in_s > budget_s:
+            raise DeadlineUnreachable(
+                f"{size} distinct instances take {passes} passes: an answer would take about "
+                f"{1000 * answered_in_s:.0f} ms, beyond its {1000 * budget_s:.0f} ms",
+                answered_in_s - budget_s + full_pass_s,
+            )
 
     def admitted_in_time(self, now: float) -> int:
         """How many more single instances the default budget admits: the queue's room, cut where `check`

@@ -189,6 +189,14 @@ class Batcher:
             if budget_s is not None:
                 self.admission.check(size, budget_s, self._clock(), joining=False)
 
+    def check_bulk(self, size: int, budget_s: float | None = None) -> None:
+        """For a request of more than one batch (service/batching/bulk.py), before any of it is queued:
+        QueueFull if its first chunk finds no room, DeadlineUnreachable if all its passes outlast `budget_s`."""
+        with self._lock:
+            self._check_room(min(size, self.preferred_batch_size))
+            if budget_s is not None:
+                self.admission.check_bulk(size, budget_s, self._clock())
+
     def _check_room(self, size: int) -> None:
         if size > self.room:
             raise QueueFull(

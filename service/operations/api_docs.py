@@ -44,7 +44,9 @@ def openapi_json():
     server = current_app.extensions["model_server"]
     model = server.model
     open_paths = OPEN_PATHS if parse_api_keys(server.settings.api_keys) else None
-    document = openapi_document(model.name, model.version, model.signature, server.batcher.max_batch_size, open_paths)
+    document = openapi_document(
+        model.name, model.version, model.signature, server.settings.max_request_instances, open_paths
+    )
     return Response(orjson.dumps(document), mimetype="application/json")
 
 

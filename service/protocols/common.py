@@ -8,15 +8,17 @@ protocol the request came in by.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from werkzeug.exceptions import HTTPException
 
 from service.backends.base import InputRejected
 from service.batching.admission import DeadlineUnreachable
-from service.batching.requests import BatcherClosed, BatchOutcome, DeadlineExceeded, QueueFull
+from service.batching.requests import BatcherClosed, DeadlineExceeded, QueueFull
 from service.errors import (
     ApiError,
     BadRequest,
@@ -29,7 +31,6 @@ from service.errors import (
 from service.model_server import ModelServer
 from service.operations import metrics
 from service.settings import Settings
-from service.threads import Completion
 
 log = logging.getLogger(__name__)
 
@@ -83,11 +84,12 @@ def api_error_for(error: BaseException, server: ModelServer | None = None) -> Ap
     return ApiError(f"internal error: {type(error).__name__}")
 
 
-def outcome_of(completion: Completion) -> BatchOutcome:
-    """Wait for a submitted request's pass; a failure that is not in the tables is the forward pass's (500)."""
+@contextlib.contextmanager
+def forward_pass_failures() -> Iterator[None]:
+    """Around running a request: what the tables answer passes through; anything else failed its forward pass (500)."""
     try:
-        return completion.wait()
-    except tuple(ANSWERS):
+        yield
+    except (ApiError, *REFUSALS, *ANSWERS):
         raise
     except Exception as error:
         raise ApiError(f"the forward pass failed: {type(error).__name__}: {error}") from error

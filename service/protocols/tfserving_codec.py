@@ -127,7 +127,9 @@ def _check_count(count: int, max_instances: int, where: str) -> int:
     if count == 0:
         raise BadRequest(f"{where} is empty; send at least one instance")
     if count > max_instances:
-        raise BadRequest(f"{where} holds {count} instances; at most {max_instances} are accepted per request")
+        raise BadRequest(
+            f"{where} holds {count} instances; at most {max_instances} are accepted per request (MAX_REQUEST_INSTANCES)"
+        )
     return count
 
 

@@ -19,6 +19,7 @@ import orjson
 from flask import Blueprint, Response, current_app
 from werkzeug.routing import BaseConverter
 
+from service.batching.bulk import predict_instances
 from service.errors import MethodNotAllowed, WsgiApp, render, write_json
 from service.model_server import ModelServer
 from service.protocols.common import (
@@ -26,7 +27,7 @@ from service.protocols.common import (
     NotReady,
     admission_budget_s,
     api_error_for,
-    outcome_of,
+    forward_pass_failures,
     read_body,
     request_timeout_s,
 )
@@ -84,15 +85,16 @@ class PredictEndpoint:
         # Before the body is read and decoded: a refusal under overload must cost far less than the work.
         server.batcher.check_room(1, budget_s)
         body = read_body(environ, server.settings.max_body_bytes)
-        decoded = decode_request(body, model.signature, server.batcher.max_batch_size)
+        decoded = decode_request(body, model.signature, server.settings.max_request_instances)
         spent_s = time.monotonic() - received_at  # reading and decoding the body took some of the time allowed
-        completion = server.batcher.submit(
-            decoded.inputs,
-            decoded.count,
-            timeout_s - spent_s if timeout_s is not None else None,
-            budget_s - spent_s if budget_s is not None else None,
-        )
-        outcome = outcome_of(completion)
+        with forward_pass_failures():
+            outcome = predict_instances(
+                server.batcher,
+                decoded.inputs,
+                decoded.count,
+                timeout_s - spent_s if timeout_s is not None else None,
+                budget_s - spent_s if budget_s is not None else None,
+            )
         environ[BATCH_SIZE_KEY] = outcome.batch_size
         body = orjson.dumps(encode_response(outcome.result, decoded.layout))
         return body, {"X-Batch-Size": str(outcome.batch_size)}

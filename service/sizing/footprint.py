@@ -65,7 +65,7 @@ def measure_footprint(model_path: str, batch_sizes: Sequence[int], cache_path: s
     ]
     # The child must see no GPU: it measures host RAM and must not hold GPU memory.
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "2"}
-    cwd = Path(__file__).resolve().parent.parent
+    cwd = Path(__file__).resolve().parents[2]  # the project root: `service` is importable from there, installed or not
     done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=cwd, timeout=MEASURE_TIMEOUT_S)
     if done.returncode != 0:
         raise FootprintError(f"loading {model_path!r} to measure it failed:\n{done.stderr.strip()[-2000:]}")

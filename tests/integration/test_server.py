@@ -51,6 +51,23 @@ def test_a_request_with_several_instances_gets_its_own_rows_back(demo_server, de
     np.testing.assert_allclose(answer.json()["predictions"], columnar.json()["outputs"], rtol=1e-5)
 
 
+def test_a_request_of_many_batches_with_repeats_is_answered_whole_and_in_order(
+    demo_server, demo_holdout, demo_model_path
+):
+    import keras
+
+    images = demo_holdout[0][:250]
+    instances = np.concatenate([images, images[::-1]])  # 500 instances, each twice
+    answer = post(f"{demo_server.url}/predict", {"instances": instances.tolist()})
+    assert answer.status_code == 200, answer.text
+    served = np.array(answer.json()["predictions"])
+    assert served.shape == (500, 10)
+    np.testing.assert_array_equal(served[250:], served[:250][::-1])  # a repeat gets the very same answer
+    expected = keras.models.load_model(demo_model_path)(images, training=False).numpy()
+    np.testing.assert_allclose(served[:250], expected, rtol=1e-4, atol=1e-6)
+    assert 1 <= int(answer.headers["X-Batch-Size"]) <= 32
+
+
 def test_metadata_and_status(demo_server):
     metadata = requests.get(f"{demo_server.url}/v1/models/digits/metadata", timeout=10).json()
     inputs = metadata["metadata"]["signature_def"]["signature_def"]["serving_default"]["inputs"]

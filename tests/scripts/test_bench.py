@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from scripts.bench import InProcessLimit, Measurement, format_comparison, format_table, parse_servers
+from scripts.bench import Measurement, format_comparison, format_table, parse_servers
+from scripts.in_process_limit import InProcessLimit
 from scripts.loadgen import LoadResult
 
 LIMIT = InProcessLimit(batch1_ms=10.0, max_batch_size=32, max_batch_ms=40.0, two_at_once_ms=32.0, batch_ms={8: 20.0})

@@ -84,8 +84,34 @@ def test_client_mistakes_get_400_with_a_json_error(client, body, fragment):
     assert fragment in error_of(client.post("/predict", data=body), 400)
 
 
-def test_too_many_instances(client, make_rows):
-    assert "at most 8" in error_of(client.post("/predict", json={"instances": make_rows(9)}), 400)
+def test_more_instances_than_max_request_instances_get_400_naming_it(client, make_rows):
+    message = error_of(client.post("/predict", json={"instances": make_rows(101)}), 400)
+    assert "at most 100" in message and "MAX_REQUEST_INSTANCES" in message
+
+
+def test_a_request_larger_than_a_batch_is_split_into_passes_and_answered_in_order(client, fake_forward, make_rows):
+    fake_forward.batch_sizes.clear()  # forget the warm-up's passes
+    answer = client.post("/predict", json={"instances": make_rows(30)})
+    assert answer.status_code == 200, answer.data
+    assert answer.json["predictions"] == [[2 * value for value in row] for row in make_rows(30)]
+    assert fake_forward.batch_sizes == [8, 8, 8, 8], "8 + 8 + 8 + 6 (padded to 8)"
+    assert int(answer.headers["X-Batch-Size"]) == 8, "the largest batch its instances were served in"
+
+
+def test_identical_instances_are_computed_once_and_answered_everywhere(client, fake_forward, make_rows):
+    distinct = make_rows(6)
+    instances = [distinct[i % 6] for i in range(24)]  # each of 6 instances 4 times
+    fake_forward.batch_sizes.clear()  # forget the warm-up's passes
+    answer = client.post("/predict", json={"instances": instances})
+    assert answer.status_code == 200, answer.data
+    assert answer.json["predictions"] == [[2 * value for value in row] for row in instances]
+    assert fake_forward.batch_sizes == [8], "6 distinct instances, padded to 8, in one pass"
+
+
+def test_a_columnar_bulk_request_keeps_its_layout(client, fake_forward, make_rows):
+    answer = client.post("/predict", json={"inputs": make_rows(20)})
+    assert answer.status_code == 200, answer.data
+    assert answer.json["outputs"] == [[2 * value for value in row] for row in make_rows(20)]
 
 
 def test_unknown_model_version_and_route_get_404(client, make_rows):
@@ -173,13 +199,14 @@ def test_stats_explain_the_batching_of_this_worker(settings, fake_model, make_ro
     assert stats["arrivals"]["rate_per_s"] > 0
 
 
-def test_the_warm_up_probe_sizes_the_batcher(settings, fake_model, make_rows, monkeypatch):
-    # As on a GPU where batch 8 did not fit: requests and batches stop at 4.
+def test_the_warm_up_probe_sizes_the_batcher(settings, fake_model, fake_forward, make_rows, monkeypatch):
+    # As on a GPU where batch 8 did not fit: batches stop at 4, and a request of 5 takes two passes.
     monkeypatch.setattr(fake_model, "warm_up", lambda **_: {1: 0.010, 2: 0.011, 4: 0.012})
     app = create_app(settings, fake_model)
     try:
         assert app.extensions["model_server"].batcher.max_batch_size == 4
-        assert "at most 4" in error_of(app.test_client().post("/predict", json={"instances": make_rows(5)}), 400)
+        assert app.test_client().post("/predict", json={"instances": make_rows(5)}).status_code == 200
+        assert fake_forward.batch_sizes == [4, 1]
     finally:
         app.extensions["model_server"].close()
     # Under the adaptive policy a batch is full where larger ones stop paying.

@@ -11,9 +11,8 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 from service.backends.base import InputRejected
 from service.batching.admission import DeadlineUnreachable
 from service.batching.requests import BatcherClosed, DeadlineExceeded, QueueFull
-from service.errors import BadRequest, render
-from service.protocols.common import NotReady, api_error_for, outcome_of, request_timeout_s
-from service.threads import new_completion
+from service.errors import ApiError, BadRequest, render
+from service.protocols.common import NotReady, api_error_for, forward_pass_failures, request_timeout_s
 
 
 @pytest.mark.parametrize(
@@ -52,14 +51,13 @@ def test_anything_else_is_a_500_that_names_only_its_type(caplog):
 
 
 def test_a_failed_pass_is_a_500_naming_its_cause_and_table_errors_pass_through():
-    failed = new_completion()
-    failed.fail(FloatingPointError("overflow in layer 3"))
-    with pytest.raises(Exception, match="the forward pass failed: FloatingPointError: overflow in layer 3"):
-        outcome_of(failed)
-    rejected = new_completion()
-    rejected.fail(InputRejected("bad shape"))
-    with pytest.raises(InputRejected):
-        outcome_of(rejected)
+    expected = "the forward pass failed: FloatingPointError: overflow"
+    with pytest.raises(ApiError, match=expected) as failed, forward_pass_failures():
+        raise FloatingPointError("overflow in layer 3")
+    assert failed.value.status == 500
+    for passed in (InputRejected("bad shape"), QueueFull("full", 1.0), BadRequest("bad body")):
+        with pytest.raises(type(passed)), forward_pass_failures():
+            raise passed
 
 
 def test_the_renderer_writes_every_error_as_json():
