@@ -1,9 +1,10 @@
 """Requests of any size up to MAX_REQUEST_INSTANCES: de-duplicated, split into passes, answered whole.
 
 A request's identical instances (same dtype, shape and bytes in every input) are computed once.
-The distinct ones go to the batcher in chunks of at most the preferred batch size, the next one
-queued when the last has run: other clients' requests queue between them, so a large request
-shares the worker instead of holding it, and its chunks join batches like any other request.
+The distinct ones go to the batcher in chunks, the next one queued when the last has run, each
+sized to fill what the requests queued by then leave of a batch: other clients' requests are
+served between and beside them, so a large request fills the worker's idle room instead of
+holding it, and its chunks join batches like any other request.
 Admission and deadlines apply to the whole request: it is refused whole (503) when the queue
 ahead and all of its passes would outlast its budget, and expires whole (504) when a chunk does;
 it is never answered in part. Payloads are arrays keyed by input name with the instances along
@@ -129,8 +130,9 @@ def _run_in_chunks(
             remaining_s = None if deadline is None else deadline - clock()
             if remaining_s is not None and remaining_s <= 0:
                 raise DeadlineExceeded(f"its deadline passed with {unique.count - start} instances not yet queued")
-            rows = {name: array[start : start + chunk] for name, array in unique.inputs.items()}
-            size = min(chunk, unique.count - start)
+            # Fill what the requests queued now leave of the next batch, not a whole batch beside them.
+            size = min(max(1, chunk - batcher.queue_depth), unique.count - start)
+            rows = {name: array[start : start + size] for name, array in unique.inputs.items()}
             try:
                 running.append(batcher.submit(rows, size, remaining_s))
             except QueueFull as full:  # accepted already: wait for room rather than answer in part

@@ -8,6 +8,7 @@ declared dtype by their JSON type, never coerced with Python casts: `true` is no
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -21,6 +22,9 @@ Layout = Literal["row", "columnar"]
 
 _ACCEPTED_KINDS = {"f": "iuf", "i": "iu", "u": "iu", "b": "b", "string": "U"}
 _NON_FINITE_LITERAL = re.compile(rb"-?\b(NaN|Infinity)\b")
+# Bodies larger than this are decoded a slice of about this many bytes at a time (see decode_request).
+SLICE_BYTES = 1024 * 1024
+_SLICEABLE_HEAD = re.compile(rb'\s*\{\s*"(?P<key>instances|inputs)"\s*:\s*\[')
 _JSON_TYPE_NAMES = {"f": "numbers", "i": "integers", "u": "integers", "b": "booleans", "string": "strings"}
 
 
@@ -33,8 +37,19 @@ class DecodedRequest:
     count: int
 
 
-def decode_request(body: bytes, signature: ModelSignature, max_instances: int) -> DecodedRequest:
-    """Parse a TF Serving predict body; raise BadRequest saying what is wrong with it."""
+def decode_request(
+    body: bytes, signature: ModelSignature, max_instances: int, pause: Callable[[], None] | None = None
+) -> DecodedRequest:
+    """Parse a TF Serving predict body; raise BadRequest saying what is wrong with it.
+
+    With `pause`, a body larger than SLICE_BYTES of one numeric input is decoded a slice of
+    instances at a time, calling `pause()` between slices: parsing tens of megabytes at once
+    would hold the GIL, and with it every other request of the worker, for a second.
+    """
+    if pause is not None and len(body) > SLICE_BYTES:
+        sliced = _decode_in_slices(body, signature, max_instances, pause)
+        if sliced is not None:
+            return sliced
     document = _parse_json(body)
     if not isinstance(document, dict):
         raise BadRequest("request body must be a JSON object with an 'instances' or an 'inputs' key")
@@ -52,6 +67,38 @@ def decode_request(body: bytes, signature: ModelSignature, max_instances: int) -
     if "inputs" in document:
         return _decode_columns(document["inputs"], signature, max_instances, may_hold_booleans)
     raise BadRequest("missing key: the body needs 'instances' (row format) or 'inputs' (columnar format)")
+
+
+def _decode_in_slices(
+    body: bytes, signature: ModelSignature, max_instances: int, pause: Callable[[], None]
+) -> DecodedRequest | None:
+    """`{"instances": [...]}` or `{"inputs": [...]}` of one input whose instances are arrays, cut after
+    the brackets that close an instance and parsed slice by slice; None for any other body (a string
+    anywhere, several inputs, scalar instances, bad JSON), which is then parsed whole as usual."""
+    head, array_end = _SLICEABLE_HEAD.match(body), body.rfind(b"]")
+    if len(signature.inputs) != 1 or head is None or body[array_end + 1 :].strip() != b"}" or body.count(b'"') != 2:
+        return None  # no string but the key: no bracket can hide inside a string
+    values = np.frombuffer(body, dtype=np.uint8)[head.end() : array_end]
+    opens, closes = np.flatnonzero(values == ord("[")), np.flatnonzero(values == ord("]"))
+    pause()
+    brackets = np.concatenate([opens, closes])
+    order = np.argsort(brackets, kind="stable")
+    depth = np.cumsum(np.concatenate([np.ones_like(opens), -np.ones_like(closes)])[order])
+    if depth.size == 0 or depth.min() < 0 or depth[-1] != 0:
+        return None
+    instance_ends = brackets[order][depth == 0]  # the "]" that closes each instance
+    _check_count(len(instance_ends), max_instances, f"'{head['key'].decode()}'")
+    per_slice = max(1, len(instance_ends) * SLICE_BYTES // len(body))
+    cuts = instance_ends[per_slice - 1 : -1 : per_slice].tolist()  # after every per_slice-th; the last slice runs on
+    info, may_hold_booleans, parts, start = signature.inputs[0], b"true" in body or b"false" in body, [], 0
+    for end in [*(cut + 1 for cut in cuts), len(values)]:
+        rows = _parse_json(b"[" + body[head.end() + start : head.end() + end].lstrip(b", \t\r\n") + b"]")
+        parts.append(_to_array(rows, info, len(rows), may_hold_booleans))
+        start = end
+        pause()
+    count = _check_count(sum(len(part) for part in parts), max_instances, f"'{head['key'].decode()}'")
+    layout = "row" if head["key"] == b"instances" else "columnar"
+    return DecodedRequest(layout, {info.name: np.concatenate(parts)}, count)
 
 
 def encode_response(outputs: dict[str, np.ndarray], layout: Layout) -> dict:

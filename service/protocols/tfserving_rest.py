@@ -85,7 +85,7 @@ class PredictEndpoint:
         # Before the body is read and decoded: a refusal under overload must cost far less than the work.
         server.batcher.check_room(1, budget_s)
         body = read_body(environ, server.settings.max_body_bytes)
-        decoded = decode_request(body, model.signature, server.settings.max_request_instances)
+        decoded = decode_request(body, model.signature, server.settings.max_request_instances, _let_others_run)
         spent_s = time.monotonic() - received_at  # reading and decoding the body took some of the time allowed
         with forward_pass_failures():
             outcome = predict_instances(
@@ -98,6 +98,18 @@ class PredictEndpoint:
         environ[BATCH_SIZE_KEY] = outcome.batch_size
         body = orjson.dumps(encode_response(outcome.result, decoded.layout))
         return body, {"X-Batch-Size": str(outcome.batch_size)}
+
+
+YIELD_S = 0.0005  # any positive time: see _let_others_run
+
+
+def _let_others_run() -> None:
+    """Between the slices of a large body: under gevent other greenlets run, under gthread other threads.
+
+    Not sleep(0): gevent may switch straight back to a greenlet that sleeps 0 before its loop polls
+    for I/O; any positive time waits for the next turn of the loop.
+    """
+    time.sleep(YIELD_S)
 
 
 endpoint = PredictEndpoint

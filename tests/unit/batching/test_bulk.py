@@ -149,6 +149,7 @@ def test_an_accepted_request_waits_for_room_rather_than_being_answered_in_part()
     batcher = SimpleNamespace(
         max_batch_size=4,
         preferred_batch_size=4,
+        queue_depth=0,
         submit=submit,
         check_bulk=lambda size, budget_s: None,
         full_pass_seconds=lambda: 0.02,
@@ -157,3 +158,21 @@ def test_an_accepted_request_waits_for_room_rather_than_being_answered_in_part()
     assert waits == [0.02], "waited one pass (less than Retry-After) for room"
     assert submitted == [[0, 1, 2, 3], [4, 5, 6, 7]]
     assert outcome.result["y"][:, 0].tolist() == [2 * v for v in range(8)]
+
+
+def test_each_chunk_fills_what_the_queued_requests_leave_of_a_batch():
+    sizes = []
+
+    def submit(rows, size, timeout_s=None):
+        sizes.append(size)
+        return SimpleNamespace(wait=lambda: BatchOutcome({"y": rows["x"] * 2}, 4, 0.0))
+
+    batcher = SimpleNamespace(
+        max_batch_size=4, preferred_batch_size=4, queue_depth=3, submit=submit, check_bulk=lambda size, budget_s: None
+    )
+    outcome = predict_instances(batcher, column(range(6)), 6)
+    assert sizes == [1] * 6, "3 of 4 taken by others each time: one instance a chunk"
+    batcher.queue_depth, sizes[:] = 0, []
+    predict_instances(batcher, column(range(6)), 6)
+    assert sizes == [4, 2]
+    assert outcome.result["y"][:, 0].tolist() == [2 * v for v in range(6)]

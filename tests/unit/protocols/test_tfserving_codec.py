@@ -9,6 +9,7 @@ import pytest
 
 from service.backends.signature import ModelSignature, TensorInfo
 from service.errors import BadRequest
+from service.protocols import tfserving_codec
 from service.protocols.tfserving_codec import decode_request, encode_response
 
 IMAGE = ModelSignature(inputs=(TensorInfo("x", "float32", (2, 2)),), outputs=(TensorInfo("p", "float32", (3,)),))
@@ -128,3 +129,50 @@ def test_encode_rows_and_columns():
     several = {"a": np.array([1, 2]), "b": np.array([b"x", b"y"], dtype=object)}
     assert encode_response(several, "row") == {"predictions": [{"a": 1, "b": "x"}, {"a": 2, "b": "y"}]}
     assert encode_response(several, "columnar") == {"outputs": {"a": [1, 2], "b": ["x", "y"]}}
+
+
+@pytest.fixture
+def small_slices(monkeypatch):
+    """Slices of about 100 bytes, so bodies of a few instances are decoded in slices; counts the pauses."""
+    monkeypatch.setattr(tfserving_codec, "SLICE_BYTES", 100)
+    pauses: list[None] = []
+    return lambda: pauses.append(None), pauses
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        {"instances": [[[i, 2], [3, 4.5]] for i in range(40)]},
+        {"inputs": [[[i, 2], [3, 4.5]] for i in range(40)]},
+        b'{ "instances" : [\n' + b",\n".join(b"  [[%d, 2], [3, 4.5]]" % i for i in range(40)) + b"\n] }\n",
+    ],
+)
+def test_a_large_body_is_decoded_in_slices_exactly_as_whole(small_slices, document):
+    pause, pauses = small_slices
+    body = document if isinstance(document, bytes) else json.dumps(document).encode()
+    sliced = decode_request(body, IMAGE, 100, pause)
+    whole = decode_request(body, IMAGE, 100)
+    assert len(pauses) > 2, "other requests ran between the slices"
+    assert (sliced.layout, sliced.count) == (whole.layout, whole.count) == (whole.layout, 40)
+    np.testing.assert_array_equal(sliced.inputs["x"], whole.inputs["x"])
+
+
+def test_a_mistake_in_a_later_slice_gets_a_400_naming_the_input(small_slices):
+    pause, _ = small_slices
+    for last in ([[1, 2], [3]], [[1, 2], [3, 4], [5, 6]], [[1, 2], [3, True]]):
+        body = json.dumps({"instances": [[[1, 2], [3, 4]]] * 30 + [last]}).encode()
+        with pytest.raises(BadRequest, match="input 'x'"):
+            decode_request(body, IMAGE, 100)
+        with pytest.raises(BadRequest, match="input 'x'"):  # the slice's own mistake: a shape or a dtype
+            decode_request(body, IMAGE, 100, pause)
+    with pytest.raises(BadRequest, match=r"at most 20 .*MAX_REQUEST_INSTANCES"):
+        decode_request(json.dumps({"instances": [[[1, 2], [3, 4]]] * 30}).encode(), IMAGE, 20, pause)
+
+
+def test_bodies_with_strings_or_several_inputs_are_parsed_whole(small_slices):
+    pause, pauses = small_slices
+    words = decode_request(json.dumps({"instances": ["a [b], c"] * 30}).encode(), TEXT, 100, pause)
+    assert words.inputs["text"].tolist() == ["a [b], c"] * 30
+    rows = [{"ids": [1, 2, 3], "mask": [True, False, True]}] * 20
+    assert decode_request(json.dumps({"instances": rows}).encode(), TWO_INPUTS, 100, pause).count == 20
+    assert pauses == []
