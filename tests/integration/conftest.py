@@ -12,6 +12,7 @@ DEMO_SERVER_SETTINGS = {
     "BATCH_POLICY": "fixed",  # a long timeout, so the tests see batches form
     "BATCH_TIMEOUT_MS": "20",
     "MAX_BODY_BYTES": "100000",
+    "MAX_REQUEST_INSTANCES": "200",
     "LOG_FORMAT": "json",
 }
 

@@ -56,16 +56,16 @@ def test_a_request_of_many_batches_with_repeats_is_answered_whole_and_in_order(
 ):
     import keras
 
-    images = demo_holdout[0][:250]
-    instances = np.concatenate([images, images[::-1]])  # 500 instances, each twice
+    images = demo_holdout[0][:75]
+    instances = np.concatenate([images, images[::-1]])  # 150 instances, each twice: 75 distinct, 5 batches of 16
     answer = post(f"{demo_server.url}/predict", {"instances": instances.tolist()})
     assert answer.status_code == 200, answer.text
     served = np.array(answer.json()["predictions"])
-    assert served.shape == (500, 10)
-    np.testing.assert_array_equal(served[250:], served[:250][::-1])  # a repeat gets the very same answer
+    assert served.shape == (150, 10)
+    np.testing.assert_array_equal(served[75:], served[:75][::-1])  # a repeat gets the very same answer
     expected = keras.models.load_model(demo_model_path)(images, training=False).numpy()
-    np.testing.assert_allclose(served[:250], expected, rtol=1e-4, atol=1e-6)
-    assert 1 <= int(answer.headers["X-Batch-Size"]) <= 32
+    np.testing.assert_allclose(served[:75], expected, rtol=1e-4, atol=1e-6)
+    assert 1 <= int(answer.headers["X-Batch-Size"]) <= 16
 
 
 def test_metadata_and_status(demo_server):
@@ -82,7 +82,7 @@ def test_metadata_and_status(demo_server):
         ("POST", "/predict", b"{not json", 400),
         ("POST", "/predict", {"instances": []}, 400),
         ("POST", "/predict", {"instances": [[1, 2, 3]]}, 400),
-        ("POST", "/predict", {"instances": [[[[1]] * 8] * 8] * 17}, 400),  # more than MAX_BATCH_SIZE
+        ("POST", "/predict", {"instances": [[[[1]] * 8] * 8] * 201}, 400),  # more than MAX_REQUEST_INSTANCES
         ("POST", "/predict", b'{"instances": [[[[NaN]]]]}', 400),
         ("POST", "/predict", {"signature": 1}, 400),
         ("POST", "/v1/models/other:predict", {"instances": [[[[1]] * 8] * 8]}, 404),
