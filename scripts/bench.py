@@ -38,7 +38,7 @@ from pathlib import Path
 
 import psutil
 
-from scripts.in_process_limit import InProcessLimit, InProcessProbe
+from scripts.in_process_limit import InProcessLimit, InProcessProbe, add_model_arguments
 from scripts.launcher import LiveServer
 from scripts.loadgen import LoadResult, run_closed_loop, run_open_loop
 from scripts.predict_requests import sample_body
@@ -237,10 +237,7 @@ def machine_description() -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="models/heavy.keras")
-    parser.add_argument("--max-batch-size", type=int, default=32)
-    parser.add_argument("--intra-op-threads", type=int, default=len(os.sched_getaffinity(0)))
-    parser.add_argument("--concurrency", type=int, nargs="*", default=[1, 8, 32, 128])
+    add_model_arguments(parser)
     parser.add_argument("--rates", type=float, nargs="*", default=[50, 300, 900], help="open-loop requests/s")
     parser.add_argument("--duration", type=float, default=15.0, help="seconds per load level")
     parser.add_argument("--env", nargs="*", default=[], help="extra server settings, NAME=VALUE")

@@ -143,12 +143,17 @@ class InProcessProbe:
         self.close()
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that say what is measured: bench.py's and this script's."""
     parser.add_argument("--model", default="models/heavy.keras")
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument("--intra-op-threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--concurrency", type=int, nargs="*", default=[1, 8, 32, 128])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_arguments(parser)
     args = parser.parse_args()
     sizes = tuple(args.concurrency)
     serve_in_process_measurements(args.model, args.max_batch_size, args.intra_op_threads, 30, sizes)

@@ -10,10 +10,9 @@ import pytest
 from batcher_kit import ANSWER_TIMEOUT_S, ManualClock
 
 from service.batching.admission import DeadlineUnreachable
-from service.batching.batcher import Batcher
 from service.batching.bulk import predict_instances, unique_instances
 from service.batching.cost_model import CostModel
-from service.batching.policy import FixedTimeout, Observations
+from service.batching.policy import Observations
 from service.batching.requests import BatchOutcome, DeadlineExceeded, QueueFull
 
 
@@ -38,23 +37,9 @@ class ArrayPredict:
 
 @pytest.fixture
 def forward():
-    return ArrayPredict()
-
-
-@pytest.fixture
-def make_batcher(forward):
-    created = []
-
-    def make(**options):
-        defaults = {"max_batch_size": 4, "max_queue": 16, "concurrent_batches": 1}
-        batcher = Batcher(forward, FixedTimeout(0.0), **{**defaults, **options})
-        created.append(batcher)
-        return batcher
-
-    yield make
-    forward.gate.set()
-    for batcher in created:
-        assert batcher.close(timeout_s=ANSWER_TIMEOUT_S)
+    forward = ArrayPredict()
+    yield forward
+    forward.gate.set()  # before the batchers close (make_batcher's teardown runs after this one)
 
 
 def column(values) -> dict[str, np.ndarray]:
@@ -82,7 +67,7 @@ def test_a_request_without_repeats_is_passed_on_as_it_is():
 
 
 def test_a_large_request_is_split_into_passes_and_answered_in_order(make_batcher, forward):
-    batcher = make_batcher(concurrent_batches=2)
+    batcher = make_batcher(forward=forward)
     values = [v % 7 for v in range(50)]  # 7 distinct instances, each about 7 times
     outcome = predict_instances(batcher, column(values), 50)
     assert outcome.result["y"][:, 0].tolist() == [2 * v for v in values]
@@ -91,7 +76,7 @@ def test_a_large_request_is_split_into_passes_and_answered_in_order(make_batcher
 
 
 def test_other_requests_are_served_between_a_large_requests_passes(make_batcher, forward):
-    batcher = make_batcher()
+    batcher = make_batcher(forward=forward)
     forward.gate.clear()
     answers = []
     bulk = threading.Thread(target=lambda: answers.append(predict_instances(batcher, column(range(100, 140)), 40)))
@@ -108,7 +93,7 @@ def test_other_requests_are_served_between_a_large_requests_passes(make_batcher,
 
 def test_a_large_request_whose_passes_outlast_its_budget_is_refused_whole(make_batcher, forward):
     costs = Observations(CostModel({1: 0.010, 2: 0.012, 4: 0.020}))
-    batcher = make_batcher(observations=costs)
+    batcher = make_batcher(forward=forward, observations=costs)
     with pytest.raises(DeadlineUnreachable, match="10 passes"):  # 40 distinct instances: 10 passes of 20 ms
         predict_instances(batcher, column(range(40)), 40, timeout_s=0.1, budget_s=0.1)
     assert forward.passes == [], "nothing of it was queued"
@@ -117,7 +102,7 @@ def test_a_large_request_whose_passes_outlast_its_budget_is_refused_whole(make_b
 
 def test_a_large_request_whose_deadline_passes_expires_whole(make_batcher, forward):
     clock = ManualClock()
-    batcher = make_batcher(clock=clock)
+    batcher = make_batcher(forward=forward, clock=clock)
     forward.gate.clear()
     failures = []
 
