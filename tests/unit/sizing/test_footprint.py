@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
+from service.sizing import footprint
 from service.sizing.footprint import FootprintError, measure_footprint, model_digest
 
 
@@ -50,3 +52,22 @@ def test_unloadable_model_reports_the_childs_error(tmp_path):
     model.write_bytes(b"not a zip file")
     with pytest.raises(FootprintError, match=r"broken\.keras"):
         measure_footprint(str(model), (1,), str(tmp_path / "cache.json"))
+
+
+def test_the_child_runs_where_service_is_importable_without_an_install(tmp_path, monkeypatch):
+    # In the container image nothing is installed: `python -m service.sizing.footprint` finds
+    # `service` only from the directory it runs in (the dev venv's editable install hides this).
+    runs = []
+
+    def run(command, cwd, **options):
+        runs.append((command, Path(cwd)))
+        raise FootprintError("stop here")
+
+    monkeypatch.setattr(footprint.subprocess, "run", run)
+    model = tmp_path / "m.keras"
+    model.write_bytes(b"weights")
+    with pytest.raises(FootprintError):
+        measure_footprint(str(model), (1,), str(tmp_path / "cache.json"))
+    [(command, cwd)] = runs
+    assert command[1:3] == ["-m", "service.sizing.footprint"]
+    assert (cwd / "service" / "__init__.py").is_file() and (cwd / "wsgi.py").is_file(), cwd
