@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import orjson
+from flask import Response, current_app
+
 from service.backends.base import ServedModel
 from service.batching.batcher import Batcher
 from service.errors import NotFound
@@ -36,3 +39,13 @@ class ModelServer:
         closed = self.batcher.close(timeout_s=self.settings.graceful_timeout_s)
         self.refusals.flush()
         return closed
+
+
+def current_server() -> ModelServer:
+    """In a Flask route: the worker's ModelServer (create_app keeps it in the app's extensions)."""
+    return current_app.extensions["model_server"]
+
+
+def json_response(body: dict, status: int = 200) -> Response:
+    """A Flask route's JSON answer."""
+    return Response(orjson.dumps(body), status=status, mimetype="application/json")

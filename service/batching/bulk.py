@@ -20,11 +20,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from service.backends.base import Arrays
 from service.batching.batcher import Batcher
 from service.batching.requests import BatchOutcome, DeadlineExceeded, QueueFull
 from service.threads import Completion
-
-Arrays = dict[str, np.ndarray]
 
 # Chunks of one request queued or running at once: with one, a request that arrives meanwhile waits
 # for at most the chunk running, never for chunks queued ahead of it.

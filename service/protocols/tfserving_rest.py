@@ -16,12 +16,12 @@ import time
 from collections.abc import Callable, Iterable
 
 import orjson
-from flask import Blueprint, Response, current_app
+from flask import Blueprint
 from werkzeug.routing import BaseConverter
 
 from service.batching.bulk import predict_instances
 from service.errors import MethodNotAllowed, WsgiApp, render, write_json
-from service.model_server import ModelServer
+from service.model_server import ModelServer, current_server, json_response
 from service.protocols.common import (
     InferenceTarget,
     NotReady,
@@ -128,25 +128,19 @@ def _register_converter(state) -> None:
     state.app.url_map.converters["model_name"] = ModelNameConverter
 
 
-def _server() -> ModelServer:
-    return current_app.extensions["model_server"]
-
-
-def _json(body: dict) -> Response:
-    return Response(orjson.dumps(body), mimetype="application/json")
-
-
 @blueprint.get("/v1/models/<model_name:name>")
 @blueprint.get("/v1/models/<model_name:name>/versions/<int:version>")
 def model_status(name: str, version: int | None = None):
-    server = _server()
+    server = current_server()
     server.model_for(name, version)
     available = "AVAILABLE" if server.ready else "LOADING"
     ok = {"error_code": "OK", "error_message": ""}
-    return _json({"model_version_status": [{"version": str(server.model.version), "state": available, "status": ok}]})
+    return json_response(
+        {"model_version_status": [{"version": str(server.model.version), "state": available, "status": ok}]}
+    )
 
 
 @blueprint.get("/v1/models/<model_name:name>/metadata")
 @blueprint.get("/v1/models/<model_name:name>/versions/<int:version>/metadata")
 def model_metadata(name: str, version: int | None = None):
-    return _json(_server().model_for(name, version).metadata())
+    return json_response(current_server().model_for(name, version).metadata())
