@@ -6,7 +6,7 @@ Against one server with default settings, but MAX_BODY_BYTES raised to 64 MiB:
 1. Throughput in instances/s of 1,000 instances sent as one request (repeated for `--duration`)
    and as single-instance requests from 32 clients (a closed loop by the Python load generator).
 2. The same 1,000 instances with 50 % duplicates (500 distinct, each twice), as one request.
-3. Fairness: single-instance requests at half the bulk throughput (an open loop), first alone
+3. Fairness: single-instance requests at half load (half the throughput of step 1's 32 clients; an open loop), first alone
    and then while 10,000-instance requests run back to back; their p50 and p99 in both, and
    the ratio. The server should keep the ratio of p99s within 2.
 """
@@ -91,7 +91,7 @@ def main() -> int:
         one_request, sent = bulk_throughput(server.url, bulk, args.bulk_instances, args.duration)
         singles = run_closed_loop(server.url, single, 32, args.duration)
         repeated, repeated_sent = bulk_throughput(server.url, with_duplicates(bulk), args.bulk_instances, args.duration)
-        half_load = one_request / 2
+        half_load = singles.throughput_rps / 2  # half of what the server serves of single requests
         alone = run_open_loop(server.url, single, half_load, args.duration)
         beside = singles_beside_bulk(server.url, single, big, half_load, args.duration)
     throughput = (

@@ -33,6 +33,7 @@ from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 from service.batching.admission import Admission
+from service.batching.background import BackgroundLane, BackgroundWork
 from service.batching.policy import BatchPolicy, FormingBatch, Observations, SendReason
 from service.batching.requests import (
     BatcherClosed,
@@ -51,6 +52,7 @@ log = logging.getLogger(__name__)
 _STOP = object()
 _TIMED_OUT = object()  # the policy's wait for more requests ended without one
 _PASS_ENDED = object()  # queued when a forward pass ends, to wake a thread waiting to send a partial batch
+_BACKGROUND = object()  # queued when background work arrives, to wake a thread waiting for a request
 
 
 class Batcher:
@@ -98,6 +100,7 @@ class Batcher:
         self._forming = new_lock()  # held by the one thread forming a batch
         self._closed = False
         self._room_listeners: list[Callable[[], None]] = []
+        self._background = BackgroundLane(observations, preferred_batch_size)
         self.admission = Admission(self, observations, preferred_batch_size, concurrent_batches, default_budget_s)
         self._admits = self.admission.admitted_in_time(clock())
         self.accepted_requests = 0  # since start: every request submit() queued
@@ -170,6 +173,23 @@ class Batcher:
             self._queue_changed()
             self._queue.put(request)  # under the lock, so nothing lands behind close()'s stop marker
         return request.completion
+
+    def submit_background(self, work: BackgroundWork) -> None:
+        """Serve `work` at a lower priority than every online request (background.py); wait on the work itself.
+
+        Raises BatcherClosed after `close()`. Background work is bounded by its owners (a
+        request's instance cap, a job's chunk), not by the queue.
+        """
+        with self._lock:
+            if self._closed:
+                raise BatcherClosed("the server is shutting down")
+            self._background.add(work)
+            self._queue.put(_BACKGROUND)
+
+    @property
+    def background_instances(self) -> int:
+        """Background instances not yet in a pass (a hint read without the lock)."""
+        return self._background.instances
 
     def predicted_latency_s(self, size: int = 1) -> float:
         """Expected time to answer a request of `size` instances submitted now (0 without a cost model)."""
@@ -279,21 +299,60 @@ class Batcher:
         """Block for the first request, then gather until full or until the policy says send.
 
         Returns the batch (empty when stopping with nothing queued), why it was sent, and
-        whether the stop marker was reached.
+        whether the stop marker was reached. An online batch is topped up with background
+        instances; with no online request, background instances may make a batch of their own.
         """
-        first = self._held_over.popleft() if self._held_over else self._queue.get()
-        while first is _PASS_ENDED:
-            first = self._queue.get()
+        first = self._held_over.popleft() if self._held_over else self._next_item()
+        if isinstance(first, list):
+            return first, SendReason.BACKGROUND, False
         if first is _STOP:
             return [], None, True
         batch, reason = self._gather(first)
         self.stats.sent_because[reason] += 1
         with self._lock:
-            self._queued_instances -= sum(request.size for request in batch)
+            online = sum(request.size for request in batch)
+            self._queued_instances -= online
             for _ in batch:  # the batch is the oldest requests queued, in order
                 self._waiting.popleft()
+            filler = self._background.fill(online, self._clock())
+            self._in_flight_instances += sum(piece.size for piece in filler)
             self._queue_changed()
-        return batch, reason, reason is SendReason.SHUTDOWN
+        stopping = reason is SendReason.SHUTDOWN
+        if stopping and self._background.instances:
+            self._queue.put(_STOP)  # background work accepted before close() runs first, then the stop
+            stopping = False
+        return batch + filler, reason, stopping
+
+    def _next_item(self) -> Any:
+        """The next online request or _STOP; or, while no online request waits, a batch of background pieces."""
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                pieces, recheck_s = self._background_alone(stopping=False)
+                if pieces:
+                    return pieces
+                try:  # block for the next item, or until background work may run
+                    item = self._queue.get(timeout=recheck_s)
+                except queue.Empty:
+                    continue
+            if item is _PASS_ENDED or item is _BACKGROUND:
+                continue  # look again whether background work may run
+            if item is _STOP and self._background.instances:
+                self._queue.put(_STOP)  # background work accepted before close() runs first
+                return self._background_alone(stopping=True)[0]
+            return item
+
+    def _background_alone(self, stopping: bool) -> tuple[list[PendingRequest], float | None]:
+        """A batch of background pieces if one may run now, and how long to wait before looking again."""
+        with self._lock:
+            now = self._clock()
+            pieces = self._background.alone(now, self._passes_running, self.concurrent_batches, stopping)
+            self._in_flight_instances += sum(piece.size for piece in pieces)
+            recheck_s = self._background.recheck_in_s(now)
+        if pieces:
+            self.stats.sent_because[SendReason.BACKGROUND] += 1
+        return pieces, recheck_s
 
     def _gather(self, first: PendingRequest) -> tuple[list[PendingRequest], SendReason]:
         """The batch that starts with `first`, and why it is sent: full, the policy's word, or shutdown."""
@@ -313,7 +372,7 @@ class Batcher:
                 return batch, item
             if item is _STOP:
                 return batch, SendReason.SHUTDOWN
-            if item is _PASS_ENDED or timed_out:
+            if item is _PASS_ENDED or item is _BACKGROUND or timed_out:
                 continue
             if size + item.size > self.preferred_batch_size:
                 self._held_over.append(item)

@@ -1,19 +1,18 @@
 """Requests of any size up to MAX_REQUEST_INSTANCES: de-duplicated, split into passes, answered whole.
 
 A request's identical instances (same dtype, shape and bytes in every input) are computed once.
-The distinct ones go to the batcher in chunks, the next one queued when the last has run, each
-sized to fill what the requests queued by then leave of a batch: other clients' requests are
-served between and beside them, so a large request fills the worker's idle room instead of
-holding it, and its chunks join batches like any other request.
+Up to a batch of distinct ones is one online request. More go to the batcher as background work
+(background.py) at bulk priority: they fill the room online batches leave and run in passes of
+their own while online traffic is quiet, so a large request never holds the worker from other
+clients' requests.
 Admission and deadlines apply to the whole request: it is refused whole (503) when the queue
-ahead and all of its passes would outlast its budget, and expires whole (504) when a chunk does;
+ahead and all of its passes would outlast its budget, and expires whole (504) when any of it does;
 it is never answered in part. Payloads are arrays keyed by input name with the instances along
 the first axis, as the protocols decode them.
 """
 
 from __future__ import annotations
 
-import collections
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,13 +20,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from service.backends.base import Arrays
+from service.batching.background import BULK_PRIORITY, BackgroundWork
 from service.batching.batcher import Batcher
-from service.batching.requests import BatchOutcome, DeadlineExceeded, QueueFull
-from service.threads import Completion
-
-# Chunks of one request queued or running at once: with one, a request that arrives meanwhile waits
-# for at most the chunk running, never for chunks queued ahead of it.
-CHUNKS_AT_ONCE = 1
+from service.batching.requests import BatchOutcome
 
 
 @dataclass(frozen=True)
@@ -89,58 +84,25 @@ def predict_instances(
     count: int,
     timeout_s: float | None = None,
     budget_s: float | None = None,
-    wait: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
 ) -> BatchOutcome:
     """Run a request of `count` instances; its outcome holds one output row per instance, in order.
 
     Raises what `Batcher.submit` raises (refused whole before anything is queued), or
-    DeadlineExceeded when the request's deadline passes before its last chunk has run.
+    DeadlineExceeded when the request's deadline passes before its last instance has run.
     `outcome.batch_size` is the largest batch any of its instances was served in. `clock` must be
-    the batcher's; `wait` is how to wait for room when an accepted request's next chunk finds none.
+    the batcher's.
     """
     unique = unique_instances(inputs, count)
     if unique.count <= batcher.max_batch_size:
         outcome = batcher.submit(unique.inputs, unique.count, timeout_s, budget_s).wait()
     else:
         batcher.check_bulk(unique.count, budget_s)
-        outcome = _run_in_chunks(batcher, unique, timeout_s, wait, clock)
+        deadline = clock() + timeout_s if timeout_s is not None else None
+        work = BackgroundWork(unique.inputs, unique.count, BULK_PRIORITY, deadline)
+        batcher.submit_background(work)
+        outcome = work.wait()
     if unique.positions is None:
         return outcome
     result = {name: array[unique.positions] for name, array in outcome.result.items()}
     return BatchOutcome(result, outcome.batch_size, outcome.queue_wait_s)
-
-
-def _run_in_chunks(
-    batcher: Batcher,
-    unique: UniqueInstances,
-    timeout_s: float | None,
-    wait: Callable[[float], None],
-    clock: Callable[[], float],
-) -> BatchOutcome:
-    """Submit chunks as earlier ones end, CHUNKS_AT_ONCE at a time; merge their results in order."""
-    chunk = batcher.preferred_batch_size
-    deadline = clock() + timeout_s if timeout_s is not None else None
-    running: collections.deque[Completion] = collections.deque()
-    outcomes: list[BatchOutcome] = []
-    start = 0
-    while start < unique.count or running:
-        while start < unique.count and len(running) < CHUNKS_AT_ONCE:
-            remaining_s = None if deadline is None else deadline - clock()
-            if remaining_s is not None and remaining_s <= 0:
-                raise DeadlineExceeded(f"its deadline passed with {unique.count - start} instances not yet queued")
-            # Fill what the requests queued now leave of the next batch, not a whole batch beside them.
-            size = min(max(1, chunk - batcher.queue_depth), unique.count - start)
-            rows = {name: array[start : start + size] for name, array in unique.inputs.items()}
-            try:
-                running.append(batcher.submit(rows, size, remaining_s))
-            except QueueFull as full:  # accepted already: wait for room rather than answer in part
-                if running:
-                    break
-                wait(min(full.retry_after_s, max(batcher.full_pass_seconds(), 0.001)))
-                continue
-            start += size
-        if running:
-            outcomes.append(running.popleft().wait())
-    result = {name: np.concatenate([o.result[name] for o in outcomes]) for name in outcomes[0].result}
-    return BatchOutcome(result, max(o.batch_size for o in outcomes), outcomes[0].queue_wait_s)

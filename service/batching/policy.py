@@ -52,6 +52,7 @@ class SendReason(StrEnum):
     NOTHING_COMING = "nothing_coming"  # no arrival expected soon enough to be worth waiting for
     TIMEOUT = "timeout"  # the wait ran out: BATCH_TIMEOUT_MS, or arrivals the adaptive policy expected did not come
     SHUTDOWN = "shutdown"  # the batcher is closing and sends what it holds
+    BACKGROUND = "background"  # no online request: a batch of bulk or job instances (batching/background.py)
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ Layout = Literal["row", "columnar"]
 _ACCEPTED_KINDS = {"f": "iuf", "i": "iu", "u": "iu", "b": "b", "string": "U"}
 _NON_FINITE_LITERAL = re.compile(rb"-?\b(NaN|Infinity)\b")
 # Bodies larger than this are decoded a slice of about this many bytes at a time (see decode_request).
-SLICE_BYTES = 1024 * 1024
+SLICE_BYTES = 256 * 1024
 _SLICEABLE_HEAD = re.compile(rb'\s*\{\s*"(?P<key>instances|inputs)"\s*:\s*\[')
 _JSON_TYPE_NAMES = {"f": "numbers", "i": "integers", "u": "integers", "b": "booleans", "string": "strings"}
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import threading
 
+import numpy as np
+
 ANSWER_TIMEOUT_S = 10
 
 
@@ -37,3 +39,27 @@ class ManualClock:
 
     def __call__(self):
         return self.now
+
+
+class ArrayPredict:
+    """y = 2x over payloads of arrays keyed by input name; records each pass's instances and can be held."""
+
+    def __init__(self):
+        self.passes: list[list[float]] = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self.started = threading.Semaphore(0)
+
+    def __call__(self, payloads):
+        self.passes.append([float(v) for payload in payloads for v in payload["x"][:, 0]])
+        self.started.release()
+        assert self.gate.wait(ANSWER_TIMEOUT_S)
+        return [{"y": payload["x"] * 2} for payload in payloads]
+
+    def wait_for_pass(self):
+        assert self.started.acquire(timeout=ANSWER_TIMEOUT_S), "no pass started"
+
+
+def column(values) -> dict[str, np.ndarray]:
+    """One input `x` holding the instance [v, -v] for each value."""
+    return {"x": np.array([[v, -v] for v in values], dtype=np.float32)}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from batcher_kit import ANSWER_TIMEOUT_S, GatedPredict
+from batcher_kit import ANSWER_TIMEOUT_S, ArrayPredict, GatedPredict
 
 from service.batching.batcher import Batcher
 from service.batching.policy import FixedTimeout
@@ -12,6 +12,14 @@ from service.batching.policy import FixedTimeout
 @pytest.fixture
 def predict():
     return GatedPredict()
+
+
+@pytest.fixture
+def forward():
+    """A predict over arrays (batcher_kit.ArrayPredict), opened before the batchers close."""
+    forward = ArrayPredict()
+    yield forward
+    forward.gate.set()  # before the batchers close (make_batcher's teardown runs after this one)
 
 
 @pytest.fixture(params=[1, 2], ids=["one pass at a time", "two concurrent passes"])

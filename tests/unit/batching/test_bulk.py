@@ -1,49 +1,18 @@
-"""Requests larger than a batch: identical instances found, chunks that share the batcher, refused or expired whole."""
+"""Requests larger than a batch: identical instances found, served beside other requests, refused or expired whole."""
 
 from __future__ import annotations
 
 import threading
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from batcher_kit import ANSWER_TIMEOUT_S, ManualClock
+from batcher_kit import ANSWER_TIMEOUT_S, ManualClock, column
 
 from service.batching.admission import DeadlineUnreachable
 from service.batching.bulk import predict_instances, unique_instances
 from service.batching.cost_model import CostModel
 from service.batching.policy import Observations
-from service.batching.requests import BatchOutcome, DeadlineExceeded, QueueFull
-
-
-class ArrayPredict:
-    """y = 2x over payloads of arrays; records each pass's instances and can be held."""
-
-    def __init__(self):
-        self.passes: list[list[float]] = []
-        self.gate = threading.Event()
-        self.gate.set()
-        self.started = threading.Semaphore(0)
-
-    def __call__(self, payloads):
-        self.passes.append([float(v) for payload in payloads for v in payload["x"][:, 0]])
-        self.started.release()
-        assert self.gate.wait(ANSWER_TIMEOUT_S)
-        return [{"y": payload["x"] * 2} for payload in payloads]
-
-    def wait_for_pass(self):
-        assert self.started.acquire(timeout=ANSWER_TIMEOUT_S), "no pass started"
-
-
-@pytest.fixture
-def forward():
-    forward = ArrayPredict()
-    yield forward
-    forward.gate.set()  # before the batchers close (make_batcher's teardown runs after this one)
-
-
-def column(values) -> dict[str, np.ndarray]:
-    return {"x": np.array([[v, -v] for v in values], dtype=np.float32)}
+from service.batching.requests import DeadlineExceeded
 
 
 def test_identical_instances_are_found_in_every_input_and_kept_in_first_appearance_order():
@@ -114,50 +83,10 @@ def test_a_large_request_whose_deadline_passes_expires_whole(make_batcher, forwa
 
     bulk = threading.Thread(target=run)
     bulk.start()
-    forward.wait_for_pass()
+    for _ in range(batcher.concurrent_batches):  # with two, a second full pass runs beside the first
+        forward.wait_for_pass()
     clock.now += 2.0  # the first pass took two seconds: the deadline has passed
     forward.gate.set()
     bulk.join(ANSWER_TIMEOUT_S)
-    assert len(failures) == 1 and "not yet queued" in str(failures[0])
-    assert len(forward.passes) == 1, "no pass spent on the rest"
-
-
-def test_an_accepted_request_waits_for_room_rather_than_being_answered_in_part():
-    submitted, waits = [], []
-
-    def submit(rows, size, timeout_s=None):
-        if len(submitted) == 1 and not waits:  # the second chunk finds the queue full once
-            raise QueueFull("16 instances are already waiting", 0.05)
-        submitted.append(rows["x"][:, 0].tolist())
-        return SimpleNamespace(wait=lambda: BatchOutcome({"y": rows["x"] * 2}, size, 0.0))
-
-    batcher = SimpleNamespace(
-        max_batch_size=4,
-        preferred_batch_size=4,
-        queue_depth=0,
-        submit=submit,
-        check_bulk=lambda size, budget_s: None,
-        full_pass_seconds=lambda: 0.02,
-    )
-    outcome = predict_instances(batcher, column(range(8)), 8, wait=waits.append)
-    assert waits == [0.02], "waited one pass (less than Retry-After) for room"
-    assert submitted == [[0, 1, 2, 3], [4, 5, 6, 7]]
-    assert outcome.result["y"][:, 0].tolist() == [2 * v for v in range(8)]
-
-
-def test_each_chunk_fills_what_the_queued_requests_leave_of_a_batch():
-    sizes = []
-
-    def submit(rows, size, timeout_s=None):
-        sizes.append(size)
-        return SimpleNamespace(wait=lambda: BatchOutcome({"y": rows["x"] * 2}, 4, 0.0))
-
-    batcher = SimpleNamespace(
-        max_batch_size=4, preferred_batch_size=4, queue_depth=3, submit=submit, check_bulk=lambda size, budget_s: None
-    )
-    outcome = predict_instances(batcher, column(range(6)), 6)
-    assert sizes == [1] * 6, "3 of 4 taken by others each time: one instance a chunk"
-    batcher.queue_depth, sizes[:] = 0, []
-    predict_instances(batcher, column(range(6)), 6)
-    assert sizes == [4, 2]
-    assert outcome.result["y"][:, 0].tolist() == [2 * v for v in range(6)]
+    assert len(failures) == 1, "expired whole"
+    assert len(forward.passes) == batcher.concurrent_batches, "no pass started after the deadline"
