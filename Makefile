@@ -6,7 +6,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO_MODEL := models/digits.keras
 
-.PHONY: serve test lint format venv demo-model heavy-model compare-workers clean
+.PHONY: serve test lint format venv tools demo-model heavy-model compare-workers clean
+
+# Programs the tests run beside Python: wrk (bench.py's client) and redis-server (the cache's and jobs' Redis).
+# Debian's packages of the same names; installed with apt when missing.
+SYSTEM_TOOLS := wrk redis-server
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 venv: $(VENV)/.installed
 
@@ -31,6 +36,12 @@ heavy-model: models/heavy.keras
 serve: venv $(if $(MODEL_PATH),,$(DEMO_MODEL))
 	$(VENV)/bin/gunicorn -c gunicorn.conf.py wsgi:app
 
+tools:
+	@missing=""; for tool in $(SYSTEM_TOOLS); do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing$$missing with apt"; $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -39,7 +50,7 @@ format: venv
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-test: lint $(DEMO_MODEL)
+test: tools lint $(DEMO_MODEL)
 	$(PY) -m pytest
 
 compare-workers: venv heavy-model

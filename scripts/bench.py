@@ -58,13 +58,19 @@ class Measurement:
     limit: InProcessLimit  # measured just before and just after this load
 
 
-def run_wrk(url: str, body: bytes, concurrency: int, duration_s: float) -> LoadResult:
-    """Closed loop with wrk: `concurrency` connections, each sending its next request on the last answer."""
+def run_wrk(url: str, body: bytes | list[bytes], concurrency: int, duration_s: float) -> LoadResult:
+    """Closed loop with wrk: `concurrency` connections, each sending its next request on the last answer.
+
+    With a list of bodies, they are sent in turn, none twice until the list runs out.
+    """
+    threads = min(2, concurrency)
     with tempfile.NamedTemporaryFile(suffix=".json") as body_file:
-        body_file.write(body)
+        body_file.write(body if isinstance(body, bytes) else b"\n".join(body))
         body_file.flush()
-        command = ["wrk", "-t", str(min(2, concurrency)), "-c", str(concurrency), "-d", f"{duration_s:g}s"]
+        command = ["wrk", "-t", str(threads), "-c", str(concurrency), "-d", f"{duration_s:g}s"]
         command += ["--timeout", "10s", "-s", str(WRK_SCRIPT), f"{url}/predict", "--", body_file.name]
+        if not isinstance(body, bytes):
+            command += ["lines", str(threads)]
         before = resource_usage_children()
         done = subprocess.run(command, capture_output=True, text=True, check=True)
         cpu_s = resource_usage_children() - before

@@ -6,8 +6,8 @@ Against one server with default settings, but MAX_BODY_BYTES raised to 64 MiB:
 1. Throughput in instances/s of 1,000 instances sent as one request (repeated for `--duration`)
    and as single-instance requests from 32 clients (a closed loop by the Python load generator).
 2. The same 1,000 instances with 50 % duplicates (500 distinct, each twice), as one request.
-3. Fairness: single-instance requests at half load (half the throughput of step 1's 32 clients; an open loop), first alone
-   and then while 10,000-instance requests run back to back; their p50 and p99 in both, and
+3. Fairness: single-instance requests at half load (half the throughput of step 1's 32 clients;
+   an open loop), first alone and then while 10,000-instance requests run back to back; their p50 and p99 in both, and
    the ratio. The server should keep the ratio of p99s within 2.
 """
 

@@ -1,20 +1,38 @@
 -- wrk script for scripts/bench.py: POST one body file, count 200s, 503s and other statuses and X-Batch-Size,
 -- print JSON at the end. It never waits: a 503's Retry-After is ignored, as by a client that retries at once.
 -- wrk -t2 -c128 -d15s --latency -s scripts/wrk_predict.lua http://127.0.0.1:8000/predict -- body.json
+-- With `lines T` after the file: one body per line, sent in turn; of T threads, thread i sends lines i, i+T, ...
+-- so no body is sent twice before the list runs out (scripts/cache_bench.py).
 
 local threads = {}
 
 function setup(thread)
+   thread:set("thread_index", #threads)
    table.insert(threads, thread)
 end
 
 function init(args)
    local file = assert(io.open(args[1], "rb"))
-   wrk.method = "POST"
-   wrk.body = file:read("*a")
-   wrk.headers["Content-Type"] = "application/json"
+   local text = file:read("*a")
    file:close()
+   wrk.method = "POST"
+   wrk.headers["Content-Type"] = "application/json"
+   prepared, next_prepared = {}, 0
+   if args[2] == "lines" then
+      local line_index, thread_count = 0, tonumber(args[3])
+      for line in text:gmatch("[^\n]+") do
+         if line_index % thread_count == thread_index then table.insert(prepared, wrk.format(nil, nil, nil, line)) end
+         line_index = line_index + 1
+      end
+   else
+      table.insert(prepared, wrk.format(nil, nil, nil, text))
+   end
    ok, refused, failed, batch_sum, batch_count = 0, 0, 0, 0, 0
+end
+
+function request()
+   next_prepared = next_prepared % #prepared + 1
+   return prepared[next_prepared]
 end
 
 function response(status, headers, body)

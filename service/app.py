@@ -14,6 +14,7 @@ from service.backends.base import ServedModel
 from service.batching.batcher import Batcher
 from service.batching.cost_model import CostModel, largest_paying_size
 from service.batching.policy import AdaptivePolicy, FixedTimeout, Observations
+from service.caching.result_cache import build_result_cache
 from service.errors import render
 from service.model_server import ModelServer
 from service.operations import api_docs, health, logs, metrics
@@ -48,7 +49,8 @@ def create_app(settings: Settings | None = None, model: ServedModel | None = Non
         app.register_blueprint(blueprint)
     app.before_request(_label_route)
     app.register_error_handler(Exception, _error_answer)
-    server = ModelServer(settings, model, batcher, ready=True)
+    cache = build_result_cache(settings, model, batcher.full_pass_seconds())
+    server = ModelServer(settings, model, batcher, cache, ready=True)
     app.extensions["model_server"] = server
     served = app.wsgi_app
     for protocol in PROTOCOLS:  # each answers its inference requests before Flask, and passes the rest on

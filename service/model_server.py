@@ -9,6 +9,7 @@ from flask import Response, current_app
 
 from service.backends.base import ServedModel
 from service.batching.batcher import Batcher
+from service.caching.result_cache import ResultCache
 from service.errors import NotFound
 from service.operations.refusals import RefusalSummary
 from service.settings import Settings
@@ -16,11 +17,12 @@ from service.settings import Settings
 
 @dataclass
 class ModelServer:
-    """One worker's model and batcher; `ready` is true between warm-up and shutdown."""
+    """One worker's model, batcher and result cache (None when off); `ready` is true between warm-up and shutdown."""
 
     settings: Settings
     model: ServedModel
     batcher: Batcher
+    cache: ResultCache | None = None
     ready: bool = False
     refusals: RefusalSummary = field(default_factory=RefusalSummary)
 

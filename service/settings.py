@@ -159,6 +159,24 @@ class Settings:
         "`Authorization: Bearer <key>` or `X-API-Key` (401 without, 403 with a wrong one). Empty means no keys.",
     )
 
+    # Result cache and background jobs
+    cache_max_bytes: int = _setting(
+        0,
+        "Result cache: bytes of answers one worker keeps, least recently used first out (keys, arrays and their "
+        "overhead count); 0 turns the cache off. Identical instances of any request are then answered from it, "
+        "without a pass (docs/operations.md, Result cache).",
+        "bytes",
+        minimum=0,
+    )
+    cache_ttl_s: float = _setting(
+        0.0, "Result cache: an answer older than this is computed again, in both tiers; 0 means never.", "s", minimum=0
+    )
+    redis_url: str = _setting(
+        "",
+        "Redis for the result cache's shared second tier (when `CACHE_MAX_BYTES` is set) and for background jobs' "
+        "queue and results (instead of `JOBS_DB`), e.g. `redis://127.0.0.1:6379/0`; empty means none.",
+    )
+
     # Sizing
     ram_headroom: float = _setting(
         0.2, "Fraction of available RAM kept free when sizing workers.", "fraction", minimum=0, maximum=0.95

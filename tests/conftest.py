@@ -101,3 +101,23 @@ def demo_holdout(demo_model_path):
     """The held-out images and labels the demo model never saw in training."""
     with np.load(demo_model_path.with_name("digits_holdout.npz")) as data:
         return data["images"], data["labels"]
+
+
+@pytest.fixture(scope="session")
+def redis_url():
+    """A real Redis server on 127.0.0.1 for the whole test run (scripts/local_redis.py)."""
+    from scripts.local_redis import LocalRedis
+
+    with LocalRedis() as url:
+        yield url
+
+
+@pytest.fixture
+def redis_client(redis_url):
+    """A client of that server, its database emptied before each test."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    yield client
+    client.close()

@@ -23,6 +23,7 @@ from service.backends.base import Arrays
 from service.batching.background import BULK_PRIORITY, BackgroundWork
 from service.batching.batcher import Batcher
 from service.batching.requests import BatchOutcome
+from service.caching.result_cache import ResultCache
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,7 @@ def _unique_by_value(arrays: list[np.ndarray], count: int) -> tuple[np.ndarray, 
 
 def predict_instances(
     batcher: Batcher,
+    cache: ResultCache | None,
     inputs: Arrays,
     count: int,
     timeout_s: float | None = None,
@@ -90,19 +92,41 @@ def predict_instances(
 
     Raises what `Batcher.submit` raises (refused whole before anything is queued), or
     DeadlineExceeded when the request's deadline passes before its last instance has run.
-    `outcome.batch_size` is the largest batch any of its instances was served in. `clock` must be
-    the batcher's.
+    With `cache`, only the distinct instances it does not hold are computed, and their answers
+    are kept. `outcome.batch_size` is the largest batch any of its instances was served in (0:
+    all came from the cache). `clock` must be the batcher's.
     """
     unique = unique_instances(inputs, count)
-    if unique.count <= batcher.max_batch_size:
-        outcome = batcher.submit(unique.inputs, unique.count, timeout_s, budget_s).wait()
+    if cache is None:
+        outcome = _compute(batcher, unique.inputs, unique.count, timeout_s, budget_s, clock)
     else:
-        batcher.check_bulk(unique.count, budget_s)
-        deadline = clock() + timeout_s if timeout_s is not None else None
-        work = BackgroundWork(unique.inputs, unique.count, BULK_PRIORITY, deadline)
-        batcher.submit_background(work)
-        outcome = work.wait()
+        lookup = cache.lookup(unique.inputs, unique.count)
+        if lookup.missing.size:
+            missing = {name: array[lookup.missing] for name, array in unique.inputs.items()}
+            computed = _compute(batcher, missing, lookup.missing.size, timeout_s, budget_s, clock)
+            cache.store(lookup, computed.result)
+            outcome = BatchOutcome(lookup.merge(computed.result), computed.batch_size, computed.queue_wait_s)
+        else:
+            outcome = BatchOutcome(lookup.merge(None), 0, 0.0)
     if unique.positions is None:
         return outcome
     result = {name: array[unique.positions] for name, array in outcome.result.items()}
     return BatchOutcome(result, outcome.batch_size, outcome.queue_wait_s)
+
+
+def _compute(
+    batcher: Batcher,
+    inputs: Arrays,
+    count: int,
+    timeout_s: float | None,
+    budget_s: float | None,
+    clock: Callable[[], float],
+) -> BatchOutcome:
+    """Up to a batch as one online request; more as background work at bulk priority, admitted whole."""
+    if count <= batcher.max_batch_size:
+        return batcher.submit(inputs, count, timeout_s, budget_s).wait()
+    batcher.check_bulk(count, budget_s)
+    deadline = clock() + timeout_s if timeout_s is not None else None
+    work = BackgroundWork(inputs, count, BULK_PRIORITY, deadline)
+    batcher.submit_background(work)
+    return work.wait()

@@ -101,6 +101,32 @@ model_load_duration = Gauge(
     "Time a worker took to load and warm up its model, one series per live worker.",
     multiprocess_mode="liveall",
 )
+cache_hits = Counter(
+    "model_server_cache_hits", "Instances answered from the result cache, by tier (local, redis).", ["tier"]
+)
+cache_misses = Counter(
+    "model_server_cache_misses",
+    "Instances the result cache's tier did not hold, by tier; a local miss is then looked up in Redis, if set.",
+    ["tier"],
+)
+cache_evictions = Counter(
+    "model_server_cache_evictions", "Answers pushed out of the local tier to make room.", ["tier"]
+)
+cache_entries = Gauge(
+    "model_server_cache_entries",
+    "Answers the local tiers of the live workers hold (Redis's own: model_server_cache_redis_keys).",
+    ["tier"],
+    multiprocess_mode="livesum",
+)
+cache_bytes = Gauge(
+    "model_server_cache_bytes",
+    "Bytes the local tiers of the live workers hold (Redis's own: model_server_cache_redis_used_memory_bytes).",
+    ["tier"],
+    multiprocess_mode="livesum",
+)
+cache_errors = Counter(
+    "model_server_cache_errors", "Redis reads and writes of the result cache that failed (counted as misses).", ["tier"]
+)
 
 
 class BatchMetrics:
@@ -129,11 +155,37 @@ def worker_serving(model_name: str, model_version: int, load_duration_s: float) 
     workers_alive.set(1)
 
 
+def cache_looked_up(tier: str, hits: int, misses: int) -> None:
+    if hits:
+        cache_hits.labels(tier).inc(hits)
+    if misses:
+        cache_misses.labels(tier).inc(misses)
+
+
+def cache_filled(tier: str, entries: int, size_bytes: int, evicted: int) -> None:
+    cache_entries.labels(tier).set(entries)
+    cache_bytes.labels(tier).set(size_bytes)
+    if evicted:
+        cache_evictions.labels(tier).inc(evicted)
+
+
+_scrape_collectors: list = []  # read at each scrape by the worker scraped (the Redis tier's figures)
+
+
+def add_scrape_collector(collector) -> None:
+    """Have `collector` (prometheus_client's custom collector) read at every scrape of this process."""
+    _scrape_collectors.append(collector)
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        REGISTRY.register(collector)
+
+
 def exposition() -> tuple[bytes, str]:
     """The metrics of every worker in Prometheus' text format, and its content type."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
+        for collector in _scrape_collectors:
+            registry.register(collector)
     else:
         registry = REGISTRY
     return generate_latest(registry), CONTENT_TYPE_LATEST

@@ -90,6 +90,7 @@ class PredictEndpoint:
         with forward_pass_failures():
             outcome = predict_instances(
                 server.batcher,
+                server.cache,
                 decoded.inputs,
                 decoded.count,
                 timeout_s - spent_s if timeout_s is not None else None,

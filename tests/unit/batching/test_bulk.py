@@ -13,6 +13,9 @@ from service.batching.bulk import predict_instances, unique_instances
 from service.batching.cost_model import CostModel
 from service.batching.policy import Observations
 from service.batching.requests import DeadlineExceeded
+from service.caching.keys import model_identity
+from service.caching.result_cache import ResultCache
+from service.caching.tiers import LocalTier
 
 
 def test_identical_instances_are_found_in_every_input_and_kept_in_first_appearance_order():
@@ -38,7 +41,7 @@ def test_a_request_without_repeats_is_passed_on_as_it_is():
 def test_a_large_request_is_split_into_passes_and_answered_in_order(make_batcher, forward):
     batcher = make_batcher(forward=forward)
     values = [v % 7 for v in range(50)]  # 7 distinct instances, each about 7 times
-    outcome = predict_instances(batcher, column(values), 50)
+    outcome = predict_instances(batcher, None, column(values), 50)
     assert outcome.result["y"][:, 0].tolist() == [2 * v for v in values]
     assert all(len(instances) <= 4 for instances in forward.passes)
     assert sorted(v for instances in forward.passes for v in instances) == list(range(7)), "each computed once"
@@ -48,7 +51,8 @@ def test_other_requests_are_served_between_a_large_requests_passes(make_batcher,
     batcher = make_batcher(forward=forward)
     forward.gate.clear()
     answers = []
-    bulk = threading.Thread(target=lambda: answers.append(predict_instances(batcher, column(range(100, 140)), 40)))
+    values = column(range(100, 140))
+    bulk = threading.Thread(target=lambda: answers.append(predict_instances(batcher, None, values, 40)))
     bulk.start()
     forward.wait_for_pass()  # the first chunk is running, held
     single = batcher.submit(column([7]), 1)
@@ -64,9 +68,9 @@ def test_a_large_request_whose_passes_outlast_its_budget_is_refused_whole(make_b
     costs = Observations(CostModel({1: 0.010, 2: 0.012, 4: 0.020}))
     batcher = make_batcher(forward=forward, observations=costs)
     with pytest.raises(DeadlineUnreachable, match="10 passes"):  # 40 distinct instances: 10 passes of 20 ms
-        predict_instances(batcher, column(range(40)), 40, timeout_s=0.1, budget_s=0.1)
+        predict_instances(batcher, None, column(range(40)), 40, timeout_s=0.1, budget_s=0.1)
     assert forward.passes == [], "nothing of it was queued"
-    assert predict_instances(batcher, column(range(40)), 40, budget_s=0.5).result["y"].shape == (40, 2)
+    assert predict_instances(batcher, None, column(range(40)), 40, budget_s=0.5).result["y"].shape == (40, 2)
 
 
 def test_a_large_request_whose_deadline_passes_expires_whole(make_batcher, forward):
@@ -77,7 +81,7 @@ def test_a_large_request_whose_deadline_passes_expires_whole(make_batcher, forwa
 
     def run():
         try:
-            predict_instances(batcher, column(range(12)), 12, timeout_s=1.0, clock=clock)
+            predict_instances(batcher, None, column(range(12)), 12, timeout_s=1.0, clock=clock)
         except DeadlineExceeded as error:
             failures.append(error)
 
@@ -90,3 +94,16 @@ def test_a_large_request_whose_deadline_passes_expires_whole(make_batcher, forwa
     bulk.join(ANSWER_TIMEOUT_S)
     assert len(failures) == 1, "expired whole"
     assert len(forward.passes) == batcher.concurrent_batches, "no pass started after the deadline"
+
+
+def test_with_a_cache_only_the_instances_it_lacks_are_computed(make_batcher, forward):
+    cache = ResultCache(model_identity("m", 1, "digest"), LocalTier(1 << 20))
+    batcher = make_batcher(forward=forward)
+    predict_instances(batcher, cache, column(range(6)), 6)
+    forward.passes.clear()
+    outcome = predict_instances(batcher, cache, column([5, 6, 0, 6, 7]), 5)
+    assert outcome.result["y"][:, 0].tolist() == [10, 12, 0, 12, 14]
+    assert sorted(v for instances in forward.passes for v in instances) == [6, 7], "5 and 0 were cached, 6 repeated"
+    forward.passes.clear()
+    outcome = predict_instances(batcher, cache, column([7, 5]), 2)
+    assert forward.passes == [] and outcome.batch_size == 0, "answered from the cache alone"

@@ -1,0 +1,109 @@
+"""Look up a request's instances in the cache's tiers, and keep the answers computed for the rest.
+
+The local tier is asked first; what it misses is asked of Redis in one round trip, and Redis's
+hits are copied into the local tier. Computed answers go into both. Every lookup and store is
+counted by tier (service.operations.metrics).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from service.backends.base import Arrays, ServedModel
+from service.caching.keys import instance_keys, model_identity
+from service.caching.tiers import LocalTier, RedisFigures, RedisTier, redis_client
+from service.operations import metrics
+from service.settings import Settings
+from service.sizing.footprint import model_digest
+
+# A Redis read or write may take this many full passes before it counts as failed: beyond that, computing is cheaper.
+REDIS_TIMEOUT_PASSES = 4
+
+
+@dataclass
+class Lookup:
+    """What the cache holds of a request's instances: the answers found, by position, and the positions missing."""
+
+    keys: list[bytes]
+    found: dict[int, Arrays]
+    missing: np.ndarray  # positions of the instances to compute, in order
+
+    def merge(self, computed: Arrays | None) -> Arrays:
+        """Every instance's answer, in order: those found and, at the missing positions, `computed`'s rows."""
+        if computed is not None:
+            layouts = {name: (array.shape[1:], array.dtype) for name, array in computed.items()}
+        else:
+            layouts = {name: (row.shape, row.dtype) for name, row in next(iter(self.found.values())).items()}
+        merged = {}
+        for name, (row_shape, dtype) in layouts.items():
+            out = np.empty((len(self.keys), *row_shape), dtype)
+            if computed is not None:
+                out[self.missing] = computed[name]
+            for position, answer in self.found.items():
+                out[position] = answer[name]
+            merged[name] = out
+        return merged
+
+
+class ResultCache:
+    """The tiers of one worker's cache for one model (`model` is keys.model_identity's)."""
+
+    def __init__(self, model: bytes, local: LocalTier, shared: RedisTier | None = None):
+        self._model = model
+        self.local = local
+        self.shared = shared
+        self._evictions_counted = 0
+
+    def lookup(self, inputs: Arrays, count: int) -> Lookup:
+        keys = instance_keys(self._model, inputs, count)
+        answers = self.local.get_many(keys)
+        self._count(self.local, answers)
+        if self.shared is not None:
+            unknown = [position for position, answer in enumerate(answers) if answer is None]
+            if unknown:
+                shared = self.shared.get_many([keys[position] for position in unknown])
+                self._count(self.shared, shared)
+                self.local.put_many({keys[p]: a for p, a in zip(unknown, shared, strict=True) if a is not None})
+                self._local_changed()
+                for position, answer in zip(unknown, shared, strict=True):
+                    answers[position] = answer
+        found = {position: answer for position, answer in enumerate(answers) if answer is not None}
+        missing = np.array([position for position, answer in enumerate(answers) if answer is None], dtype=np.intp)
+        return Lookup(keys, found, missing)
+
+    def store(self, lookup: Lookup, computed: Arrays) -> None:
+        """Keep the answers computed for `lookup`'s missing instances (numeric outputs only)."""
+        if any(array.dtype == object for array in computed.values()):
+            return
+        answers = {
+            lookup.keys[position]: {name: array[row].copy() for name, array in computed.items()}
+            for row, position in enumerate(lookup.missing.tolist())
+        }
+        self.local.put_many(answers)
+        if self.shared is not None:
+            self.shared.put_many(answers)
+        self._local_changed()
+
+    def _local_changed(self) -> None:
+        evicted, self._evictions_counted = self.local.evictions - self._evictions_counted, self.local.evictions
+        metrics.cache_filled(self.local.name, self.local.entries, self.local.bytes, evicted)
+
+    @staticmethod
+    def _count(tier: LocalTier | RedisTier, answers: list) -> None:
+        hits = sum(answer is not None for answer in answers)
+        metrics.cache_looked_up(tier.name, hits, len(answers) - hits)
+
+
+def build_result_cache(settings: Settings, model: ServedModel, full_pass_s: float) -> ResultCache | None:
+    """The worker's cache (None when CACHE_MAX_BYTES is 0), with the Redis tier when REDIS_URL is set."""
+    if settings.cache_max_bytes == 0:
+        return None
+    identity = model_identity(model.name, model.version, model_digest(settings.model_path))
+    shared = None
+    if settings.redis_url:
+        client = redis_client(settings.redis_url, REDIS_TIMEOUT_PASSES * full_pass_s)
+        shared = RedisTier(client, settings.cache_ttl_s)
+        metrics.add_scrape_collector(RedisFigures(client))
+    return ResultCache(identity, LocalTier(settings.cache_max_bytes, settings.cache_ttl_s), shared)

@@ -1,0 +1,174 @@
+"""The cache's two tiers: this worker's memory (cachetools), and Redis shared by every worker and pod.
+
+An answer is one instance's output rows, keyed by name. The local tier keeps the arrays; Redis
+keeps them in a small binary form (`encode_answer`) that restores the same dtype, shape and bytes.
+A tier never fails a request: Redis errors and timeouts count as misses and are logged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import struct
+import threading
+import time
+from collections.abc import Sequence
+
+import cachetools
+import numpy as np
+import redis
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from service.backends.base import Arrays
+
+log = logging.getLogger(__name__)
+
+ENTRY_OVERHEAD_BYTES = 200  # a local entry's key, dict and array headers, beside its values
+REDIS_KEY_PREFIX = b"tfms:answer:"
+ERROR_LOG_INTERVAL_S = 60.0  # a Redis outage is logged once a minute, not once a request
+
+
+class LocalTier:
+    """Least recently used answers up to `max_bytes`, each kept at most `ttl_s` (0: no limit); thread-safe."""
+
+    name = "local"
+
+    def __init__(self, max_bytes: int, ttl_s: float = 0.0, timer=time.monotonic):
+        self.evictions = 0
+        tier = self
+
+        class Answers(cachetools.TTLCache if ttl_s > 0 else cachetools.LRUCache):
+            def popitem(self):  # called only to make room: count the answers pushed out
+                tier.evictions += 1
+                return super().popitem()
+
+        options = {"ttl": ttl_s, "timer": timer} if ttl_s > 0 else {}
+        self._answers = Answers(maxsize=max_bytes, getsizeof=answer_bytes, **options)
+        self._lock = threading.Lock()
+
+    def get_many(self, keys: Sequence[bytes]) -> list[Arrays | None]:
+        with self._lock:
+            return [self._answers.get(key) for key in keys]
+
+    def put_many(self, answers: dict[bytes, Arrays]) -> None:
+        with self._lock:
+            for key, answer in answers.items():
+                with contextlib.suppress(ValueError):  # raised for an answer larger than the whole cache: not kept
+                    self._answers[key] = answer
+
+    @property
+    def entries(self) -> int:
+        return len(self._answers)
+
+    @property
+    def bytes(self) -> int:
+        return int(self._answers.currsize)
+
+
+def redis_client(url: str, timeout_s: float) -> redis.Redis:
+    """A client that tries once: for a cache, a Redis that does not answer in time is a miss, not a wait."""
+    return redis.Redis.from_url(
+        url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), 0)
+    )
+
+
+class RedisTier:
+    """Answers in Redis under REDIS_KEY_PREFIX, each expiring after `ttl_s` (0: never; set Redis's maxmemory policy)."""
+
+    name = "redis"
+
+    def __init__(self, client, ttl_s: float = 0.0):
+        self._client = client
+        self._ttl_ms = round(ttl_s * 1000) or None
+        self._last_error_log = -ERROR_LOG_INTERVAL_S
+        self.errors = 0
+
+    def get_many(self, keys: Sequence[bytes]) -> list[Arrays | None]:
+        try:
+            values = self._client.mget([REDIS_KEY_PREFIX + key for key in keys])
+        except Exception as error:  # the cache must not fail the request: a miss
+            self._failed("read", error)
+            return [None] * len(keys)
+        return [decode_answer(value) if value is not None else None for value in values]
+
+    def put_many(self, answers: dict[bytes, Arrays]) -> None:
+        try:
+            pipeline = self._client.pipeline(transaction=False)
+            for key, answer in answers.items():
+                pipeline.set(REDIS_KEY_PREFIX + key, encode_answer(answer), px=self._ttl_ms)
+            pipeline.execute()
+        except Exception as error:
+            self._failed("write", error)
+
+    def _failed(self, what: str, error: Exception) -> None:
+        self.errors += 1
+        now = time.monotonic()
+        if now - self._last_error_log >= ERROR_LOG_INTERVAL_S:
+            self._last_error_log = now
+            log.warning(
+                "result cache: Redis %s failed (%s); counted as a miss (%d errors so far)", what, error, self.errors
+            )
+
+
+class RedisFigures:
+    """A Prometheus collector of what Redis itself reports at scrape time: keys, memory, evictions."""
+
+    def __init__(self, client):
+        self._client = client
+
+    def collect(self):
+        try:
+            info = self._client.info()
+        except Exception:  # Redis unreachable: its figures are absent from this scrape
+            return
+        database = f"db{self._client.connection_pool.connection_kwargs.get('db', 0)}"
+        keys = info.get(database, {}).get("keys", 0) if isinstance(info.get(database), dict) else 0
+        yield GaugeMetricFamily(
+            "model_server_cache_redis_keys", "Keys in the result cache's Redis database (jobs' keys too).", value=keys
+        )
+        yield GaugeMetricFamily(
+            "model_server_cache_redis_used_memory_bytes",
+            "Memory the result cache's Redis uses.",
+            value=info["used_memory"],
+        )
+        yield CounterMetricFamily(
+            "model_server_cache_redis_evicted_keys",
+            "Keys Redis evicted under its maxmemory policy.",
+            value=info.get("evicted_keys", 0),
+        )
+
+
+def answer_bytes(answer: Arrays) -> int:
+    return ENTRY_OVERHEAD_BYTES + sum(array.nbytes for array in answer.values())
+
+
+_HEAD = struct.Struct("<HBB")  # name length, dtype length, dimensions
+
+
+def encode_answer(answer: Arrays) -> bytes:
+    """Each output: its name, dtype, shape and bytes (numeric outputs; strings are not cached)."""
+    parts = []
+    for name, array in answer.items():
+        name_bytes, dtype = name.encode(), array.dtype.str.encode()
+        parts += [_HEAD.pack(len(name_bytes), len(dtype), array.ndim), name_bytes, dtype]
+        parts += [struct.pack(f"<{array.ndim}Q", *array.shape), np.ascontiguousarray(array).tobytes()]
+    return b"".join(parts)
+
+
+def decode_answer(data: bytes) -> Arrays:
+    answer, offset = {}, 0
+    while offset < len(data):
+        name_length, dtype_length, ndim = _HEAD.unpack_from(data, offset)
+        offset += _HEAD.size
+        name = data[offset : offset + name_length].decode()
+        offset += name_length
+        dtype = np.dtype(data[offset : offset + dtype_length].decode())
+        offset += dtype_length
+        shape = struct.unpack_from(f"<{ndim}Q", data, offset)
+        offset += 8 * ndim
+        count = int(np.prod(shape, dtype=np.int64))
+        answer[name] = np.frombuffer(data, dtype, count=count, offset=offset).reshape(shape)
+        offset += count * dtype.itemsize
+    return answer

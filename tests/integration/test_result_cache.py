@@ -1,0 +1,71 @@
+"""The result cache under real Gunicorn, gthread and gevent: two workers sharing a real Redis."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import requests
+
+from tests.integration.conftest import DEMO_SERVER_SETTINGS
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module", params=["gthread", "gevent"])
+def cached_server(request, start_server, demo_model_path, redis_url):
+    return start_server(
+        MODEL_PATH=str(demo_model_path),
+        WORKER_CLASS=request.param,
+        **{**DEMO_SERVER_SETTINGS, "CACHE_MAX_BYTES": str(1 << 20), "REDIS_URL": redis_url},
+    )
+
+
+def predict(server, instances, **headers) -> requests.Response:
+    answer = requests.post(
+        f"{server.url}/v1/models/digits:predict", data=json.dumps({"instances": instances}), headers=headers, timeout=60
+    )
+    assert answer.status_code == 200, answer.text
+    return answer
+
+
+def test_a_repeated_instance_is_answered_from_the_cache_with_the_very_same_bytes(
+    cached_server, demo_holdout, redis_client
+):
+    images = demo_holdout[0][200:203].tolist()
+    computed = predict(cached_server, images)
+    assert int(computed.headers["X-Batch-Size"]) >= 1
+    # Another order, a request id, and whichever worker answers: every instance is a hit (Redis shares them).
+    for _ in range(4):
+        cached = predict(cached_server, images[::-1], **{"X-Request-Id": "another-request"})
+        assert cached.headers["X-Batch-Size"] == "0", "no forward pass"
+        assert cached.json()["predictions"] == computed.json()["predictions"][::-1]
+
+
+def test_a_bulk_request_computes_only_the_rows_the_cache_lacks(cached_server, demo_holdout, redis_client):
+    images = demo_holdout[0][300:340]
+    predict(cached_server, images[:20].tolist())
+    mixed = np.concatenate([images, images[:20]])  # 20 cached, 20 new, the cached again: 60 instances
+    answer = np.array(predict(cached_server, mixed.tolist()).json()["predictions"])
+    np.testing.assert_array_equal(answer[40:], answer[:20])
+    fresh = np.array(predict(cached_server, images[20:].tolist()).json()["predictions"])
+    np.testing.assert_array_equal(answer[20:40], fresh)
+
+
+def test_metrics_report_the_cache_by_tier(cached_server, demo_holdout, redis_client):
+    image = demo_holdout[0][400:401].tolist()
+    for _ in range(3):
+        predict(cached_server, image)
+    text = requests.get(f"{cached_server.url}/metrics", timeout=10).text
+    samples = {
+        line.split(" ")[0]: float(line.split(" ")[1])
+        for line in text.splitlines()
+        if line.startswith("model_server_cache")
+    }
+    hits = [samples.get(f'model_server_cache_hits_total{{tier="{tier}"}}', 0) for tier in ("local", "redis")]
+    assert sum(hits) >= 2
+    assert samples['model_server_cache_misses_total{tier="local"}'] >= 1
+    assert samples['model_server_cache_entries{tier="local"}'] >= 1
+    assert samples['model_server_cache_bytes{tier="local"}'] > 0
+    assert samples["model_server_cache_redis_keys"] >= 1

@@ -1,0 +1,73 @@
+"""The cache's tiers: the local LRU bounded in bytes with a TTL, Redis, and the answers' binary form."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from service.caching.tiers import LocalTier, RedisTier, answer_bytes, decode_answer, encode_answer, redis_client
+
+
+def answer(value: float) -> dict[str, np.ndarray]:
+    return {"y": np.full(10, value, np.float32)}
+
+
+def test_the_local_tier_keeps_the_most_recently_used_answers_within_its_bytes():
+    tier = LocalTier(max_bytes=2 * answer_bytes(answer(0)))
+    tier.put_many({b"a": answer(1), b"b": answer(2)})
+    assert tier.get_many([b"a"])[0] is not None  # a is now more recent than b
+    tier.put_many({b"c": answer(3)})
+    found = tier.get_many([b"a", b"b", b"c"])
+    assert [f is not None for f in found] == [True, False, True]
+    assert tier.evictions == 1 and tier.entries == 2 and tier.bytes <= 2 * answer_bytes(answer(0))
+
+
+def test_an_answer_larger_than_the_local_tier_is_not_kept():
+    tier = LocalTier(max_bytes=100)
+    tier.put_many({b"a": answer(1)})
+    assert tier.get_many([b"a"]) == [None] and tier.entries == 0
+
+
+def test_local_answers_expire_after_their_time_to_live():
+    now = [0.0]
+    tier = LocalTier(max_bytes=10_000, ttl_s=5.0, timer=lambda: now[0])
+    tier.put_many({b"a": answer(1)})
+    now[0] = 4.9
+    assert tier.get_many([b"a"])[0] is not None
+    now[0] = 5.1
+    assert tier.get_many([b"a"]) == [None]
+
+
+@pytest.mark.parametrize(
+    "outputs",
+    [
+        {"y": np.array([1.5, np.nan, -0.0, np.inf], np.float32)},
+        {"scores": np.arange(6, dtype=np.float16).reshape(2, 3), "label": np.array(7, np.int64)},
+        {"flags": np.array([True, False]), "big": np.array([2**62], np.uint64)},
+    ],
+)
+def test_the_binary_form_restores_dtype_shape_and_every_bit(outputs):
+    restored = decode_answer(encode_answer(outputs))
+    assert list(restored) == list(outputs)
+    for name, array in outputs.items():
+        assert restored[name].dtype == array.dtype and restored[name].shape == array.shape
+        assert restored[name].tobytes() == array.tobytes()
+
+
+def test_the_redis_tier_shares_answers_and_expires_them(redis_client):
+    tier = RedisTier(redis_client, ttl_s=60)
+    tier.put_many({b"a": answer(1.25)})
+    found = RedisTier(redis_client).get_many([b"a", b"b"])  # another worker's view
+    assert found[1] is None and found[0]["y"].tobytes() == answer(1.25)["y"].tobytes()
+    key = next(iter(redis_client.scan_iter(match=b"tfms:answer:*")))
+    assert 0 < redis_client.pttl(key) <= 60_000
+
+
+def test_an_unreachable_redis_counts_as_a_miss_not_a_failure(caplog):
+    from scripts.local_redis import free_port
+
+    tier = RedisTier(redis_client(f"redis://127.0.0.1:{free_port()}/0", timeout_s=5.0))
+    assert tier.get_many([b"a", b"b"]) == [None, None]
+    tier.put_many({b"a": answer(1)})
+    assert tier.errors == 2
+    assert sum("Redis read failed" in record.getMessage() for record in caplog.records) == 1, "logged once a minute"
