@@ -58,6 +58,11 @@ class LiveServer:
     def __init__(self, env: dict[str, str], log_path: Path | None = None, command: tuple[str, ...] = SERVICE_COMMAND):
         self.port = int(env.get("PORT") or free_port())
         self.env = {**os.environ, **env, "HOST": "127.0.0.1", "PORT": str(self.port)}
+        if not env.get("JOBS_DB") and not env.get("REDIS_URL"):  # a fresh jobs file, not the user's state directory
+            jobs_db = Path(f"/tmp/tf-model-server-{self.port}-jobs.sqlite3")
+            for stale in (jobs_db, jobs_db.with_name(jobs_db.name + "-wal"), jobs_db.with_name(jobs_db.name + "-shm")):
+                stale.unlink(missing_ok=True)
+            self.env["JOBS_DB"] = str(jobs_db)
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path or Path(f"/tmp/tf-model-server-{self.port}.log")
         self.process: subprocess.Popen | None = None

@@ -16,6 +16,8 @@ from service.batching.cost_model import CostModel, largest_paying_size
 from service.batching.policy import AdaptivePolicy, FixedTimeout, Observations
 from service.caching.result_cache import build_result_cache
 from service.errors import render
+from service.jobs import routes as jobs_routes
+from service.jobs.service import build_jobs
 from service.model_server import ModelServer
 from service.operations import api_docs, health, logs, metrics
 from service.protocols import PROTOCOLS
@@ -45,13 +47,15 @@ def create_app(settings: Settings | None = None, model: ServedModel | None = Non
     batcher = build_batcher(settings, model, model.warm_up(repeats=5, memory_check_passes=memory_check_passes))
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
-    for blueprint in (*(protocol.blueprint for protocol in PROTOCOLS), health.blueprint, api_docs.blueprint):
+    for blueprint in (*(p.blueprint for p in PROTOCOLS), jobs_routes.blueprint, health.blueprint, api_docs.blueprint):
         app.register_blueprint(blueprint)
     app.before_request(_label_route)
     app.register_error_handler(Exception, _error_answer)
     cache = build_result_cache(settings, model, batcher.full_pass_seconds())
-    server = ModelServer(settings, model, batcher, cache, ready=True)
+    jobs = build_jobs(settings, batcher)
+    server = ModelServer(settings, model, batcher, cache, jobs, ready=True)
     app.extensions["model_server"] = server
+    jobs.runner.start()
     served = app.wsgi_app
     for protocol in PROTOCOLS:  # each answers its inference requests before Flask, and passes the rest on
         served = protocol.endpoint(server, served)

@@ -88,6 +88,12 @@ class RequestTimeout(ApiError):
     status = 408
 
 
+class Conflict(ApiError):
+    """The resource is not in a state that allows it (a job's result before it is done)."""
+
+    status = 409
+
+
 class PayloadTooLarge(ApiError):
     status = 413
 

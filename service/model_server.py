@@ -11,6 +11,7 @@ from service.backends.base import ServedModel
 from service.batching.batcher import Batcher
 from service.caching.result_cache import ResultCache
 from service.errors import NotFound
+from service.jobs.service import Jobs
 from service.operations.refusals import RefusalSummary
 from service.settings import Settings
 
@@ -23,6 +24,7 @@ class ModelServer:
     model: ServedModel
     batcher: Batcher
     cache: ResultCache | None = None
+    jobs: Jobs | None = None
     ready: bool = False
     refusals: RefusalSummary = field(default_factory=RefusalSummary)
 
@@ -38,6 +40,8 @@ class ModelServer:
     def close(self) -> bool:
         """Stop taking requests and answer every accepted one; True if done within the graceful timeout."""
         self.ready = False
+        if self.jobs is not None:
+            self.jobs.runner.stop()
         closed = self.batcher.close(timeout_s=self.settings.graceful_timeout_s)
         self.refusals.flush()
         return closed

@@ -159,7 +159,7 @@ class Settings:
         "`Authorization: Bearer <key>` or `X-API-Key` (401 without, 403 with a wrong one). Empty means no keys.",
     )
 
-    # Result cache and background jobs
+    # Result cache and background jobs (docs/operations.md)
     cache_max_bytes: int = _setting(
         0,
         "Result cache: bytes of answers one worker keeps, least recently used first out (keys, arrays and their "
@@ -175,6 +175,34 @@ class Settings:
         "",
         "Redis for the result cache's shared second tier (when `CACHE_MAX_BYTES` is set) and for background jobs' "
         "queue and results (instead of `JOBS_DB`), e.g. `redis://127.0.0.1:6379/0`; empty means none.",
+    )
+    jobs_db: str = _setting(
+        "",
+        "SQLite file of background jobs (huey's queue, the jobs and their results) when `REDIS_URL` is not set; "
+        "empty means `~/.local/state/tf-model-server/jobs-<model name>-<port>.sqlite3`.",
+    )
+    max_job_instances: int = _setting(
+        100_000, "Most instances in one background job (400 beyond).", "instances", minimum=1
+    )
+    max_job_body_bytes: int = _setting(
+        256 * 1024 * 1024,
+        "Largest body of `POST /v1/models/<name>/jobs` (413 beyond); bodies above `MAX_BODY_BYTES` are read by "
+        "Gunicorn's parser, bounded in time by `READ_TIMEOUT_S`.",
+        "bytes",
+        minimum=1,
+    )
+    job_retries: int = _setting(
+        2, "Times huey runs a job again after a part of it failed, resuming where it stopped.", minimum=0
+    )
+    job_results_ttl_s: float = _setting(
+        86_400.0, "How long a finished job and its results are kept (not deleted on reading).", "s", minimum=1
+    )
+    job_lease_s: float = _setting(
+        30.0,
+        "A running job's worker renews its claim at every batch; a job whose claim is this old (its worker died) "
+        "is resumed by another worker, where it stopped.",
+        "s",
+        minimum=1,
     )
 
     # Sizing
@@ -226,6 +254,13 @@ class Settings:
     @property
     def served_model_name(self) -> str:
         return self.model_name or Path(self.model_path.rstrip("/")).stem
+
+    @property
+    def jobs_db_path(self) -> Path:
+        """The jobs' SQLite file: one per model and port, so services on one host never run each other's jobs."""
+        if self.jobs_db:
+            return Path(self.jobs_db).expanduser()
+        return Path(f"~/.local/state/tf-model-server/jobs-{self.served_model_name}-{self.port}.sqlite3").expanduser()
 
     @property
     def latency_slo_s(self) -> float | None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import sys
+import threading
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -155,7 +156,25 @@ class GreenletCompletion:
         self._hub.loop.run_callback_threadsafe(self._result.set_exception, error)
 
     def wait(self, timeout_s=None):
-        return self._result.get(timeout=timeout_s)
+        import gevent
+
+        try:
+            return self._result.get(timeout=timeout_s)
+        except gevent.Timeout:  # a BaseException: raised as ThreadCompletion's is
+            raise TimeoutError(f"no answer within {timeout_s} s") from None
+
+
+def spawn(target: Callable[[], None], name: str) -> None:
+    """Run `target` beside the worker's requests: a greenlet under gevent, a daemon thread otherwise.
+
+    For work that waits on the batcher like a request does (background jobs), not for the batcher.
+    """
+    if gevent_is_active():
+        import gevent
+
+        gevent.spawn(target).name = name
+    else:
+        threading.Thread(target=target, name=name, daemon=True).start()
 
 
 def new_completion() -> Completion:

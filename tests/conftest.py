@@ -36,9 +36,10 @@ class RecordingForward:
 
 
 @pytest.fixture
-def settings() -> Settings:
+def settings(tmp_path) -> Settings:
     return Settings(
         model_name="fake",
+        jobs_db=str(tmp_path / "jobs.sqlite3"),
         batch_policy="fixed",
         max_batch_size=8,
         batch_timeout_ms=2,

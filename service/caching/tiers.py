@@ -1,7 +1,7 @@
 """The cache's two tiers: this worker's memory (cachetools), and Redis shared by every worker and pod.
 
 An answer is one instance's output rows, keyed by name. The local tier keeps the arrays; Redis
-keeps them in a small binary form (`encode_answer`) that restores the same dtype, shape and bytes.
+keeps them in a small binary form (service/array_bytes.py) that restores the same dtype, shape and bytes.
 A tier never fails a request: Redis errors and timeouts count as misses and are logged.
 """
 
@@ -9,18 +9,17 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import struct
 import threading
 import time
 from collections.abc import Sequence
 
 import cachetools
-import numpy as np
 import redis
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from service.array_bytes import decode_arrays, encode_arrays
 from service.backends.base import Arrays
 
 log = logging.getLogger(__name__)
@@ -91,13 +90,13 @@ class RedisTier:
         except Exception as error:  # the cache must not fail the request: a miss
             self._failed("read", error)
             return [None] * len(keys)
-        return [decode_answer(value) if value is not None else None for value in values]
+        return [decode_arrays(value) if value is not None else None for value in values]
 
     def put_many(self, answers: dict[bytes, Arrays]) -> None:
         try:
             pipeline = self._client.pipeline(transaction=False)
             for key, answer in answers.items():
-                pipeline.set(REDIS_KEY_PREFIX + key, encode_answer(answer), px=self._ttl_ms)
+                pipeline.set(REDIS_KEY_PREFIX + key, encode_arrays(answer), px=self._ttl_ms)
             pipeline.execute()
         except Exception as error:
             self._failed("write", error)
@@ -142,33 +141,3 @@ class RedisFigures:
 
 def answer_bytes(answer: Arrays) -> int:
     return ENTRY_OVERHEAD_BYTES + sum(array.nbytes for array in answer.values())
-
-
-_HEAD = struct.Struct("<HBB")  # name length, dtype length, dimensions
-
-
-def encode_answer(answer: Arrays) -> bytes:
-    """Each output: its name, dtype, shape and bytes (numeric outputs; strings are not cached)."""
-    parts = []
-    for name, array in answer.items():
-        name_bytes, dtype = name.encode(), array.dtype.str.encode()
-        parts += [_HEAD.pack(len(name_bytes), len(dtype), array.ndim), name_bytes, dtype]
-        parts += [struct.pack(f"<{array.ndim}Q", *array.shape), np.ascontiguousarray(array).tobytes()]
-    return b"".join(parts)
-
-
-def decode_answer(data: bytes) -> Arrays:
-    answer, offset = {}, 0
-    while offset < len(data):
-        name_length, dtype_length, ndim = _HEAD.unpack_from(data, offset)
-        offset += _HEAD.size
-        name = data[offset : offset + name_length].decode()
-        offset += name_length
-        dtype = np.dtype(data[offset : offset + dtype_length].decode())
-        offset += dtype_length
-        shape = struct.unpack_from(f"<{ndim}Q", data, offset)
-        offset += 8 * ndim
-        count = int(np.prod(shape, dtype=np.int64))
-        answer[name] = np.frombuffer(data, dtype, count=count, offset=offset).reshape(shape)
-        offset += count * dtype.itemsize
-    return answer

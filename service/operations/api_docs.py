@@ -44,8 +44,14 @@ def openapi_json():
     server = current_app.extensions["model_server"]
     model = server.model
     open_paths = OPEN_PATHS if parse_api_keys(server.settings.api_keys) else None
+    settings = server.settings
     document = openapi_document(
-        model.name, model.version, model.signature, server.settings.max_request_instances, open_paths
+        model.name,
+        model.version,
+        model.signature,
+        settings.max_request_instances,
+        open_paths,
+        settings.max_job_instances,
     )
     return Response(orjson.dumps(document), mimetype="application/json")
 

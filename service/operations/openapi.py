@@ -27,11 +27,17 @@ def _template() -> dict:
 
 
 def openapi_document(
-    model_name: str, model_version: int, signature: ModelSignature, max_instances: int, open_paths=None
+    model_name: str,
+    model_version: int,
+    signature: ModelSignature,
+    max_instances: int,
+    open_paths=None,
+    max_job_instances: int | None = None,
 ) -> dict:
     """The document for this model; a new dict each call, safe to change.
 
-    `open_paths`, when given, says API keys are on and which paths need none.
+    `open_paths`, when given, says API keys are on and which paths need none. A job's body is
+    a predict body of up to `max_job_instances` (MAX_JOB_INSTANCES) instances.
     """
     document = copy.deepcopy(_template())
     document["info"]["description"] += f"\nThis server serves model `{model_name}`, version {model_version}."
@@ -43,14 +49,22 @@ def openapi_document(
     schemas["ColumnarInputs"] = _keyed(signature.inputs, lambda info: _batch_schema(info, max_instances))
     schemas["Prediction"] = _keyed(signature.outputs, _tensor_schema)
     schemas["ColumnarOutputs"] = _keyed(signature.outputs, lambda info: _batch_schema(info, max_instances))
-    for body_schema in document["components"]["requestBodies"]["Predict"]["content"]["application/json"]["schema"][
-        "oneOf"
-    ]:
-        if "instances" in body_schema["properties"]:
-            body_schema["properties"]["instances"]["maxItems"] = max_instances
+    bodies = document["components"]["requestBodies"]
+    bodies["Job"] = {**copy.deepcopy(bodies["Predict"]), "description": bodies["Job"]["description"]}
+    _limit_instances(bodies["Predict"], max_instances, {"$ref": "#/components/schemas/ColumnarInputs"})
+    job_limit = max_job_instances or max_instances
+    _limit_instances(bodies["Job"], job_limit, _keyed(signature.inputs, lambda info: _batch_schema(info, job_limit)))
     if open_paths is not None:
         _require_api_keys(document, open_paths)
     return document
+
+
+def _limit_instances(body: dict, max_instances: int, columnar_inputs: dict) -> None:
+    for body_schema in body["content"]["application/json"]["schema"]["oneOf"]:
+        if "instances" in body_schema["properties"]:
+            body_schema["properties"]["instances"]["maxItems"] = max_instances
+        else:
+            body_schema["properties"]["inputs"] = columnar_inputs
 
 
 def _require_api_keys(document: dict, open_paths) -> None:

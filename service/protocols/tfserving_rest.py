@@ -25,6 +25,7 @@ from service.model_server import ModelServer, current_server, json_response
 from service.protocols.common import (
     InferenceTarget,
     NotReady,
+    TakeTurns,
     admission_budget_s,
     api_error_for,
     forward_pass_failures,
@@ -99,29 +100,6 @@ class PredictEndpoint:
         environ[BATCH_SIZE_KEY] = outcome.batch_size
         body = orjson.dumps(encode_response(outcome.result, decoded.layout))
         return body, {"X-Batch-Size": str(outcome.batch_size)}
-
-
-YIELD_S = 0.0005  # the shortest turn given to others: any positive time (see TakeTurns)
-OTHERS_SHARE = 3  # between slices, the others get this many times the time the slice took (BENCHMARKS.md)
-
-
-class TakeTurns:
-    """Between the slices of a large body: let the worker's other requests run OTHERS_SHARE times as long.
-
-    Parsing holds the GIL. While a 40 MB body was parsed in 1 MB slices with 0.5 ms yields, the
-    single requests served beside it had 2.8x their p99; in 256 KB slices with as long a turn for
-    the others, 2.2-2.5x; with three times as long, 1.5x. A large body takes that much longer to
-    parse, which is small beside the passes it then needs.
-    Not sleep(0): gevent may switch straight back to a greenlet that sleeps 0 before its loop
-    polls for I/O; any positive time waits for the next turn of the loop.
-    """
-
-    def __init__(self):
-        self._since = time.perf_counter()
-
-    def __call__(self) -> None:
-        time.sleep(max(YIELD_S, OTHERS_SHARE * (time.perf_counter() - self._since)))
-        self._since = time.perf_counter()
 
 
 endpoint = PredictEndpoint

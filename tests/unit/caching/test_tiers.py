@@ -1,11 +1,10 @@
-"""The cache's tiers: the local LRU bounded in bytes with a TTL, Redis, and the answers' binary form."""
+"""The cache's tiers: the local LRU bounded in bytes with a TTL, and Redis."""
 
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
-from service.caching.tiers import LocalTier, RedisTier, answer_bytes, decode_answer, encode_answer, redis_client
+from service.caching.tiers import LocalTier, RedisTier, answer_bytes, redis_client
 
 
 def answer(value: float) -> dict[str, np.ndarray]:
@@ -36,22 +35,6 @@ def test_local_answers_expire_after_their_time_to_live():
     assert tier.get_many([b"a"])[0] is not None
     now[0] = 5.1
     assert tier.get_many([b"a"]) == [None]
-
-
-@pytest.mark.parametrize(
-    "outputs",
-    [
-        {"y": np.array([1.5, np.nan, -0.0, np.inf], np.float32)},
-        {"scores": np.arange(6, dtype=np.float16).reshape(2, 3), "label": np.array(7, np.int64)},
-        {"flags": np.array([True, False]), "big": np.array([2**62], np.uint64)},
-    ],
-)
-def test_the_binary_form_restores_dtype_shape_and_every_bit(outputs):
-    restored = decode_answer(encode_answer(outputs))
-    assert list(restored) == list(outputs)
-    for name, array in outputs.items():
-        assert restored[name].dtype == array.dtype and restored[name].shape == array.shape
-        assert restored[name].tobytes() == array.tobytes()
 
 
 def test_the_redis_tier_shares_answers_and_expires_them(redis_client):

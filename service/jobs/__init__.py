@@ -1,0 +1,1 @@
+"""Background jobs: predictions too large or slow to hold a connection open, run at a lower priority."""

@@ -1,0 +1,184 @@
+"""One worker's share of the jobs: take their tasks from the queue and serve them at job priority.
+
+A job runs in parts of PASSES_PER_PART full batches. Each part's distinct instances go to the
+worker's batcher as background work (service/batching/background.py): they fill the room online
+batches leave and run alone only while online traffic is quiet, so a job never delays online
+requests. Each part's result is stored as soon as it is computed: a job that stops (its worker
+shuts down, fails, or dies) resumes at its first missing part, wherever it runs next.
+
+While a part runs, the runner renews its claim (the lease) and looks for a cancel once a pass;
+a cancel stops the part before its next batch. The same loop also resumes the jobs whose
+worker died (their lease lapsed) and deletes finished jobs kept long enough.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+
+import numpy as np
+from huey.exceptions import RetryTask
+
+from service.array_bytes import decode_arrays, encode_arrays
+from service.backends.base import Arrays
+from service.batching.background import JOB_PRIORITY, BackgroundWork, Cancelled
+from service.batching.batcher import Batcher
+from service.batching.bulk import unique_instances
+from service.batching.requests import BatcherClosed
+from service.jobs import records
+from service.jobs.queue import JobQueue
+from service.jobs.records import DONE, FAILED, QUEUED, RUNNING, JobRecord
+from service.jobs.stores import wall_clock
+from service.threads import spawn
+
+log = logging.getLogger(__name__)
+
+PASSES_PER_PART = 16  # a part is this many full batches: stored at once, and lost at most when a worker dies
+IDLE_POLL_S = 0.25  # how soon a worker with nothing to do sees a new job
+
+
+class JobRunner:
+    def __init__(self, store, queue: JobQueue, batcher: Batcher, lease_s: float, keep_s: float, clock=wall_clock):
+        self._store, self._queue, self._batcher = store, queue, batcher
+        self._lease_s, self._keep_s, self._clock = lease_s, keep_s, clock
+        self.owner = f"{socket.gethostname()}:{os.getpid()}"
+        self._stopping = False
+        queue.handler = self.run
+
+    @property
+    def part_instances(self) -> int:
+        return PASSES_PER_PART * self._batcher.preferred_batch_size
+
+    def start(self) -> None:
+        spawn(self._loop, "job-runner")
+
+    def stop(self) -> None:
+        """Take no more tasks; the part under way finishes (the batcher runs it), then its job is queued again."""
+        self._stopping = True
+
+    def _loop(self) -> None:
+        next_upkeep = 0.0
+        while not self._stopping:
+            try:
+                if self._clock() >= next_upkeep:
+                    self.upkeep()
+                    next_upkeep = self._clock() + self._lease_s / 3
+                task = self._queue.next_task()
+                if task is None:
+                    time.sleep(IDLE_POLL_S)
+                else:
+                    self._queue.execute(task)
+            except Exception:  # the store or the queue failed: log it and keep the loop alive
+                log.exception("job runner: retrying in %.0f s", self._lease_s / 3)
+                time.sleep(self._lease_s / 3)
+
+    def run(self, job_id: str, retries_left: int) -> None:
+        """huey's task: run the job if it is queued (or its worker died); resume it at its first missing part."""
+        job = self._store.update(job_id, records.claim(self.owner, self._clock(), self._lease_s))
+        if job is None:
+            return  # done, cancelled, or running in a live worker: nothing to do
+        log.info("job %s: running %d instances from part %d", job_id, job.total, job.done // job.chunk)
+        try:
+            self._run_parts(job)
+        except Cancelled:
+            log.info("job %s: cancelled", job_id)
+        except BatcherClosed:  # this worker is stopping: another one resumes the job, no retry spent
+            self._store.update(job_id, records.requeue(self.owner))
+            raise RetryTask() from None
+        except Exception as error:
+            if retries_left:
+                log.warning("job %s failed (%s); huey runs it again (%d retries left)", job_id, error, retries_left)
+                self._store.update(job_id, records.requeue(self.owner))
+                raise
+            log.exception("job %s failed", job_id)
+            self._finish(job_id, FAILED, f"{type(error).__name__}: {error}")
+        else:
+            self._finish(job_id, DONE)
+
+    def upkeep(self) -> None:
+        """Resume the jobs whose worker died, queue again those whose task was lost, delete expired ones."""
+        now = self._clock()
+        self._store.purge(now)
+        waiting = None
+        for job in self._store.active():
+            if job.state == RUNNING and job.lease_until is not None and job.lease_until < now:
+                lapsed = self._store.update(job.id, _lapsed(now, self._keep_s))
+                if lapsed is not None and lapsed.state == QUEUED:
+                    log.warning("job %s: its worker %s stopped renewing its claim; resuming it", job.id, job.owner)
+                    self._queue.enqueue(job.id, job.priority)
+            elif job.state == QUEUED and job.created_at < now - self._lease_s:
+                waiting = self._queue.waiting_job_ids() if waiting is None else waiting
+                if job.id not in waiting:  # taken from the queue by a worker that died before claiming it
+                    self._queue.enqueue(job.id, job.priority)
+
+    def _finish(self, job_id: str, state: str, error: str | None = None) -> None:
+        self._store.update(job_id, records.finish(self.owner, state, self._clock(), self._keep_s, error))
+
+    def _run_parts(self, job: JobRecord) -> None:
+        inputs = decode_arrays(self._store.inputs(job.id))
+        stored = set(self._store.parts(job.id))
+        done = sum(_part_size(job, part) for part in stored)
+        for part in range(job.chunks):
+            if part in stored:
+                continue
+            start = part * job.chunk
+            rows = {name: array[start : start + _part_size(job, part)] for name, array in inputs.items()}
+            result = self._serve(job, rows, _part_size(job, part), done)
+            self._store.put_part(job.id, part, encode_arrays(_fixed_width(result)))
+            done += _part_size(job, part)
+            self._renew(job, done)
+
+    def _serve(self, job: JobRecord, rows: Arrays, count: int, done_before: int) -> Arrays:
+        """One part through the batcher at job priority; its distinct instances computed once."""
+        unique = unique_instances(rows, count)
+        work = BackgroundWork(unique.inputs, unique.count, JOB_PRIORITY)
+        self._batcher.submit_background(work)
+        while True:
+            try:
+                outcome = work.wait(max(self._batcher.full_pass_seconds(), 0.001))
+                break
+            except TimeoutError:  # a pass went by: renew the claim, and stop if the job was cancelled
+                if not self._renew(job, done_before + work.done * count // unique.count):
+                    work.cancel()
+        if unique.positions is None:
+            return outcome.result
+        return {name: array[unique.positions] for name, array in outcome.result.items()}
+
+    def _renew(self, job: JobRecord, done: int) -> bool:
+        """Record progress and renew the lease; False once the job is no longer this worker's (cancelled)."""
+        return self._store.update(job.id, records.progress(self.owner, done, self._clock(), self._lease_s)) is not None
+
+
+def _part_size(job: JobRecord, part: int) -> int:
+    return min(job.chunk, job.total - part * job.chunk)
+
+
+def _fixed_width(arrays: Arrays) -> Arrays:
+    """String outputs (Python objects) as numpy's fixed-width bytes, which array_bytes writes without pickle."""
+    return {
+        name: np.array([_as_bytes(value) for value in array.ravel()]).reshape(array.shape)
+        if array.dtype == object
+        else array
+        for name, array in arrays.items()
+    }
+
+
+def _as_bytes(value) -> bytes:
+    return value if isinstance(value, bytes) else str(value).encode()
+
+
+def _lapsed(now: float, keep_s: float) -> Callable[[JobRecord], JobRecord | None]:
+    """A running job whose lease lapsed: back to the queue, or failed once its workers died MAX_RESUMES times."""
+
+    def change(job: JobRecord) -> JobRecord | None:
+        if job.state != RUNNING or job.lease_until is None or job.lease_until >= now:
+            return None
+        if job.resumes + 1 >= records.MAX_RESUMES:
+            error = f"its worker died {job.resumes + 1} times while running it"
+            return records.finish(None, FAILED, now, keep_s, error)(job)
+        return records.requeue(None, died=True)(job)
+
+    return change
