@@ -91,14 +91,54 @@ def _decode_in_slices(
     per_slice = max(1, len(instance_ends) * SLICE_BYTES // len(body))
     cuts = instance_ends[per_slice - 1 : -1 : per_slice].tolist()  # after every per_slice-th; the last slice runs on
     info, may_hold_booleans, parts, start = signature.inputs[0], b"true" in body or b"false" in body, [], 0
+    regular = None if may_hold_booleans else _regular_skeleton(info.instance_shape)
     for end in [*(cut + 1 for cut in cuts), len(values)]:
-        rows = _parse_json(b"[" + body[head.end() + start : head.end() + end].lstrip(b", \t\r\n") + b"]")
-        parts.append(_to_array(rows, info, len(rows), may_hold_booleans))
+        text = b"[" + body[head.end() + start : head.end() + end].lstrip(b", \t\r\n") + b"]"
+        part = _parse_regular(text, regular, info) if regular is not None else None
+        if part is None:
+            rows = _parse_json(text)
+            part = _to_array(rows, info, len(rows), may_hold_booleans)
+        parts.append(part)
         start = end
         pause()
     count = _check_count(sum(len(part) for part in parts), max_instances, f"'{head['key'].decode()}'")
     layout = "row" if head["key"] == b"instances" else "columnar"
     return DecodedRequest(layout, {info.name: np.concatenate(parts)}, count)
+
+
+def _regular_skeleton(instance_shape: tuple[int | None, ...]) -> bytes | None:
+    """One instance's brackets and commas, numbers left out (`[,]` for shape (2,)); None if a dim varies."""
+    if any(dim is None for dim in instance_shape):
+        return None
+    skeleton = b""
+    for dim in reversed(instance_shape):
+        skeleton = b"[" + b",".join([skeleton] * dim) + b"]"
+    return skeleton
+
+
+def _parse_regular(text: bytes, skeleton: bytes, info: TensorInfo) -> np.ndarray | None:
+    """A list of instances of one fixed shape, of numbers only, parsed as one flat list; None if it is anything else.
+
+    Parsing nested lists builds a Python list per innermost row (8x slower for images than a flat
+    list of the same numbers). When the brackets and commas are exactly those of `count` instances
+    of the shape, the numbers alone say everything, and the values are checked as usual.
+    """
+    characters = np.frombuffer(text, dtype=np.uint8)
+    structural = (characters == ord("[")) | (characters == ord("]")) | (characters == ord(","))
+    found = characters[structural].tobytes()
+    count = found.count(skeleton)
+    if count == 0 or found != b"[" + b",".join([skeleton] * count) + b"]":
+        return None
+    flat = characters[(characters != ord("[")) & (characters != ord("]"))].tobytes()
+    try:
+        numbers = orjson.loads(b"[" + flat + b"]")
+        array = np.asarray(numbers)
+    except (orjson.JSONDecodeError, ValueError, TypeError):
+        return None
+    per_instance = int(np.prod(info.instance_shape, dtype=np.int64))
+    if array.ndim != 1 or array.size != count * per_instance:
+        return None  # a number missing or an empty place: the usual parse says where
+    return _checked(array.reshape(count, *info.instance_shape), info, count, False, array.tolist)
 
 
 def encode_response(outputs: dict[str, np.ndarray], layout: Layout) -> dict:
@@ -186,10 +226,20 @@ def _to_array(values: list, info: TensorInfo, count: int, may_hold_booleans: boo
         array = np.asarray(values)
     except ValueError:
         raise BadRequest(f"input {info.name!r} is ragged: every instance must have the same nesting") from None
+    return _checked(array, info, count, may_hold_booleans, lambda: values)
+
+
+def _checked(
+    array: np.ndarray, info: TensorInfo, count: int, may_hold_booleans: bool, values: Callable[[], list]
+) -> np.ndarray:
+    """`array` of one input's JSON values checked (JSON types, shape, range) and cast to the model's dtype.
+
+    `values()` gives the JSON values, looked at only when the body may hold booleans.
+    """
     dtype_key = "string" if info.dtype == "string" else np.dtype(info.dtype).kind
     expected = _JSON_TYPE_NAMES[dtype_key]
     if array.dtype.kind not in _ACCEPTED_KINDS[dtype_key] or (
-        dtype_key != "b" and may_hold_booleans and _holds_boolean(values)
+        dtype_key != "b" and may_hold_booleans and _holds_boolean(values())
     ):
         raise BadRequest(f"input {info.name!r} must hold {expected} (dtype {info.dtype}), got other values")
     expected_shape = (count, *info.instance_shape)

@@ -37,6 +37,9 @@ def max_head_bytes(limit_request_line: int, limit_request_fields: int, limit_req
     return fields * (field_size + 2) + 4 + line
 
 
+_JOB_SUBMISSION = re.compile(rb"POST /v1/models/[^/?# ]+(?:/versions/[0-9]+)?/jobs(?:\?[^ ]*)? HTTP/1\.[01]")
+
+
 class RequestFraming:
     """The bytes of one HTTP/1.1 request as they arrive; `ready` once it is all here.
 
@@ -49,9 +52,10 @@ class RequestFraming:
     request (a pipelined next one) are kept: `take()` returns everything received.
     """
 
-    def __init__(self, max_head_bytes: int, max_body_bytes: int, received: bytes = b""):
+    def __init__(self, max_head_bytes: int, max_body_bytes: int, received: bytes = b"", max_job_body_bytes: int = 0):
         self._max_head_bytes = max_head_bytes
         self._max_body_bytes = max_body_bytes
+        self._max_job_body_bytes = max_job_body_bytes  # the limit of a job's POST (service/jobs/routes.py), if larger
         self._received = bytearray()
         self._head_end: int | None = None  # index just past the blank line ending the head
         self._scanned = 0  # bytes of the head already searched for its end and for bare LFs
@@ -167,12 +171,12 @@ class RequestFraming:
             tokens = [token.strip().lower() for value in codings for token in value.split(b",")]
             if tokens != [b"chunked"]:
                 return None  # 501 (or 400) from the parser
-            body = _ChunkedBody(self._max_body_bytes)
+            body = _ChunkedBody(self._body_limit(lines[0]))
         elif lengths is not None:
             if len(set(lengths)) != 1 or not lengths[0].isdigit():
                 return None
             length = int(lengths[0])
-            if length > self._max_body_bytes:
+            if length > self._body_limit(lines[0]):
                 return None  # refused (413) before the body is read
             self._known_end(lines[0], length, keeps_open, fields)
             if length == 0:
@@ -183,6 +187,12 @@ class RequestFraming:
             return None  # a request without Content-Length or Transfer-Encoding has no body
         self.expects_continue = expect is not None and http11
         return body
+
+    def _body_limit(self, request_line: bytes) -> int:
+        """MAX_BODY_BYTES, or MAX_JOB_BODY_BYTES for `POST .../jobs`: a job's body is received whole like any other."""
+        if self._max_job_body_bytes > self._max_body_bytes and _JOB_SUBMISSION.fullmatch(request_line):
+            return self._max_job_body_bytes
+        return self._max_body_bytes
 
     def _known_end(self, request_line: bytes, body_length: int, keeps_open: bool, fields: dict) -> None:
         if keeps_open:

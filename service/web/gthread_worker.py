@@ -366,6 +366,7 @@ class ThreadWorker(gthread.ThreadWorker):
             return super()._keepalive_after(conn, keepalive)
         conn.sock.setblocking(False)
         try:
-            return bool(conn.parser.finish_body(max_bytes=self.read_policy.max_body_bytes + CHUNKED_READ_AHEAD_BYTES))
+            largest = max(self.read_policy.max_body_bytes, self.read_policy.max_job_body_bytes)
+            return bool(conn.parser.finish_body(max_bytes=largest + CHUNKED_READ_AHEAD_BYTES))
         except Exception:  # not here yet (BlockingIOError), or malformed: the next request's start is unknown
             return False

@@ -79,6 +79,7 @@ class ReadPolicy:
     keepalive_s: float
     max_head_bytes: int
     max_body_bytes: int
+    max_job_body_bytes: int = 0
 
     @classmethod
     def for_worker(cls, cfg, settings: Settings) -> ReadPolicy:
@@ -90,12 +91,13 @@ class ReadPolicy:
                 cfg.limit_request_line, cfg.limit_request_fields, cfg.limit_request_field_size
             ),
             max_body_bytes=settings.max_body_bytes,
+            max_job_body_bytes=settings.max_job_body_bytes,
         )
 
     def new_request(self, now: float, kept_alive: bool, received: bytes = b"") -> IncomingRequest:
         """A request starting to arrive at `now`; `received` holds bytes already read (pipelined)."""
         silent_s = self.keepalive_s if kept_alive else max(self.keepalive_s, self.read_timeout_s)
-        framing = RequestFraming(self.max_head_bytes, self.max_body_bytes, received)
+        framing = RequestFraming(self.max_head_bytes, self.max_body_bytes, received, self.max_job_body_bytes)
         return IncomingRequest(framing, self.read_timeout_s, silent_s, now)
 
     def timeout_response(self, stage: str) -> bytes:

@@ -176,3 +176,37 @@ def test_bodies_with_strings_or_several_inputs_are_parsed_whole(small_slices):
     rows = [{"ids": [1, 2, 3], "mask": [True, False, True]}] * 20
     assert decode_request(json.dumps({"instances": rows}).encode(), TWO_INPUTS, 100, pause).count == 20
     assert pauses == []
+
+
+def test_regular_slices_are_read_as_flat_numbers_and_checked_as_usual(small_slices, monkeypatch):
+    pause, _ = small_slices
+    flat_reads, real = [], tfserving_codec._parse_regular
+
+    def recording(*args):
+        part = real(*args)
+        flat_reads.append(part is not None)
+        return part
+
+    monkeypatch.setattr(tfserving_codec, "_parse_regular", recording)
+    body = json.dumps({"instances": [[[i, -2], [3e-3, 4.5]] for i in range(40)]}).encode()
+    sliced = decode_request(body, IMAGE, 100, pause)
+    assert len(flat_reads) > 2 and all(flat_reads), "every slice took the flat path"
+    np.testing.assert_array_equal(sliced.inputs["x"], decode_request(body, IMAGE, 100).inputs["x"])
+    assert sliced.inputs["x"].dtype == np.float32
+
+
+@pytest.mark.parametrize(
+    ("last", "message"),
+    [
+        ("[[1, 2], [3]]", "ragged"),  # a number missing: the brackets differ
+        ("[[1, 2], [3, ]]", "JSON|shape"),  # an empty place
+        ("[[1, 2], [3, null]]", "numbers"),
+        ("[[1, 2], [3, 1e999]]", "non-finite"),
+        ("[[1, 2], [3, true]]", "numbers"),
+    ],
+)
+def test_an_irregular_slice_falls_back_to_the_usual_parse_and_its_error(small_slices, last, message):
+    pause, _ = small_slices
+    body = b'{"instances": [' + b", ".join([b"[[1, 2], [3, 4]]"] * 30 + [last.encode()]) + b"]}"
+    with pytest.raises(BadRequest, match=message):
+        decode_request(body, IMAGE, 100, pause)

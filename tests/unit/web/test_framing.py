@@ -203,3 +203,23 @@ def test_a_request_that_ends_its_connection_or_is_chunked_is_left_to_the_parser(
     )
     arrived = framing(received)
     assert arrived.ready and arrived.request_line is None and arrived.request_end is None
+
+
+@pytest.mark.parametrize(
+    ("request_line", "waits_for_body"),
+    [
+        (b"POST /v1/models/m/jobs HTTP/1.1", True),
+        (b"POST /v1/models/m/versions/2/jobs?priority=3 HTTP/1.1", True),
+        (b"POST /v1/models/m:predict HTTP/1.1", False),
+        (b"GET /v1/models/m/jobs HTTP/1.1", False),
+        (b"POST /v1/models/m/jobs/x HTTP/1.1", False),
+    ],
+)
+def test_a_job_submission_may_carry_a_larger_body_than_predict(request_line, waits_for_body):
+    large = MAX_BODY_BYTES + 10
+    head = request_line + b"\r\nContent-Length: %d\r\n\r\n" % large
+    incoming = RequestFraming(MAX_HEAD_BYTES, MAX_BODY_BYTES, head, max_job_body_bytes=4 * MAX_BODY_BYTES)
+    assert incoming.ready is not waits_for_body, "above MAX_BODY_BYTES: handed over at once, to be refused unread"
+    if waits_for_body:
+        incoming.receive(b"x" * large)
+        assert incoming.ready
