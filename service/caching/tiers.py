@@ -21,6 +21,7 @@ from redis.retry import Retry
 
 from service.array_bytes import decode_arrays, encode_arrays
 from service.backends.base import Arrays
+from service.operations import metrics
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +104,7 @@ class RedisTier:
 
     def _failed(self, what: str, error: Exception) -> None:
         self.errors += 1
+        metrics.cache_errors.labels(self.name).inc()
         now = time.monotonic()
         if now - self._last_error_log >= ERROR_LOG_INTERVAL_S:
             self._last_error_log = now
@@ -124,19 +126,14 @@ class RedisFigures:
             return
         database = f"db{self._client.connection_pool.connection_kwargs.get('db', 0)}"
         keys = info.get(database, {}).get("keys", 0) if isinstance(info.get(database), dict) else 0
-        yield GaugeMetricFamily(
-            "model_server_cache_redis_keys", "Keys in the result cache's Redis database (jobs' keys too).", value=keys
-        )
-        yield GaugeMetricFamily(
-            "model_server_cache_redis_used_memory_bytes",
-            "Memory the result cache's Redis uses.",
-            value=info["used_memory"],
-        )
-        yield CounterMetricFamily(
-            "model_server_cache_redis_evicted_keys",
-            "Keys Redis evicted under its maxmemory policy.",
-            value=info.get("evicted_keys", 0),
-        )
+        values = {
+            "model_server_cache_redis_keys": keys,
+            "model_server_cache_redis_used_memory_bytes": info["used_memory"],
+            "model_server_cache_redis_evicted_keys": info.get("evicted_keys", 0),
+        }
+        for name, kind, documentation in metrics.REDIS_FIGURES:
+            family = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
+            yield family(name, documentation, value=values[name])
 
 
 def answer_bytes(answer: Arrays) -> int:

@@ -64,7 +64,7 @@ batch_size = Histogram(
 )
 batches = Counter(
     "model_server_batches",
-    "Forward passes run, by why the batch was sent (full, deadline, nothing_coming, timeout, shutdown).",
+    "Forward passes run, by why the batch was sent (full, deadline, nothing_coming, timeout, shutdown; background: bulk or job instances alone).",
     ["reason"],
 )
 failed_batches = Counter("model_server_failed_batches", "Forward passes that raised; each of their requests got 500.")
@@ -169,6 +169,13 @@ def cache_filled(tier: str, entries: int, size_bytes: int, evicted: int) -> None
         cache_evictions.labels(tier).inc(evicted)
 
 
+# What Redis reports of itself, read when /metrics is scraped (service/caching/tiers.RedisFigures): name, type, help.
+REDIS_FIGURES = (
+    ("model_server_cache_redis_keys", "gauge", "Keys in the result cache's Redis database (jobs' keys too)."),
+    ("model_server_cache_redis_used_memory_bytes", "gauge", "Memory the result cache's Redis uses."),
+    ("model_server_cache_redis_evicted_keys", "counter", "Keys Redis evicted under its maxmemory policy."),
+)
+
 _scrape_collectors: list = []  # read at each scrape by the worker scraped (the Redis tier's figures)
 
 
@@ -177,6 +184,23 @@ def add_scrape_collector(collector) -> None:
     _scrape_collectors.append(collector)
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         REGISTRY.register(collector)
+
+
+def metrics_table() -> str:
+    """docs/operations.md's table of metrics, from the declarations above: `python -m service.operations.metrics`."""
+    rows = ["| Metric | Type | What it counts |", "|---|---|---|"]
+    for metric in _declared():
+        kind = type(metric).__name__.lower()
+        name = metric._name + ("_total" if kind == "counter" else "")
+        labels = "{" + ",".join(metric._labelnames) + "}" if metric._labelnames else ""
+        rows.append(f"| `{name}{labels}` | {kind} | {metric._documentation} |")
+    for name, kind, documentation in REDIS_FIGURES:
+        rows.append(f"| `{name}{'_total' if kind == 'counter' else ''}` | {kind}, read at scrape | {documentation} |")
+    return "\n".join(rows)
+
+
+def _declared() -> list:
+    return [value for value in globals().values() if isinstance(value, (Counter, Gauge, Histogram))]
 
 
 def exposition() -> tuple[bytes, str]:
@@ -189,3 +213,7 @@ def exposition() -> tuple[bytes, str]:
     else:
         registry = REGISTRY
     return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+if __name__ == "__main__":
+    print(metrics_table())
