@@ -186,8 +186,8 @@ class Settings:
     )
     max_job_body_bytes: int = _setting(
         256 * 1024 * 1024,
-        "Largest body of `POST /v1/models/<name>/jobs` (413 beyond); bodies above `MAX_BODY_BYTES` are read by "
-        "Gunicorn's parser, bounded in time by `READ_TIMEOUT_S`.",
+        "Largest body of `POST /v1/models/<name>/jobs` (413 beyond); received whole before the app reads it, as "
+        "predict's are.",
         "bytes",
         minimum=1,
     )

@@ -95,7 +95,8 @@ class Admission:
 
     def check_bulk(self, size: int, budget_s: float, now: float) -> None:
         """Refuse a request of `size` instances, more than a batch, whose passes would outlast `budget_s`:
-        its first full chunk waits as any batch would, and each later one takes a full pass."""
+        its first full batch waits as any batch would, and each later one takes a full pass. A lower bound
+        under online load, which its instances only fill the room of (background.py); its deadline still holds."""
         if self._observations is None:
             return
         full_pass_s = self.full_pass_seconds()

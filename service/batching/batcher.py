@@ -127,6 +127,11 @@ class Batcher:
         return self._queued_instances
 
     @property
+    def in_flight(self) -> int:
+        """Instances accepted and not yet answered, background ones in passes too (a hint read without the lock)."""
+        return self._in_flight_instances
+
+    @property
     def room(self) -> int:
         """Instances the queue takes before it refuses (read without the lock by the workers: a hint)."""
         return self.max_queue - self._queued_instances
@@ -178,7 +183,7 @@ class Batcher:
         """Serve `work` at a lower priority than every online request (background.py); wait on the work itself.
 
         Raises BatcherClosed after `close()`. Background work is bounded by its owners (a
-        request's instance cap, a job's chunk), not by the queue.
+        request's instance cap, a job's part), not by the queue.
         """
         with self._lock:
             if self._closed:
@@ -211,7 +216,7 @@ class Batcher:
 
     def check_bulk(self, size: int, budget_s: float | None = None) -> None:
         """For a request of more than one batch (service/batching/bulk.py), before any of it is queued:
-        QueueFull if its first chunk finds no room, DeadlineUnreachable if all its passes outlast `budget_s`."""
+        QueueFull if a full batch finds no room, DeadlineUnreachable if all its passes outlast `budget_s`."""
         with self._lock:
             self._check_room(min(size, self.preferred_batch_size))
             if budget_s is not None:

@@ -22,7 +22,7 @@ import numpy as np
 from service.backends.base import Arrays
 from service.batching.background import BULK_PRIORITY, BackgroundWork
 from service.batching.batcher import Batcher
-from service.batching.requests import BatchOutcome
+from service.batching.requests import BatchOutcome, DeadlineExceeded
 from service.caching.result_cache import ResultCache
 
 
@@ -129,4 +129,8 @@ def _compute(
     deadline = clock() + timeout_s if timeout_s is not None else None
     work = BackgroundWork(inputs, count, BULK_PRIORITY, deadline)
     batcher.submit_background(work)
-    return work.wait()
+    try:
+        return work.wait(timeout_s)
+    except TimeoutError:  # instances still waiting for room when the deadline passed: expire it whole now
+        work.cancel()
+        raise DeadlineExceeded(f"its deadline passed with {count - work.done} instances not yet answered") from None

@@ -26,7 +26,8 @@ def instance_keys(model: bytes, inputs: Arrays, count: int) -> list[bytes]:
     parts = []
     for name in sorted(inputs):
         array = inputs[name]
-        layout = f"{name}\x00{array.dtype.str}\x00{array.shape[1:]}\x00".encode()
+        dtype = "string" if array.dtype.kind in "OUS" else array.dtype.str  # strings: by value, whatever their width
+        layout = f"{name}\x00{dtype}\x00{array.shape[1:]}\x00".encode()
         parts.append((layout, _row_bytes(array, count)))
     keys = []
     for index in range(count):
@@ -39,12 +40,12 @@ def instance_keys(model: bytes, inputs: Arrays, count: int) -> list[bytes]:
 
 
 def _row_bytes(array: np.ndarray, count: int) -> list[bytes]:
-    """Each instance's values as bytes; strings (object arrays) each with its length, so no two rows read alike."""
-    if array.dtype != object:
+    """Each instance's values as bytes; strings each with its length, so no two rows read alike."""
+    if array.dtype.kind not in "OUS":
         flat = np.ascontiguousarray(array).reshape(count, -1)
         return [row.tobytes() for row in flat]
     rows = []
     for row in array.reshape(count, -1):
-        encoded = [b"b" + value if isinstance(value, bytes) else b"s" + str(value).encode() for value in row]
+        encoded = [b"b" + value if isinstance(value, bytes) else b"s" + str(value).encode() for value in row.tolist()]
         rows.append(b"".join(len(value).to_bytes(8, "little") + value for value in encoded))
     return rows

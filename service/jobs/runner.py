@@ -129,7 +129,8 @@ class JobRunner:
             result = self._serve(job, rows, _part_size(job, part), done)
             self._store.put_part(job.id, part, encode_arrays(_fixed_width(result)))
             done += _part_size(job, part)
-            self._renew(job, done)
+            if not self._renew(job, done):
+                raise Cancelled("cancelled")
 
     def _serve(self, job: JobRecord, rows: Arrays, count: int, done_before: int) -> Arrays:
         """One part through the batcher at job priority; its distinct instances computed once."""

@@ -15,7 +15,7 @@ from service.jobs import records
 from service.jobs.queue import JobQueue
 from service.jobs.records import CANCELLED, DONE, FINAL_STATES, JobRecord
 from service.jobs.runner import JobRunner
-from service.jobs.stores import RedisJobStore, SqliteJobStore, wall_clock
+from service.jobs.stores import SQLITE_BUSY_TIMEOUT_S, RedisJobStore, SqliteJobStore, wall_clock
 from service.settings import Settings
 
 
@@ -63,7 +63,8 @@ class Jobs:
 def build_jobs(settings: Settings, batcher: Batcher) -> Jobs:
     """The worker's jobs: in Redis when REDIS_URL is set, else in the SQLite file JOBS_DB; its runner not started."""
     if settings.redis_url:
-        store = RedisJobStore(redis.Redis.from_url(settings.redis_url))
+        timeout_s = SQLITE_BUSY_TIMEOUT_S  # the same bound as a SQLite file's lock
+        store = RedisJobStore(redis.Redis.from_url(settings.redis_url, socket_timeout=timeout_s))
     else:
         store = SqliteJobStore(settings.jobs_db_path)
     queue = JobQueue(settings)

@@ -50,12 +50,22 @@ class SqliteJobStore:
         finally:
             db.close()
 
-    def add(self, job: JobRecord, inputs: bytes) -> None:
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """An immediate transaction: it holds the write lock from its start, so a read-modify-write is atomic."""
         with self._connection() as db:
             db.execute("begin immediate")
+            try:
+                yield db
+            except BaseException:
+                db.execute("rollback")
+                raise
+            db.execute("commit")
+
+    def add(self, job: JobRecord, inputs: bytes) -> None:
+        with self._transaction() as db:
             db.execute("insert into job_inputs values (?, ?)", (job.id, inputs))
             db.execute("insert into jobs values (?, ?, ?, ?)", (job.id, job.state, job.keep_until, job.to_bytes()))
-            db.execute("commit")
 
     def get(self, job_id: str) -> JobRecord | None:
         with self._connection() as db:
@@ -63,20 +73,14 @@ class SqliteJobStore:
         return JobRecord.from_bytes(row[0]) if row else None
 
     def update(self, job_id: str, change: Change) -> JobRecord | None:
-        with self._connection() as db:
-            db.execute("begin immediate")
-            try:
-                row = db.execute("select record from jobs where id = ?", (job_id,)).fetchone()
-                changed = change(JobRecord.from_bytes(row[0])) if row else None
-                if changed is not None:
-                    db.execute(
-                        "update jobs set state = ?, keep_until = ?, record = ? where id = ?",
-                        (changed.state, changed.keep_until, changed.to_bytes(), job_id),
-                    )
-                db.execute("commit")
-            except BaseException:
-                db.execute("rollback")
-                raise
+        with self._transaction() as db:
+            row = db.execute("select record from jobs where id = ?", (job_id,)).fetchone()
+            changed = change(JobRecord.from_bytes(row[0])) if row else None
+            if changed is not None:
+                db.execute(
+                    "update jobs set state = ?, keep_until = ?, record = ? where id = ?",
+                    (changed.state, changed.keep_until, changed.to_bytes(), job_id),
+                )
         return changed
 
     def inputs(self, job_id: str) -> bytes | None:
@@ -99,12 +103,10 @@ class SqliteJobStore:
 
     def purge(self, now: float) -> int:
         """Delete the finished jobs kept long enough; how many."""
-        with self._connection() as db:
-            db.execute("begin immediate")
+        with self._transaction() as db:
             expired = [row[0] for row in db.execute("select id from jobs where keep_until < ?", (now,)).fetchall()]
             for table in ("jobs", "job_inputs", "job_parts"):
                 db.executemany(f"delete from {table} where id = ?", [(job_id,) for job_id in expired])
-            db.execute("commit")
         return len(expired)
 
 

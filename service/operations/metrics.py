@@ -64,7 +64,8 @@ batch_size = Histogram(
 )
 batches = Counter(
     "model_server_batches",
-    "Forward passes run, by why the batch was sent (full, deadline, nothing_coming, timeout, shutdown; background: bulk or job instances alone).",
+    "Forward passes run, by why the batch was sent (full, deadline, nothing_coming, timeout, shutdown; "
+    "background: bulk or job instances alone).",
     ["reason"],
 )
 failed_batches = Counter("model_server_failed_batches", "Forward passes that raised; each of their requests got 500.")

@@ -86,7 +86,12 @@ class PredictEndpoint:
         # Before the body is read and decoded: a refusal under overload must cost far less than the work.
         server.batcher.check_room(1, budget_s)
         body = read_body(environ, server.settings.max_body_bytes)
-        decoded = decode_request(body, model.signature, server.settings.max_request_instances, TakeTurns())
+        decoded = decode_request(
+            body,
+            model.signature,
+            server.settings.max_request_instances,
+            TakeTurns(lambda: server.batcher.in_flight > 0),
+        )
         spent_s = time.monotonic() - received_at  # reading and decoding the body took some of the time allowed
         with forward_pass_failures():
             outcome = predict_instances(

@@ -107,3 +107,13 @@ def test_with_a_cache_only_the_instances_it_lacks_are_computed(make_batcher, for
     forward.passes.clear()
     outcome = predict_instances(batcher, cache, column([7, 5]), 2)
     assert forward.passes == [] and outcome.batch_size == 0, "answered from the cache alone"
+
+
+def test_a_large_request_waiting_for_room_expires_whole_at_its_deadline(make_batcher, forward):
+    clock = ManualClock()
+    observations = Observations(CostModel({1: 0.01, 4: 0.02}))
+    observations.arrived(clock.now, 100)  # online traffic a moment ago: no pass of it alone
+    batcher = make_batcher(forward=forward, clock=clock, observations=observations)
+    with pytest.raises(DeadlineExceeded, match="12 instances not yet answered"):
+        predict_instances(batcher, None, column(range(12)), 12, timeout_s=0.2, clock=clock)
+    assert forward.passes == [] and batcher.background_instances == 0, "none of it ran, nothing of it is left"

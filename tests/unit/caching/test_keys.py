@@ -49,3 +49,9 @@ def test_every_input_counts_whatever_order_they_came_in():
     keys = instance_keys(MODEL, {"a": a, "b": b}, 2)
     assert keys[0] != keys[1]
     assert keys == instance_keys(MODEL, {"b": b, "a": a}, 2)
+
+
+def test_a_string_has_one_key_whatever_the_width_of_the_array_it_came_in():
+    narrow = instance_keys(MODEL, {"s": np.array([["ab"], ["c"]])}, 2)  # numpy's <U2
+    wide = instance_keys(MODEL, {"s": np.array([["ab"], ["xyz"]])}, 2)  # <U3
+    assert narrow[0] == wide[0] and narrow[1] != wide[1]
