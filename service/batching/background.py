@@ -23,9 +23,10 @@ from service.batching.policy import Observations
 from service.batching.requests import BatchOutcome, PendingRequest
 from service.threads import Completion, new_completion, new_lock
 
-# A filled batch may take this much longer than the online batch alone would (by the cost model): the
-# slowdown of online requests that jobs are allowed (issue: p50 and p99 within 1.2x at half load).
-FILL_SLOWDOWN = 0.2
+# A filled batch may take this much longer than the online batch alone would (by the cost model). Jobs
+# may slow online requests 1.2x at half load; at 0.2 the single requests beside a bulk request had
+# 1.7-2.3x their p99 (queueing amplifies a longer pass), at 0.1 1.5-1.6x (BENCHMARKS.md).
+FILL_SLOWDOWN = 0.1
 
 # Passes of background work alone start only while fewer online instances than this are expected
 # to arrive during one (by the arrival rate): the share of online requests such a pass delays.

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from service.array_bytes import decode_arrays, encode_arrays
 from service.backends.base import Arrays, ServedModel
 from service.caching.keys import instance_keys, model_identity
 from service.caching.tiers import LocalTier, RedisFigures, RedisTier, redis_client
@@ -32,6 +33,8 @@ class Lookup:
 
     def merge(self, computed: Arrays | None) -> Arrays:
         """Every instance's answer, in order: those found and, at the missing positions, `computed`'s rows."""
+        if not self.found and computed is not None:
+            return computed  # nothing was cached: the computed rows are every instance's, in order
         if computed is not None:
             layouts = {name: (array.shape[1:], array.dtype) for name, array in computed.items()}
         else:
@@ -58,7 +61,7 @@ class ResultCache:
 
     def lookup(self, inputs: Arrays, count: int) -> Lookup:
         keys = instance_keys(self._model, inputs, count)
-        answers = self.local.get_many(keys)
+        answers: list[bytes | None] = self.local.get_many(keys)
         self._count(self.local, answers)
         if self.shared is not None:
             unknown = [position for position, answer in enumerate(answers) if answer is None]
@@ -69,7 +72,7 @@ class ResultCache:
                 self._local_changed()
                 for position, answer in zip(unknown, shared, strict=True):
                     answers[position] = answer
-        found = {position: answer for position, answer in enumerate(answers) if answer is not None}
+        found = {position: decode_arrays(answer) for position, answer in enumerate(answers) if answer is not None}
         missing = np.array([position for position, answer in enumerate(answers) if answer is None], dtype=np.intp)
         return Lookup(keys, found, missing)
 
@@ -78,7 +81,7 @@ class ResultCache:
         if any(array.dtype == object for array in computed.values()):
             return
         answers = {
-            lookup.keys[position]: {name: array[row].copy() for name, array in computed.items()}
+            lookup.keys[position]: encode_arrays({name: array[row] for name, array in computed.items()})
             for row, position in enumerate(lookup.missing.tolist())
         }
         self.local.put_many(answers)

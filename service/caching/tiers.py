@@ -1,8 +1,10 @@
 """The cache's two tiers: this worker's memory (cachetools), and Redis shared by every worker and pod.
 
-An answer is one instance's output rows, keyed by name. The local tier keeps the arrays; Redis
-keeps them in a small binary form (service/array_bytes.py) that restores the same dtype, shape and bytes.
-A tier never fails a request: Redis errors and timeouts count as misses and are logged.
+An answer is one instance's output rows, keyed by name, kept by both tiers in the binary form of
+service/array_bytes.py (the same dtype, shape and bytes restored). In memory as bytes rather than
+arrays: the garbage collector does not walk bytes, and tens of thousands of cached dicts of arrays
+slowed every full collection. A tier never fails a request: Redis errors and timeouts count as
+misses and are logged.
 """
 
 from __future__ import annotations
@@ -19,13 +21,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from service.array_bytes import decode_arrays, encode_arrays
-from service.backends.base import Arrays
 from service.operations import metrics
 
 log = logging.getLogger(__name__)
 
-ENTRY_OVERHEAD_BYTES = 200  # a local entry's key, dict and array headers, beside its values
+ENTRY_OVERHEAD_BYTES = 100  # a local entry's key and the cache's bookkeeping, beside the answer's bytes
 REDIS_KEY_PREFIX = b"tfms:answer:"
 ERROR_LOG_INTERVAL_S = 60.0  # a Redis outage is logged once a minute, not once a request
 
@@ -48,11 +48,11 @@ class LocalTier:
         self._answers = Answers(maxsize=max_bytes, getsizeof=answer_bytes, **options)
         self._lock = threading.Lock()
 
-    def get_many(self, keys: Sequence[bytes]) -> list[Arrays | None]:
+    def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
         with self._lock:
             return [self._answers.get(key) for key in keys]
 
-    def put_many(self, answers: dict[bytes, Arrays]) -> None:
+    def put_many(self, answers: dict[bytes, bytes]) -> None:
         with self._lock:
             for key, answer in answers.items():
                 with contextlib.suppress(ValueError):  # raised for an answer larger than the whole cache: not kept
@@ -85,19 +85,18 @@ class RedisTier:
         self._last_error_log = -ERROR_LOG_INTERVAL_S
         self.errors = 0
 
-    def get_many(self, keys: Sequence[bytes]) -> list[Arrays | None]:
+    def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
         try:
-            values = self._client.mget([REDIS_KEY_PREFIX + key for key in keys])
+            return self._client.mget([REDIS_KEY_PREFIX + key for key in keys])
         except Exception as error:  # the cache must not fail the request: a miss
             self._failed("read", error)
             return [None] * len(keys)
-        return [decode_arrays(value) if value is not None else None for value in values]
 
-    def put_many(self, answers: dict[bytes, Arrays]) -> None:
+    def put_many(self, answers: dict[bytes, bytes]) -> None:
         try:
             pipeline = self._client.pipeline(transaction=False)
             for key, answer in answers.items():
-                pipeline.set(REDIS_KEY_PREFIX + key, encode_arrays(answer), px=self._ttl_ms)
+                pipeline.set(REDIS_KEY_PREFIX + key, answer, px=self._ttl_ms)
             pipeline.execute()
         except Exception as error:
             self._failed("write", error)
@@ -136,5 +135,5 @@ class RedisFigures:
             yield family(name, documentation, value=values[name])
 
 
-def answer_bytes(answer: Arrays) -> int:
-    return ENTRY_OVERHEAD_BYTES + sum(array.nbytes for array in answer.values())
+def answer_bytes(answer: bytes) -> int:
+    return ENTRY_OVERHEAD_BYTES + len(answer)

@@ -158,16 +158,26 @@ def worker_serving(model_name: str, model_version: int, load_duration_s: float) 
 
 def cache_looked_up(tier: str, hits: int, misses: int) -> None:
     if hits:
-        cache_hits.labels(tier).inc(hits)
+        _labelled(cache_hits, tier).inc(hits)
     if misses:
-        cache_misses.labels(tier).inc(misses)
+        _labelled(cache_misses, tier).inc(misses)
 
 
 def cache_filled(tier: str, entries: int, size_bytes: int, evicted: int) -> None:
-    cache_entries.labels(tier).set(entries)
-    cache_bytes.labels(tier).set(size_bytes)
+    _labelled(cache_entries, tier).set(entries)
+    _labelled(cache_bytes, tier).set(size_bytes)
     if evicted:
-        cache_evictions.labels(tier).inc(evicted)
+        _labelled(cache_evictions, tier).inc(evicted)
+
+
+_children: dict = {}  # (metric, label) -> its child: the cache counts on every request, labels() costs a lock
+
+
+def _labelled(metric, label: str):
+    child = _children.get((metric, label))
+    if child is None:
+        child = _children[(metric, label)] = metric.labels(label)
+    return child
 
 
 # What Redis reports of itself, read when /metrics is scraped (service/caching/tiers.RedisFigures): name, type, help.

@@ -28,8 +28,8 @@ def values(work: BackgroundWork) -> list[float]:
     ("costs", "online", "filled"),
     [
         ({1: 0.010, 2: 0.013, 4: 0.020}, [7, 8, 9], 1),  # 3 run padded to 4 anyway: one free place
-        ({1: 0.010, 2: 0.013, 4: 0.020}, [7], 0),  # a batch of 1 grown to 2 would take 30 % longer
-        ({1: 0.010, 2: 0.0104, 4: 0.0118}, [7], 3),  # ... to 4 here only 18 % longer: filled
+        ({1: 0.010, 2: 0.013, 4: 0.020}, [7], 0),  # a batch of 1 grown to 2 would take 30 % longer than alone
+        ({1: 0.010, 2: 0.0104, 4: 0.0108}, [7], 3),  # ... to 4 here only 8 % longer: filled
     ],
 )
 def test_an_online_batch_is_filled_where_it_costs_almost_nothing(make_batcher, forward, costs, online, filled):

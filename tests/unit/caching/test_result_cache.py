@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 from prometheus_client import REGISTRY
 
+from service.array_bytes import encode_arrays
 from service.caching.keys import model_identity
 from service.caching.result_cache import ResultCache
 from service.caching.tiers import LocalTier, RedisTier, answer_bytes
@@ -78,7 +79,7 @@ def test_a_worker_reads_another_workers_answers_from_redis_then_from_its_own_mem
 
 
 def test_metrics_count_misses_entries_bytes_and_evictions():
-    one_answer = {name: array[0] for name, array in forward(rows(1)).items()}
+    one_answer = encode_arrays({name: array[0] for name, array in forward(rows(1)).items()})
     cache = ResultCache(MODEL, LocalTier(max_bytes=3 * answer_bytes(one_answer)))  # room for three
     before = REGISTRY.get_sample_value("model_server_cache_evictions_total", {"tier": "local"}) or 0.0
     misses = REGISTRY.get_sample_value("model_server_cache_misses_total", {"tier": "local"}) or 0.0

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from service.array_bytes import encode_arrays
 from service.caching.tiers import LocalTier, RedisTier, answer_bytes, redis_client
 
 
-def answer(value: float) -> dict[str, np.ndarray]:
-    return {"y": np.full(10, value, np.float32)}
+def answer(value: float) -> bytes:
+    """One instance's answer as the tiers keep it (service/array_bytes.py)."""
+    return encode_arrays({"y": np.full(10, value, np.float32)})
 
 
 def test_the_local_tier_keeps_the_most_recently_used_answers_within_its_bytes():
@@ -41,7 +43,7 @@ def test_the_redis_tier_shares_answers_and_expires_them(redis_client):
     tier = RedisTier(redis_client, ttl_s=60)
     tier.put_many({b"a": answer(1.25)})
     found = RedisTier(redis_client).get_many([b"a", b"b"])  # another worker's view
-    assert found[1] is None and found[0]["y"].tobytes() == answer(1.25)["y"].tobytes()
+    assert found[1] is None and found[0] == answer(1.25)
     key = next(iter(redis_client.scan_iter(match=b"tfms:answer:*")))
     assert 0 < redis_client.pttl(key) <= 60_000
 
