@@ -127,11 +127,6 @@ class Batcher:
         return self._queued_instances
 
     @property
-    def in_flight(self) -> int:
-        """Instances accepted and not yet answered, background ones in passes too (a hint read without the lock)."""
-        return self._in_flight_instances
-
-    @property
     def room(self) -> int:
         """Instances the queue takes before it refuses (read without the lock by the workers: a hint)."""
         return self.max_queue - self._queued_instances

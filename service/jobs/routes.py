@@ -32,9 +32,7 @@ def submit(name: str, version: int | None = None):
     priority = _priority(request.args.get("priority", "0"))
     settings = server.settings
     body = read_body(request.environ, settings.max_job_body_bytes)
-    decoded = decode_request(
-        body, model.signature, settings.max_job_instances, TakeTurns(lambda: server.batcher.in_flight > 0)
-    )
+    decoded = decode_request(body, model.signature, settings.max_job_instances, TakeTurns())
     job = server.jobs.submit(model.name, model.version, decoded.layout, decoded.inputs, decoded.count, priority)
     answer = json_response(job.describe(), status=202)
     answer.headers["Location"] = f"/v1/jobs/{job.id}"

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from werkzeug.exceptions import HTTPException
@@ -164,17 +164,18 @@ class TakeTurns:
     Parsing holds the GIL. While a 40 MB body was parsed in 1 MB slices with 0.5 ms yields, the
     single requests served beside it had 2.8x their p99; in 256 KB slices with as long a turn for
     the others, 2.2-2.5x; with three times as long, 1.5x. A large body takes that much longer to
-    parse, which is small beside the passes it then needs; and only while `others_busy()` (the
-    worker has requests in flight): alone, the body is parsed at full speed.
+    parse, which is small beside the passes it then needs. Always, even with no other request in
+    flight: turns given only while the batcher had instances in flight, or while the worker had
+    other requests, left 2.3-2.8x instead of 1.5-1.6x (a request arriving meanwhile waits a slice).
+    A large request alone is parsed that much slower: 230 against about 340 instances/s end to end
+    for a request of 1,000 heavy-model instances (BENCHMARKS.md).
     Not sleep(0): gevent may switch straight back to a greenlet that sleeps 0 before its loop
     polls for I/O; any positive time waits for the next turn of the loop.
     """
 
-    def __init__(self, others_busy: Callable[[], bool] = lambda: True):
-        self._others_busy = others_busy
+    def __init__(self):
         self._since = time.perf_counter()
 
     def __call__(self) -> None:
-        share = OTHERS_SHARE if self._others_busy() else 0
-        time.sleep(max(YIELD_S, share * (time.perf_counter() - self._since)))
+        time.sleep(max(YIELD_S, OTHERS_SHARE * (time.perf_counter() - self._since)))
         self._since = time.perf_counter()

@@ -90,7 +90,7 @@ class PredictEndpoint:
             body,
             model.signature,
             server.settings.max_request_instances,
-            TakeTurns(lambda: server.batcher.in_flight > 0),
+            TakeTurns(),
         )
         spent_s = time.monotonic() - received_at  # reading and decoding the body took some of the time allowed
         with forward_pass_failures():
