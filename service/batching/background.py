@@ -24,8 +24,9 @@ from service.batching.requests import BatchOutcome, PendingRequest
 from service.threads import Completion, new_completion, new_lock
 
 # A filled batch may take this much longer than the online batch alone would (by the cost model). Jobs
-# may slow online requests 1.2x at half load; at 0.2 the single requests beside a bulk request had
-# 1.7-2.3x their p99 (queueing amplifies a longer pass), at 0.1 1.5-1.6x (BENCHMARKS.md).
+# may slow online requests 1.2x at half load. 0.1 is what the fairness of bulk requests was measured
+# with (1.5-1.6x p99); 0.2 doubled a job's progress at half load, but was not measured beside bulk
+# requests on its own (BENCHMARKS.md).
 FILL_SLOWDOWN = 0.1
 
 # Passes of background work alone start only while fewer online instances than this are expected
