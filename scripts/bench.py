@@ -228,6 +228,14 @@ def format_comparison(measurements: list[Measurement], label: str) -> str:
     return "\n".join(lines)
 
 
+def publish(report: str, markdown: Path | None) -> None:
+    """Print a benchmark's report, and write it to `markdown` too when given (the scripts' `--markdown`)."""
+    print(report)
+    if markdown:
+        markdown.parent.mkdir(parents=True, exist_ok=True)
+        markdown.write_text(report + "\n")
+
+
 def machine_description() -> str:
     model_name = "unknown CPU"
     try:
@@ -286,10 +294,7 @@ def main() -> int:
         f"Model `{args.model}`, MAX_BATCH_SIZE={args.max_batch_size}, {args.duration:g} s per level; machine: "
         f"{machine_description()}; closed loop by {closed_client}, open loop (Poisson) by the Python load generator."
     )
-    print(header + "\n\n" + table)
-    if args.markdown:
-        args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text(header + "\n\n" + table + "\n")
+    publish(header + "\n\n" + table, args.markdown)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(measurements_json(args.model, measurements), indent=1) + "\n")

@@ -21,7 +21,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from scripts.bench import machine_description
+from scripts.bench import machine_description, publish
 from scripts.launcher import LiveServer
 from scripts.loadgen import LoadResult, run_closed_loop, run_open_loop
 from scripts.predict_requests import sample_body
@@ -111,10 +111,7 @@ def main() -> int:
     )
     settings = f"default settings but MAX_BODY_BYTES={BODY_LIMIT_BYTES}"
     report = f"Model `{args.model}`, {settings}; machine: {machine_description()}.\n\n{throughput}\n\n{fairness}"
-    print(report)
-    if args.markdown:
-        args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text(report + "\n")
+    publish(report, args.markdown)
     return 0
 
 

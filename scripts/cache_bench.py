@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from scripts.bench import machine_description, run_wrk, server_cpu_seconds
+from scripts.bench import machine_description, publish, run_wrk, server_cpu_seconds
 from scripts.launcher import LiveServer
 from scripts.local_redis import LocalRedis
 from scripts.predict_requests import sample_instance
@@ -119,10 +119,7 @@ def main() -> int:
         "| server CPU ms/request without / with | wrk cores without / with |\n"
         "|---|---|---|---|---|---|---|\n" + "\n".join(rows)
     )
-    print(report)
-    if args.markdown:
-        args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text(report + "\n")
+    publish(report, args.markdown)
     return 0
 
 

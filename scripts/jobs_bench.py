@@ -21,7 +21,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from scripts.bench import machine_description
+from scripts.bench import machine_description, publish
 from scripts.in_process_limit import InProcessLimit, InProcessProbe, add_model_arguments
 from scripts.launcher import LiveServer
 from scripts.loadgen import run_closed_loop, run_open_loop
@@ -95,10 +95,7 @@ def main() -> int:
         f"**{job_rps / limit.throughput_rps:.2f}** |"
     )
     report = f"Model `{args.model}`, default settings; machine: {machine_description()}.\n\n{online}\n\n{offline}"
-    print(report)
-    if args.markdown:
-        args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text(report + "\n")
+    publish(report, args.markdown)
     return 0
 
 
