@@ -54,6 +54,10 @@ def openapi_document(
     _limit_instances(bodies["Predict"], max_instances, {"$ref": "#/components/schemas/ColumnarInputs"})
     job_limit = max_job_instances or max_instances
     _limit_instances(bodies["Job"], job_limit, _keyed(signature.inputs, lambda info: _batch_schema(info, job_limit)))
+    result = document["paths"]["/v1/jobs/{job_id}/result"]["get"]["responses"]["200"]["content"]["application/json"]
+    result["schema"]["oneOf"][1]["properties"]["outputs"] = _keyed(
+        signature.outputs, lambda info: _batch_schema(info, job_limit)
+    )
     if open_paths is not None:
         _require_api_keys(document, open_paths)
     return document

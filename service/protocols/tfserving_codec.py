@@ -256,6 +256,10 @@ def _checked(
         limits = np.iinfo(info.dtype)
         if array.size and (array.min() < limits.min or array.max() > limits.max):
             raise BadRequest(f"input {info.name!r} has integers outside the range of {info.dtype}")
+    # Rounded to a narrower dtype, a number a little above its largest becomes the largest, not inf.
+    narrower = dtype_key == "f" and array.dtype.kind == "f" and np.finfo(info.dtype).max < np.finfo(array.dtype).max
+    if narrower and array.size and np.abs(array).max() > np.finfo(info.dtype).max:
+        raise BadRequest(f"input {info.name!r} has non-finite or out-of-range numbers for {info.dtype}")
     with np.errstate(over="ignore"):
         array = array.astype(info.dtype, copy=False)
     if dtype_key == "f" and not np.isfinite(array).all():

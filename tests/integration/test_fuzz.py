@@ -3,7 +3,8 @@
 Valid and invalid bodies, paths, methods and headers: none may get a 500, every 4xx must
 carry a JSON error body, and every answer must match the document (schemathesis' checks,
 except its "no 5xx" one: a 504 for a deadline the request itself set is the documented
-answer, so 5xx are counted here instead).
+answer, so 5xx are counted here instead; and its "use after free" one: `DELETE /v1/jobs/<id>`
+cancels a job, whose record stays readable, cancelled, as the API says).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ def test_fuzzed_requests_get_no_500_and_json_errors(demo_server, tmp_path):
     command = [
         str(SCHEMATHESIS if SCHEMATHESIS.exists() else shutil.which("schemathesis")),
         "run", f"{demo_server.url}/openapi.json",
-        "--checks", "all", "--exclude-checks", "not_a_server_error",
+        "--checks", "all", "--exclude-checks", "not_a_server_error,use_after_free",
         "-n", str(EXAMPLES_PER_OPERATION), "--seed", "1",
         "--report", "har", "--report-har-path", str(har),
     ]  # fmt: skip
@@ -38,7 +39,7 @@ def test_fuzzed_requests_get_no_500_and_json_errors(demo_server, tmp_path):
     statuses = Counter(entry["response"]["status"] for entry in entries)
     assert len(entries) >= 1000, statuses
     assert statuses[500] == 0
-    assert set(statuses) <= {200, 400, 404, 405, 413, 422, 503, 504}, statuses
+    assert set(statuses) <= {200, 202, 400, 404, 405, 409, 413, 422, 503, 504}, statuses
     for entry in entries:
         response = entry["response"]
         if 400 <= response["status"] < 500:

@@ -210,3 +210,11 @@ def test_an_irregular_slice_falls_back_to_the_usual_parse_and_its_error(small_sl
     body = b'{"instances": [' + b", ".join([b"[[1, 2], [3, 4]]"] * 30 + [last.encode()]) + b"]}"
     with pytest.raises(BadRequest, match=message):
         decode_request(body, IMAGE, 100, pause)
+
+
+def test_a_number_just_above_the_largest_float32_is_refused_not_rounded_to_it():
+    body = json.dumps({"instances": [[[3.402823466385289e38, 0], [0, 0]]]}).encode()
+    with pytest.raises(BadRequest, match="out-of-range numbers for float32"):
+        decode_request(body, IMAGE, 100)
+    largest = json.dumps({"instances": [[[float(np.finfo(np.float32).max), 0], [0, 0]]]}).encode()
+    assert decode_request(largest, IMAGE, 100).inputs["x"][0, 0, 0] == np.finfo(np.float32).max
