@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import orjson
@@ -46,6 +47,10 @@ class JobRecord:
     @property
     def chunks(self) -> int:
         return -(-self.total // self.chunk)
+
+    def part_size(self, part: int) -> int:
+        """Instances in part number `part` (the last may be short)."""
+        return min(self.chunk, self.total - part * self.chunk)
 
     def to_bytes(self) -> bytes:
         return orjson.dumps(dataclasses.asdict(self))
@@ -116,5 +121,19 @@ def requeue(owner: str | None, died: bool = False):
         return dataclasses.replace(
             job, state=QUEUED, owner=None, lease_until=None, resumes=job.resumes + (1 if died else 0)
         )
+
+    return change
+
+
+def lapsed(now: float, keep_s: float) -> Callable[[JobRecord], JobRecord | None]:
+    """A running job whose lease lapsed: back to the queue, or failed once its workers died MAX_RESUMES times."""
+
+    def change(job: JobRecord) -> JobRecord | None:
+        if job.state != RUNNING or job.lease_until is None or job.lease_until >= now:
+            return None
+        if job.resumes + 1 >= MAX_RESUMES:
+            error = f"its worker died {job.resumes + 1} times while running it"
+            return finish(None, FAILED, now, keep_s, error)(job)
+        return requeue(None, died=True)(job)
 
     return change

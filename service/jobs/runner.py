@@ -17,7 +17,6 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable
 
 import numpy as np
 from huey.exceptions import RetryTask
@@ -105,7 +104,7 @@ class JobRunner:
         waiting = None
         for job in self._store.active():
             if job.state == RUNNING and job.lease_until is not None and job.lease_until < now:
-                lapsed = self._store.update(job.id, _lapsed(now, self._keep_s))
+                lapsed = self._store.update(job.id, records.lapsed(now, self._keep_s))
                 if lapsed is not None and lapsed.state == QUEUED:
                     log.warning("job %s: its worker %s stopped renewing its claim; resuming it", job.id, job.owner)
                     self._queue.enqueue(job.id, job.priority)
@@ -119,16 +118,16 @@ class JobRunner:
 
     def _run_parts(self, job: JobRecord) -> None:
         inputs = decode_arrays(self._store.inputs(job.id))
-        stored = set(self._store.parts(job.id))
-        done = sum(_part_size(job, part) for part in stored)
+        stored = self._store.stored_parts(job.id)
+        done = sum(job.part_size(part) for part in stored)
         for part in range(job.chunks):
             if part in stored:
                 continue
-            start = part * job.chunk
-            rows = {name: array[start : start + _part_size(job, part)] for name, array in inputs.items()}
-            result = self._serve(job, rows, _part_size(job, part), done)
+            start, size = part * job.chunk, job.part_size(part)
+            rows = {name: array[start : start + size] for name, array in inputs.items()}
+            result = self._serve(job, rows, size, done)
             self._store.put_part(job.id, part, encode_arrays(_fixed_width(result)))
-            done += _part_size(job, part)
+            done += size
             if not self._renew(job, done):
                 raise Cancelled("cancelled")
 
@@ -153,10 +152,6 @@ class JobRunner:
         return self._store.update(job.id, records.progress(self.owner, done, self._clock(), self._lease_s)) is not None
 
 
-def _part_size(job: JobRecord, part: int) -> int:
-    return min(job.chunk, job.total - part * job.chunk)
-
-
 def _fixed_width(arrays: Arrays) -> Arrays:
     """String outputs (Python objects) as numpy's fixed-width bytes, which array_bytes writes without pickle."""
     return {
@@ -169,17 +164,3 @@ def _fixed_width(arrays: Arrays) -> Arrays:
 
 def _as_bytes(value) -> bytes:
     return value if isinstance(value, bytes) else str(value).encode()
-
-
-def _lapsed(now: float, keep_s: float) -> Callable[[JobRecord], JobRecord | None]:
-    """A running job whose lease lapsed: back to the queue, or failed once its workers died MAX_RESUMES times."""
-
-    def change(job: JobRecord) -> JobRecord | None:
-        if job.state != RUNNING or job.lease_until is None or job.lease_until >= now:
-            return None
-        if job.resumes + 1 >= records.MAX_RESUMES:
-            error = f"its worker died {job.resumes + 1} times while running it"
-            return records.finish(None, FAILED, now, keep_s, error)(job)
-        return records.requeue(None, died=True)(job)
-
-    return change

@@ -96,6 +96,11 @@ class SqliteJobStore:
         with self._connection() as db:
             return dict(db.execute("select part, data from job_parts where id = ?", (job_id,)).fetchall())
 
+    def stored_parts(self, job_id: str) -> set[int]:
+        """The numbers of the parts stored, without reading their data."""
+        with self._connection() as db:
+            return {row[0] for row in db.execute("select part from job_parts where id = ?", (job_id,)).fetchall()}
+
     def active(self) -> list[JobRecord]:
         with self._connection() as db:
             rows = db.execute("select record from jobs where state in (?, ?)", (QUEUED, RUNNING)).fetchall()
@@ -162,6 +167,9 @@ class RedisJobStore:
 
     def parts(self, job_id: str) -> dict[int, bytes]:
         return {int(part): data for part, data in self._client.hgetall(self._keys(job_id)[2]).items()}
+
+    def stored_parts(self, job_id: str) -> set[int]:
+        return {int(part) for part in self._client.hkeys(self._keys(job_id)[2])}
 
     def active(self) -> list[JobRecord]:
         ids = [job_id.decode() for job_id in self._client.smembers(self.ACTIVE)]

@@ -8,6 +8,7 @@ The figure is cached under the model files' SHA-256, so only the first start pay
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -37,12 +38,23 @@ class Footprint:
 
 
 def model_digest(path: str) -> str:
-    """SHA-256 over the model's files (one `.keras` file or a SavedModel directory tree)."""
+    """SHA-256 over the model's files (one `.keras` file or a SavedModel directory tree).
+
+    Remembered while the files' names, inodes, sizes and times stay the same: the master computes it
+    for the footprint cache before it forks, and a worker's result cache asks again for its keys.
+    """
     root = Path(path)
     files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
+    names = tuple(str(file.relative_to(root) if root.is_dir() else file.name) for file in files)
+    stats = tuple((stat.st_ino, stat.st_size, stat.st_mtime_ns) for stat in (file.stat() for file in files))
+    return _digest(tuple(map(str, files)), names, stats)
+
+
+@functools.lru_cache(maxsize=8)
+def _digest(files: tuple[str, ...], names: tuple[str, ...], stats: tuple) -> str:
     digest = hashlib.sha256()
-    for file in files:
-        digest.update(str(file.relative_to(root) if root.is_dir() else file.name).encode())
+    for file, name in zip(files, names, strict=True):
+        digest.update(name.encode())
         with open(file, "rb") as stream:
             while chunk := stream.read(1 << 20):
                 digest.update(chunk)

@@ -12,6 +12,7 @@ once, so the parser answers it (400, 413, 431, 501) instead of the client waitin
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 CRLF = b"\r\n"
 HEAD_END = b"\r\n\r\n"
@@ -37,9 +38,6 @@ def max_head_bytes(limit_request_line: int, limit_request_fields: int, limit_req
     return fields * (field_size + 2) + 4 + line
 
 
-_JOB_SUBMISSION = re.compile(rb"POST /v1/models/[^/?# ]+(?:/versions/[0-9]+)?/jobs(?:\?[^ ]*)? HTTP/1\.[01]")
-
-
 class RequestFraming:
     """The bytes of one HTTP/1.1 request as they arrive; `ready` once it is all here.
 
@@ -52,10 +50,17 @@ class RequestFraming:
     request (a pipelined next one) are kept: `take()` returns everything received.
     """
 
-    def __init__(self, max_head_bytes: int, max_body_bytes: int, received: bytes = b"", max_job_body_bytes: int = 0):
+    def __init__(
+        self,
+        max_head_bytes: int,
+        max_body_bytes: int,
+        received: bytes = b"",
+        body_limit: Callable[[bytes], int] | None = None,
+    ):
+        """`body_limit(request_line)`, when given, is the body limit of that request instead of `max_body_bytes`."""
         self._max_head_bytes = max_head_bytes
         self._max_body_bytes = max_body_bytes
-        self._max_job_body_bytes = max_job_body_bytes  # the limit of a job's POST (service/jobs/routes.py), if larger
+        self._body_limit_of = body_limit
         self._received = bytearray()
         self._head_end: int | None = None  # index just past the blank line ending the head
         self._scanned = 0  # bytes of the head already searched for its end and for bare LFs
@@ -189,10 +194,7 @@ class RequestFraming:
         return body
 
     def _body_limit(self, request_line: bytes) -> int:
-        """MAX_BODY_BYTES, or MAX_JOB_BODY_BYTES for `POST .../jobs`: a job's body is received whole like any other."""
-        if self._max_job_body_bytes > self._max_body_bytes and _JOB_SUBMISSION.fullmatch(request_line):
-            return self._max_job_body_bytes
-        return self._max_body_bytes
+        return self._max_body_bytes if self._body_limit_of is None else self._body_limit_of(request_line)
 
     def _known_end(self, request_line: bytes, body_length: int, keeps_open: bool, fields: dict) -> None:
         if keeps_open:

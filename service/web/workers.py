@@ -30,6 +30,7 @@ from gunicorn import SERVER
 from gunicorn.util import http_date
 
 from service.errors import RequestTimeout, render
+from service.jobs import SUBMISSION_REQUEST_LINE
 from service.settings import Settings, load_settings
 from service.web.framing import RequestFraming, max_head_bytes
 
@@ -97,8 +98,14 @@ class ReadPolicy:
     def new_request(self, now: float, kept_alive: bool, received: bytes = b"") -> IncomingRequest:
         """A request starting to arrive at `now`; `received` holds bytes already read (pipelined)."""
         silent_s = self.keepalive_s if kept_alive else max(self.keepalive_s, self.read_timeout_s)
-        framing = RequestFraming(self.max_head_bytes, self.max_body_bytes, received, self.max_job_body_bytes)
+        framing = RequestFraming(self.max_head_bytes, self.max_body_bytes, received, self.body_limit)
         return IncomingRequest(framing, self.read_timeout_s, silent_s, now)
+
+    def body_limit(self, request_line: bytes) -> int:
+        """MAX_BODY_BYTES, or MAX_JOB_BODY_BYTES for a job's submission (received whole like any request)."""
+        if self.max_job_body_bytes > self.max_body_bytes and SUBMISSION_REQUEST_LINE.fullmatch(request_line):
+            return self.max_job_body_bytes
+        return self.max_body_bytes
 
     def timeout_response(self, stage: str) -> bytes:
         """The 408 answer for a request that stalled in `stage` ("head" or "body")."""

@@ -7,6 +7,7 @@ from gunicorn.config import Config
 from gunicorn.http.parser import RequestParser
 
 from service.web.framing import CHUNKED_READ_AHEAD_BYTES, RequestFraming, max_head_bytes
+from service.web.workers import ReadPolicy
 
 MAX_HEAD_BYTES = max_head_bytes(4094, 100, 8190)
 MAX_BODY_BYTES = 1000
@@ -218,7 +219,8 @@ def test_a_request_that_ends_its_connection_or_is_chunked_is_left_to_the_parser(
 def test_a_job_submission_may_carry_a_larger_body_than_predict(request_line, waits_for_body):
     large = MAX_BODY_BYTES + 10
     head = request_line + b"\r\nContent-Length: %d\r\n\r\n" % large
-    incoming = RequestFraming(MAX_HEAD_BYTES, MAX_BODY_BYTES, head, max_job_body_bytes=4 * MAX_BODY_BYTES)
+    policy = ReadPolicy(30.0, 5.0, MAX_HEAD_BYTES, MAX_BODY_BYTES, max_job_body_bytes=4 * MAX_BODY_BYTES)
+    incoming = RequestFraming(MAX_HEAD_BYTES, MAX_BODY_BYTES, head, policy.body_limit)
     assert incoming.ready is not waits_for_body, "above MAX_BODY_BYTES: handed over at once, to be refused unread"
     if waits_for_body:
         incoming.receive(b"x" * large)
