@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 ENTRY_OVERHEAD_BYTES = 100  # a local entry's key and the cache's bookkeeping, beside the answer's bytes
 REDIS_KEY_PREFIX = b"tfms:answer:"
+MAX_QUEUED_WRITES = 10_000  # answers waiting for the Redis writer: bounded, as every queue
 ERROR_LOG_INTERVAL_S = 60.0  # a Redis outage is logged once a minute, not once a request
 
 
@@ -75,7 +76,13 @@ def redis_client(url: str, timeout_s: float) -> redis.Redis:
 
 
 class RedisTier:
-    """Answers in Redis under REDIS_KEY_PREFIX, each expiring after `ttl_s` (0: never; set Redis's maxmemory policy)."""
+    """Answers in Redis under REDIS_KEY_PREFIX, each expiring after `ttl_s` (0: never; set Redis's maxmemory policy).
+
+    A lookup is one round trip on the request's path. Writes are not: `put_many` queues them, and
+    a writer sends all that are queued in one pipeline. On a loopback socket a round trip cost the
+    worker about 250 us of CPU, as much as the rest of a miss's cache work, and under load the
+    writer sends many answers per round trip (BENCHMARKS.md, "The result cache").
+    """
 
     name = "redis"
 
@@ -84,6 +91,10 @@ class RedisTier:
         self._ttl_ms = round(ttl_s * 1000) or None
         self._last_error_log = -ERROR_LOG_INTERVAL_S
         self.errors = 0
+        self._queued: dict[bytes, bytes] = {}
+        self._writing = False
+        self._changed = threading.Condition()  # guards _queued and _writing
+        self._writer: threading.Thread | None = None
 
     def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
         try:
@@ -93,13 +104,37 @@ class RedisTier:
             return [None] * len(keys)
 
     def put_many(self, answers: dict[bytes, bytes]) -> None:
-        try:
-            pipeline = self._client.pipeline(transaction=False)
-            for key, answer in answers.items():
-                pipeline.set(REDIS_KEY_PREFIX + key, answer, px=self._ttl_ms)
-            pipeline.execute()
-        except Exception as error:
-            self._failed("write", error)
+        """Queue `answers` for the writer; beyond MAX_QUEUED_WRITES the oldest queued are forgotten."""
+        with self._changed:
+            self._queued.update(answers)
+            for _ in range(len(self._queued) - MAX_QUEUED_WRITES):
+                del self._queued[next(iter(self._queued))]
+            self._changed.notify_all()
+            if self._writer is None:
+                self._writer = threading.Thread(target=self._write_queued, name="redis-cache-writer", daemon=True)
+                self._writer.start()
+
+    def flush(self, timeout_s: float) -> bool:
+        """Wait until every queued answer has been sent; False if that took longer than `timeout_s`."""
+        with self._changed:
+            return self._changed.wait_for(lambda: not self._queued and not self._writing, timeout_s)
+
+    def _write_queued(self) -> None:
+        while True:
+            with self._changed:
+                self._changed.wait_for(lambda: self._queued)
+                answers, self._queued, self._writing = self._queued, {}, True
+            try:
+                pipeline = self._client.pipeline(transaction=False)
+                for key, answer in answers.items():
+                    pipeline.set(REDIS_KEY_PREFIX + key, answer, px=self._ttl_ms)
+                pipeline.execute()
+            except Exception as error:
+                self._failed("write", error)
+            finally:
+                with self._changed:
+                    self._writing = False
+                    self._changed.notify_all()
 
     def _failed(self, what: str, error: Exception) -> None:
         self.errors += 1

@@ -158,25 +158,26 @@ def worker_serving(model_name: str, model_version: int, load_duration_s: float) 
 
 def cache_looked_up(tier: str, hits: int, misses: int) -> None:
     if hits:
-        _labelled(cache_hits, tier).inc(hits)
+        labelled(cache_hits, tier).inc(hits)
     if misses:
-        _labelled(cache_misses, tier).inc(misses)
+        labelled(cache_misses, tier).inc(misses)
 
 
 def cache_filled(tier: str, entries: int, size_bytes: int, evicted: int) -> None:
-    _labelled(cache_entries, tier).set(entries)
-    _labelled(cache_bytes, tier).set(size_bytes)
+    labelled(cache_entries, tier).set(entries)
+    labelled(cache_bytes, tier).set(size_bytes)
     if evicted:
-        _labelled(cache_evictions, tier).inc(evicted)
+        labelled(cache_evictions, tier).inc(evicted)
 
 
-_children: dict = {}  # (metric, label) -> its child: the cache counts on every request, labels() costs a lock
+_children: dict = {}  # (metric, labels) -> its child: counted on every request, and labels() costs a lock
 
 
-def _labelled(metric, label: str):
-    child = _children.get((metric, label))
+def labelled(metric, *labels: str):
+    """`metric.labels(*labels)`, looked up once."""
+    child = _children.get((metric, labels))
     if child is None:
-        child = _children[(metric, label)] = metric.labels(label)
+        child = _children[(metric, labels)] = metric.labels(*labels)
     return child
 
 

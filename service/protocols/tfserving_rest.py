@@ -35,6 +35,7 @@ from service.protocols.common import (
 from service.protocols.tfserving_codec import decode_request, encode_response
 from service.web.access import BATCH_SIZE_KEY, REFUSED_KEY, ROUTE_KEY
 
+PROTOCOL = "tfserving_rest"
 PREDICT_ROUTES = ("/predict", "/v1/models/{name}:predict", "/v1/models/{name}/versions/{version}:predict")
 PREDICT_PATH = re.compile(r"/predict|/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>[0-9]{1,9}))?:predict")
 
@@ -83,9 +84,16 @@ class PredictEndpoint:
         budget_s = admission_budget_s(server.settings, timeout_s)
         if not server.ready:
             raise NotReady
-        # Before the body is read and decoded: a refusal under overload must cost far less than the work.
+        cache, body = server.cache, None
+        if cache is not None:  # a repeated body needs no room in the batcher: answer it before asking for any
+            body = read_body(environ, server.settings.max_body_bytes)
+            if (kept := cache.repeated_answer(PROTOCOL, body)) is not None:
+                environ[BATCH_SIZE_KEY] = 0
+                return kept[0], {"X-Batch-Size": "0"}
+        # Before the body is decoded: a refusal under overload must cost far less than the work.
         server.batcher.check_room(1, budget_s)
-        body = read_body(environ, server.settings.max_body_bytes)
+        if body is None:
+            body = read_body(environ, server.settings.max_body_bytes)
         decoded = decode_request(
             body,
             model.signature,
@@ -103,8 +111,10 @@ class PredictEndpoint:
                 budget_s - spent_s if budget_s is not None else None,
             )
         environ[BATCH_SIZE_KEY] = outcome.batch_size
-        body = orjson.dumps(encode_response(outcome.result, decoded.layout))
-        return body, {"X-Batch-Size": str(outcome.batch_size)}
+        answer = orjson.dumps(encode_response(outcome.result, decoded.layout))
+        if cache is not None and outcome.batch_size == 0 and decoded.count <= server.batcher.max_batch_size:
+            cache.keep_answer(PROTOCOL, body, answer, decoded.count)  # seen twice: likely to be seen again
+        return answer, {"X-Batch-Size": str(outcome.batch_size)}
 
 
 endpoint = PredictEndpoint

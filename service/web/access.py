@@ -96,8 +96,9 @@ class AccessLayer:
 
 def count_request(route: str, method: str, status_code: int, duration_s: float) -> None:
     """The request metrics of one answer (also of one refused before it reached the app: web/backpressure.py)."""
-    metrics.http_requests.labels(route, method if method in KNOWN_METHODS else "other", str(status_code)).inc()
-    metrics.http_request_duration.labels(route).observe(duration_s)
+    method = method if method in KNOWN_METHODS else "other"
+    metrics.labelled(metrics.http_requests, route, method, str(status_code)).inc()
+    metrics.labelled(metrics.http_request_duration, route).observe(duration_s)
 
 
 def request_id_for(supplied: str) -> str:

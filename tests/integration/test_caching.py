@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -30,17 +31,30 @@ def predict(server, instances, **headers) -> requests.Response:
     return answer
 
 
+def wait_for_answers_in_redis(redis_client, count: int, timeout_s: float = 30.0) -> None:
+    """Until Redis holds `count` answers: a worker's writes reach it just after its answer."""
+    deadline = time.monotonic() + timeout_s
+    while len(list(redis_client.scan_iter(match=b"tfms:answer:*"))) < count:
+        assert time.monotonic() < deadline, f"Redis never held {count} answers"
+        time.sleep(0.05)
+
+
 def test_a_repeated_instance_is_answered_from_the_cache_with_the_very_same_bytes(
     cached_server, demo_holdout, redis_client
 ):
     images = demo_holdout[0][200:203].tolist()
     computed = predict(cached_server, images)
     assert int(computed.headers["X-Batch-Size"]) >= 1
-    # Another order, a request id, and whichever worker answers: every instance is a hit (Redis shares them).
-    for _ in range(4):
+    wait_for_answers_in_redis(redis_client, 3)
+    # Another order, a request id, and whichever worker answers: every instance is a hit (Redis shares them),
+    # and a body seen before is answered whole, with the same bytes as when its instances were looked up.
+    answers = []
+    for _ in range(6):
         cached = predict(cached_server, images[::-1], **{"X-Request-Id": "another-request"})
         assert cached.headers["X-Batch-Size"] == "0", "no forward pass"
         assert cached.json()["predictions"] == computed.json()["predictions"][::-1]
+        answers.append(cached.content)
+    assert len(set(answers)) == 1
 
 
 def test_a_bulk_request_computes_only_the_rows_the_cache_lacks(cached_server, demo_holdout, redis_client):
@@ -55,7 +69,9 @@ def test_a_bulk_request_computes_only_the_rows_the_cache_lacks(cached_server, de
 
 def test_metrics_report_the_cache_by_tier(cached_server, demo_holdout, redis_client):
     image = demo_holdout[0][400:401].tolist()
-    for _ in range(3):
+    predict(cached_server, image)
+    wait_for_answers_in_redis(redis_client, 1)
+    for _ in range(2):
         predict(cached_server, image)
     text = requests.get(f"{cached_server.url}/metrics", timeout=10).text
     samples = {

@@ -88,3 +88,17 @@ def test_metrics_count_misses_entries_bytes_and_evictions():
     assert REGISTRY.get_sample_value("model_server_cache_evictions_total", {"tier": "local"}) - before == 2
     assert REGISTRY.get_sample_value("model_server_cache_entries", {"tier": "local"}) == 3
     assert REGISTRY.get_sample_value("model_server_cache_bytes", {"tier": "local"}) == cache.local.bytes > 0
+
+
+def test_a_kept_body_is_read_back_whole_for_that_protocol_and_model_only():
+    local = LocalTier(1 << 20)
+    cache = ResultCache(MODEL, local)
+    body, answer = b'{"instances": [[1, 1.5]]}', b'{"predictions": [[0.5]]}'
+    assert cache.repeated_answer("tfserving_rest", body) is None
+    cache.keep_answer("tfserving_rest", body, answer, 1)
+    local_hits = hits("local")
+    assert cache.repeated_answer("tfserving_rest", body) == (answer, 1)
+    assert hits("local") - local_hits == 1, "counted as its instances' hits"
+    assert cache.repeated_answer("tfserving_rest", body + b" ") is None, "only the very same bytes"
+    assert cache.repeated_answer("v2", body) is None, "another protocol's answer is encoded differently"
+    assert ResultCache(model_identity("m", 2, "digest"), local).repeated_answer("tfserving_rest", body) is None

@@ -42,6 +42,7 @@ def test_local_answers_expire_after_their_time_to_live():
 def test_the_redis_tier_shares_answers_and_expires_them(redis_client):
     tier = RedisTier(redis_client, ttl_s=60)
     tier.put_many({b"a": answer(1.25)})
+    assert tier.flush(timeout_s=10)
     found = RedisTier(redis_client).get_many([b"a", b"b"])  # another worker's view
     assert found[1] is None and found[0] == answer(1.25)
     key = next(iter(redis_client.scan_iter(match=b"tfms:answer:*")))
@@ -54,5 +55,24 @@ def test_an_unreachable_redis_counts_as_a_miss_not_a_failure(caplog):
     tier = RedisTier(redis_client(f"redis://127.0.0.1:{free_port()}/0", timeout_s=5.0))
     assert tier.get_many([b"a", b"b"]) == [None, None]
     tier.put_many({b"a": answer(1)})
+    assert tier.flush(timeout_s=30)
     assert tier.errors == 2
     assert sum("Redis read failed" in record.getMessage() for record in caplog.records) == 1, "logged once a minute"
+
+
+def test_redis_writes_go_in_one_pipeline_off_the_callers_path_and_their_queue_is_bounded(redis_client, monkeypatch):
+    from service.caching import tiers
+
+    monkeypatch.setattr(tiers, "MAX_QUEUED_WRITES", 3)
+    tier = RedisTier(redis_client)
+    pipelines = []
+    original = redis_client.pipeline
+    monkeypatch.setattr(redis_client, "pipeline", lambda **options: pipelines.append(options) or original(**options))
+    with tier._changed:  # the writer cannot take the queue while the caller puts
+        tier.put_many({b"a": answer(1), b"b": answer(2)})
+        tier.put_many({b"c": answer(3), b"d": answer(4)})
+    assert tier.flush(timeout_s=10)
+    assert len(pipelines) == 1
+    found = tier.get_many([b"a", b"b", b"c", b"d"])
+    assert found[0] is None, "the oldest queued answer was forgotten"
+    assert found[1:] == [answer(2), answer(3), answer(4)]

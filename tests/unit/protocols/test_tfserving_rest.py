@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import logging
@@ -9,8 +10,10 @@ import logging
 import pytest
 
 from service import protocols
+from service.app import create_app
 from service.protocols.common import InferenceTarget
 from service.protocols.tfserving_rest import match_inference
+from tests.conftest import rows
 
 
 def call(app, path: str, body: bytes = b"", method: str = "POST", content_length: str | None = None, body_stream=None):
@@ -111,3 +114,31 @@ class StalledBody(io.RawIOBase):
 def test_a_body_that_stops_arriving_gets_408(app):
     answer = call(app, "/predict", content_length="64", body_stream=StalledBody())
     assert answer["status"] == 408 and "stopped arriving" in answer["body"]["error"]
+
+
+@pytest.fixture
+def cached_app(settings, fake_model, tmp_path):
+    model_file = tmp_path / "fake.keras"
+    model_file.write_bytes(b"weights")
+    app = create_app(dataclasses.replace(settings, cache_max_bytes=1 << 20, model_path=str(model_file)), fake_model)
+    yield app
+    app.extensions["model_server"].close()
+
+
+def test_a_body_answered_from_the_cache_is_then_answered_whole_even_when_the_queue_is_full(cached_app, fake_forward):
+    body = json.dumps({"instances": rows(2)}).encode()
+    passes_before = len(fake_forward.batch_sizes)  # the warm-up's
+    computed = call(cached_app, "/predict", body)
+    assert computed["status"] == 200 and int(computed["headers"]["X-Batch-Size"]) >= 1
+    assert call(cached_app, "/predict", body)["headers"]["X-Batch-Size"] == "0", "its instances were cached"
+    server = cached_app.extensions["model_server"]
+    server.batcher._queued_instances = server.batcher.max_queue  # as if the queue were full
+    try:
+        again = call(cached_app, "/predict", body)
+        new = call(cached_app, "/predict", json.dumps({"instances": rows(2, start=10)}).encode())
+    finally:
+        server.batcher._queued_instances = 0
+    assert again["status"] == 200 and again["headers"]["X-Batch-Size"] == "0"
+    assert again["body"] == computed["body"]
+    assert new["status"] == 503, "what must be computed still needs room"
+    assert len(fake_forward.batch_sizes) - passes_before == 1
