@@ -15,10 +15,11 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt requirements-bench.txt pyproject.toml
+$(VENV)/.installed: requirements.txt requirements-dev.txt requirements-bench.txt requirements-clients.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt -r requirements-bench.txt
+	$(PY) -m pip install --quiet --no-deps -r requirements-clients.txt
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $@
 

@@ -36,10 +36,9 @@ def render(error: ApiError) -> tuple[int, bytes, dict[str, str]]:
 
 def write_json(start_response: Callable, status: int, body: bytes, headers: dict[str, str]) -> list[bytes]:
     """Answer a WSGI request outside Flask with a JSON `body` (an error's or a result's)."""
-    start_response(
-        f"{status} {HTTPStatus(status).phrase}",
-        [("Content-Type", "application/json"), ("Content-Length", str(len(body))), *headers.items()],
-    )
+    # `headers` may set another Content-Type (binary tensors of the Open Inference Protocol).
+    fields = {"Content-Type": "application/json", **headers, "Content-Length": str(len(body))}
+    start_response(f"{status} {HTTPStatus(status).phrase}", list(fields.items()))
     return [body]
 
 

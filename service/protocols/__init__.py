@@ -5,17 +5,18 @@ A protocol module provides:
   Flask (the hot path) and hands every other request to `fallback`;
 - `blueprint`: a Flask blueprint with its other routes (status, metadata);
 - `match_inference(path)`: the `InferenceTarget` an inference path names, else None; the
-  workers ask it which requests the fast path and the early refusal may take.
-Everything between decoding and encoding is shared (service/protocols/common.py). Adding a
-protocol is one module and one line in PROTOCOLS.
+  workers ask it which requests the fast path and the early refusal may take;
+- `INFERENCE_ROUTES`: the templates of its inference paths (metrics' route label, the API document).
+Everything between decoding and encoding is shared (service/protocols/inference.py and
+common.py). Adding a protocol is one module and one line in PROTOCOLS.
 """
 
 from __future__ import annotations
 
-from service.protocols import tfserving_rest
+from service.protocols import tfserving_rest, v2_rest
 from service.protocols.common import InferenceTarget
 
-PROTOCOLS = (tfserving_rest,)
+PROTOCOLS = (tfserving_rest, v2_rest)
 
 
 def match_inference(path: str) -> InferenceTarget | None:

@@ -12,31 +12,18 @@ the batcher's thread), then encode (back on the request's thread).
 from __future__ import annotations
 
 import re
-import time
-from collections.abc import Callable, Iterable
 
 import orjson
 from flask import Blueprint
 from werkzeug.routing import BaseConverter
 
-from service.batching.bulk import predict_instances
-from service.errors import MethodNotAllowed, WsgiApp, render, write_json
-from service.model_server import ModelServer, current_server, json_response
-from service.protocols.common import (
-    InferenceTarget,
-    NotReady,
-    TakeTurns,
-    admission_budget_s,
-    api_error_for,
-    forward_pass_failures,
-    read_body,
-    request_timeout_s,
-)
-from service.protocols.tfserving_codec import decode_request, encode_response
-from service.web.access import BATCH_SIZE_KEY, REFUSED_KEY, ROUTE_KEY
+from service.backends.base import Arrays, ServedModel
+from service.model_server import current_server, json_response
+from service.protocols.common import InferenceTarget, TakeTurns
+from service.protocols.inference import InferenceEndpoint
+from service.protocols.tfserving_codec import DecodedRequest, decode_request, encode_response
 
-PROTOCOL = "tfserving_rest"
-PREDICT_ROUTES = ("/predict", "/v1/models/{name}:predict", "/v1/models/{name}/versions/{version}:predict")
+INFERENCE_ROUTES = ("/predict", "/v1/models/{name}:predict", "/v1/models/{name}/versions/{version}:predict")
 PREDICT_PATH = re.compile(r"/predict|/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>[0-9]{1,9}))?:predict")
 
 
@@ -47,74 +34,23 @@ def match_inference(path: str) -> InferenceTarget | None:
         return None
     name, version = match["name"], match["version"]
     if name is None:
-        return InferenceTarget(PREDICT_ROUTES[0], None, None)
+        return InferenceTarget(INFERENCE_ROUTES[0], None, None)
     if version is None:
-        return InferenceTarget(PREDICT_ROUTES[1], name, None)
-    return InferenceTarget(PREDICT_ROUTES[2], name, int(version))
+        return InferenceTarget(INFERENCE_ROUTES[1], name, None)
+    return InferenceTarget(INFERENCE_ROUTES[2], name, int(version))
 
 
-class PredictEndpoint:
-    """WSGI middleware: `POST` to a predict path is answered here, anything else by `fallback`."""
+class PredictEndpoint(InferenceEndpoint):
+    """TF Serving's predict, row (`instances`) or columnar (`inputs`), answered in the layout it came in."""
 
-    def __init__(self, server: ModelServer, fallback: WsgiApp):
-        self._server = server
-        self._fallback = fallback
+    protocol = "tfserving_rest"
+    match_inference = staticmethod(match_inference)
 
-    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
-        target = match_inference(environ.get("PATH_INFO", ""))
-        if target is None:
-            return self._fallback(environ, start_response)
-        environ[ROUTE_KEY] = target.route
-        try:
-            status, body, headers = 200, *self._predict(target, environ)
-        except Exception as error:
-            answer = api_error_for(error, self._server)
-            if getattr(answer, "reason", None) is not None:
-                environ[REFUSED_KEY] = answer.reason
-            status, body, headers = render(answer)
-        return write_json(start_response, status, body, headers)
+    def decode(self, body: bytes, environ: dict, model: ServedModel) -> DecodedRequest:
+        return decode_request(body, model.signature, self._server.settings.max_request_instances, TakeTurns())
 
-    def _predict(self, target: InferenceTarget, environ: dict) -> tuple[bytes, dict[str, str]]:
-        received_at = time.monotonic()
-        if environ["REQUEST_METHOD"] != "POST":
-            raise MethodNotAllowed(f"{environ['REQUEST_METHOD']} is not allowed here; predict takes POST", "POST")
-        server = self._server
-        model = server.model_for(target.model_name, target.version)
-        timeout_s = request_timeout_s(server.settings, environ.get("HTTP_X_REQUEST_TIMEOUT_MS"))
-        budget_s = admission_budget_s(server.settings, timeout_s)
-        if not server.ready:
-            raise NotReady
-        cache, body = server.cache, None
-        if cache is not None:  # a repeated body needs no room in the batcher: answer it before asking for any
-            body = read_body(environ, server.settings.max_body_bytes)
-            if (kept := cache.repeated_answer(PROTOCOL, body)) is not None:
-                environ[BATCH_SIZE_KEY] = 0
-                return kept[0], {"X-Batch-Size": "0"}
-        # Before the body is decoded: a refusal under overload must cost far less than the work.
-        server.batcher.check_room(1, budget_s)
-        if body is None:
-            body = read_body(environ, server.settings.max_body_bytes)
-        decoded = decode_request(
-            body,
-            model.signature,
-            server.settings.max_request_instances,
-            TakeTurns(),
-        )
-        spent_s = time.monotonic() - received_at  # reading and decoding the body took some of the time allowed
-        with forward_pass_failures():
-            outcome = predict_instances(
-                server.batcher,
-                server.cache,
-                decoded.inputs,
-                decoded.count,
-                timeout_s - spent_s if timeout_s is not None else None,
-                budget_s - spent_s if budget_s is not None else None,
-            )
-        environ[BATCH_SIZE_KEY] = outcome.batch_size
-        answer = orjson.dumps(encode_response(outcome.result, decoded.layout))
-        if cache is not None and outcome.batch_size == 0 and decoded.count <= server.batcher.max_batch_size:
-            cache.keep_answer(PROTOCOL, body, answer, decoded.count)  # seen twice: likely to be seen again
-        return answer, {"X-Batch-Size": str(outcome.batch_size)}
+    def encode(self, decoded: DecodedRequest, result: Arrays, model: ServedModel) -> tuple[bytes, dict[str, str]]:
+        return orjson.dumps(encode_response(result, decoded.layout)), {}
 
 
 endpoint = PredictEndpoint

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -23,17 +25,27 @@ def test_readme_curl_example_classifies_its_digit(demo_server):
     assert int(np.argmax(probabilities)) == 0  # the README says the example is a handwritten 0
 
 
-def test_readme_bulk_cache_and_jobs_example_runs_as_it_says(start_server, demo_model_path):
-    import subprocess
-
-    text = README.read_text()
-    block = re.search(r"<!-- run by tests/integration/test_readme.py -->\n```sh\n(?P<script>.*?)```", text, re.S)
-    assert block, "the README lost its bulk, cache and jobs example"
-    server = start_server(MODEL_PATH=str(demo_model_path), WORKERS="1", CACHE_MAX_BYTES="100000000")
+def run_block(marker: str, server) -> list[str]:
+    """The README's shell block marked `<!-- run by tests/integration/test_readme.py{marker} -->`, run on `server`."""
+    pattern = rf"<!-- run by tests/integration/test_readme.py{re.escape(marker)} -->\n```sh\n(?P<script>.*?)```"
+    block = re.search(pattern, README.read_text(), re.S)
+    assert block, f"the README lost its example{marker}"
     script = block["script"].replace("localhost:8000", server.url.removeprefix("http://"))
     done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    lines = done.stdout.splitlines()
+    return done.stdout.splitlines()
+
+
+def test_readme_v2_example_gives_the_metadata_and_classifies_its_digit(demo_server):
+    metadata, answer = (json.loads(line) for line in run_block(" (V2)", demo_server))
+    assert metadata["name"] == "digits" and metadata["inputs"][0]["shape"] == [-1, 8, 8, 1]
+    assert answer["id"] == "r1" and answer["model_name"] == "digits"
+    assert int(np.argmax(answer["outputs"][0]["data"])) == 0  # the same handwritten 0 as the TF Serving example
+
+
+def test_readme_bulk_cache_and_jobs_example_runs_as_it_says(start_server, demo_model_path):
+    server = start_server(MODEL_PATH=str(demo_model_path), WORKERS="1", CACHE_MAX_BYTES="100000000")
+    lines = run_block("", server)
     assert [line.strip().lower() for line in lines[:2]] == ["x-batch-size: 1", "x-batch-size: 0"]
     assert '"state":"queued"' in lines[2] or '"state":"running"' in lines[2] or '"state":"done"' in lines[2]
     assert lines[3].startswith('{"predictions":[[')

@@ -10,7 +10,7 @@ from werkzeug.test import EnvironBuilder
 
 from service.backends.signature import ModelSignature, TensorInfo
 from service.operations.openapi import openapi_document
-from service.protocols.tfserving_rest import PREDICT_ROUTES
+from service.protocols import PROTOCOLS
 from service.web.access import route_template
 
 
@@ -26,7 +26,8 @@ def test_the_document_is_valid_openapi_3_1(document):
 
 def test_every_route_is_documented_and_every_documented_path_exists(app, document):
     rules = [rule for rule in app.url_map.iter_rules() if not rule.endpoint.endswith("static")]  # the page's assets
-    served = {route_template(rule.rule).rstrip("/") or "/" for rule in rules} | set(PREDICT_ROUTES)
+    served = {route_template(rule.rule).rstrip("/") or "/" for rule in rules}
+    served |= {route for protocol in PROTOCOLS for route in protocol.INFERENCE_ROUTES}
     assert served == set(document["paths"])
 
 

@@ -1,0 +1,110 @@
+"""One inference request's way through a worker, the same for every protocol.
+
+A protocol's endpoint (`InferenceEndpoint`) names its paths, decodes its bodies and encodes its
+answers. Between those, every protocol's request goes the same way: the model it names, its
+deadline, the result cache's whole answers, admission before decoding (a refusal under overload
+must cost far less than the work), the batcher, and one answer to whatever went wrong. Each
+request's stages: decode (on the request's own thread or greenlet), batch and predict (in the
+batcher's thread), then encode (back on the request's thread).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
+
+from service.backends.base import Arrays, ServedModel
+from service.batching.bulk import predict_instances
+from service.errors import MethodNotAllowed, WsgiApp, render, write_json
+from service.model_server import ModelServer
+from service.protocols.common import (
+    InferenceTarget,
+    NotReady,
+    admission_budget_s,
+    api_error_for,
+    forward_pass_failures,
+    read_body,
+    request_timeout_s,
+)
+from service.web.access import BATCH_SIZE_KEY, REFUSED_KEY, ROUTE_KEY
+
+
+class Decoded(Protocol):
+    """What a protocol decodes a request into: arrays with a leading batch dimension of `count`."""
+
+    inputs: Arrays
+    count: int
+
+
+class InferenceEndpoint:
+    """WSGI middleware: `POST` to one of the protocol's inference paths is answered here, the rest by `fallback`."""
+
+    protocol: str  # names the protocol in the result cache's keys of whole answers
+
+    def __init__(self, server: ModelServer, fallback: WsgiApp):
+        self._server = server
+        self._fallback = fallback
+
+    @staticmethod
+    def match_inference(path: str) -> InferenceTarget | None:
+        raise NotImplementedError
+
+    def decode(self, body: bytes, environ: dict, model: ServedModel) -> Decoded:
+        raise NotImplementedError
+
+    def encode(self, decoded: Any, result: Arrays, model: ServedModel) -> tuple[bytes, dict[str, str]]:
+        """The answer's body and headers (a `Content-Type` other than JSON's among them)."""
+        raise NotImplementedError
+
+    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        target = self.match_inference(environ.get("PATH_INFO", ""))
+        if target is None:
+            return self._fallback(environ, start_response)
+        environ[ROUTE_KEY] = target.route
+        try:
+            status, body, headers = 200, *self._infer(target, environ)
+        except Exception as error:
+            answer = api_error_for(error, self._server)
+            if getattr(answer, "reason", None) is not None:
+                environ[REFUSED_KEY] = answer.reason
+            status, body, headers = render(answer)
+        return write_json(start_response, status, body, headers)
+
+    def _infer(self, target: InferenceTarget, environ: dict) -> tuple[bytes, dict[str, str]]:
+        received_at = time.monotonic()
+        if environ["REQUEST_METHOD"] != "POST":
+            raise MethodNotAllowed(f"{environ['REQUEST_METHOD']} is not allowed here; inference takes POST", "POST")
+        server = self._server
+        model = server.model_for(target.model_name, target.version)
+        timeout_s = request_timeout_s(server.settings, environ.get("HTTP_X_REQUEST_TIMEOUT_MS"))
+        budget_s = admission_budget_s(server.settings, timeout_s)
+        if not server.ready:
+            raise NotReady
+        cache, body = server.cache, None
+        if cache is not None:  # a repeated body needs no room in the batcher: answer it before asking for any
+            body = read_body(environ, server.settings.max_body_bytes)
+            if (kept := cache.repeated_answer(self.protocol, body)) is not None:
+                environ[BATCH_SIZE_KEY] = 0
+                return kept[0], {"X-Batch-Size": "0"}
+        # Before the body is decoded: a refusal under overload must cost far less than the work.
+        server.batcher.check_room(1, budget_s)
+        if body is None:
+            body = read_body(environ, server.settings.max_body_bytes)
+        decoded = self.decode(body, environ, model)
+        spent_s = time.monotonic() - received_at  # reading and decoding the body took some of the time allowed
+        with forward_pass_failures():
+            outcome = predict_instances(
+                server.batcher,
+                cache,
+                decoded.inputs,
+                decoded.count,
+                timeout_s - spent_s if timeout_s is not None else None,
+                budget_s - spent_s if budget_s is not None else None,
+            )
+        environ[BATCH_SIZE_KEY] = outcome.batch_size
+        answer, headers = self.encode(decoded, outcome.result, model)
+        wholly_cached = outcome.batch_size == 0 and decoded.count <= server.batcher.max_batch_size
+        if cache is not None and wholly_cached and not headers:  # JSON answers only: binary ones have headers
+            cache.keep_answer(self.protocol, body, answer, decoded.count)  # seen twice: likely to be seen again
+        return answer, {**headers, "X-Batch-Size": str(outcome.batch_size)}

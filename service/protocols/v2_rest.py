@@ -1,0 +1,100 @@
+"""The Open Inference Protocol (KServe V2) over REST: health, server and model metadata, readiness, infer.
+
+What Triton's, KServe's and MLServer's clients speak. Infer is an `InferenceEndpoint` in front of
+Flask, as TF Serving's predict is, so both protocols' requests join the same batches; the other
+routes are in `blueprint`. Errors are `{"error": "<what was wrong>"}`, as the protocol asks.
+"""
+
+from __future__ import annotations
+
+import re
+
+from flask import Blueprint, Response
+
+from service import __version__
+from service.backends.base import Arrays, ServedModel
+from service.model_server import current_server, json_response
+from service.protocols.common import InferenceTarget
+from service.protocols.inference import InferenceEndpoint
+from service.protocols.v2_codec import InferRequest, datatype_of, decode_infer_request, encode_infer_response
+
+INFERENCE_ROUTES = ("/v2/models/{name}/infer", "/v2/models/{name}/versions/{version}/infer")
+INFER_PATH = re.compile(r"/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[0-9]{1,9}))?/infer")
+EXTENSIONS = ("binary_tensor_data",)
+
+
+def match_inference(path: str) -> InferenceTarget | None:
+    """The infer route `path` names, with its model and version; None for any other path."""
+    match = INFER_PATH.fullmatch(path)
+    if match is None:
+        return None
+    if match["version"] is None:
+        return InferenceTarget(INFERENCE_ROUTES[0], match["name"], None)
+    return InferenceTarget(INFERENCE_ROUTES[1], match["name"], int(match["version"]))
+
+
+class InferEndpoint(InferenceEndpoint):
+    """V2 infer: JSON tensors, or binary ones after a JSON header (Inference-Header-Content-Length)."""
+
+    protocol = "v2_rest"
+    match_inference = staticmethod(match_inference)
+
+    def decode(self, body: bytes, environ: dict, model: ServedModel) -> InferRequest:
+        header_length = environ.get("HTTP_INFERENCE_HEADER_CONTENT_LENGTH")
+        return decode_infer_request(body, header_length, model.signature, self._server.settings.max_request_instances)
+
+    def encode(self, decoded: InferRequest, result: Arrays, model: ServedModel) -> tuple[bytes, dict[str, str]]:
+        body, header_length = encode_infer_response(model.name, model.version, decoded, result)
+        if header_length is None:
+            return body, {}
+        return body, {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(header_length)}
+
+
+endpoint = InferEndpoint
+
+blueprint = Blueprint("v2_rest", __name__)
+
+
+@blueprint.get("/v2/health/live")
+def live():
+    return Response(status=200)
+
+
+@blueprint.get("/v2/health/ready")
+def ready():
+    return Response(status=200 if current_server().ready else 503)
+
+
+@blueprint.get("/v2")
+def server_metadata():
+    return json_response({"name": "tf-model-server", "version": __version__, "extensions": list(EXTENSIONS)})
+
+
+@blueprint.get("/v2/models/<name>")
+@blueprint.get("/v2/models/<name>/versions/<int:version>")
+def model_metadata(name: str, version: int | None = None):
+    model = current_server().model_for(name, version)
+
+    def tensors(infos) -> list[dict]:
+        return [
+            {"name": info.name, "datatype": datatype_of(info), "shape": [-1, *info.describe()["shape"][1:]]}
+            for info in infos
+        ]
+
+    return json_response(
+        {
+            "name": model.name,
+            "versions": [str(model.version)],
+            "platform": "tensorflow_savedmodel",
+            "inputs": tensors(model.signature.inputs),
+            "outputs": tensors(model.signature.outputs),
+        }
+    )
+
+
+@blueprint.get("/v2/models/<name>/ready")
+@blueprint.get("/v2/models/<name>/versions/<int:version>/ready")
+def model_ready(name: str, version: int | None = None):
+    server = current_server()
+    server.model_for(name, version)
+    return Response(status=200 if server.ready else 503)

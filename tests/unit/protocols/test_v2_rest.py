@@ -1,0 +1,119 @@
+"""The Open Inference Protocol's routes over the fake model: health, metadata, readiness, infer, and shared batches."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import orjson
+import pytest
+
+from tests.conftest import rows
+
+
+def infer_document(values: list[list[float]], **extra) -> dict:
+    return {"inputs": [{"name": "x", "datatype": "FP32", "shape": [len(values), 3], "data": values}], **extra}
+
+
+def test_health_server_metadata_and_model_readiness(client, app):
+    assert client.get("/v2/health/live").status_code == 200
+    assert client.get("/v2/health/ready").status_code == 200
+    server = client.get("/v2").get_json()
+    assert server["name"] == "tf-model-server" and "binary_tensor_data" in server["extensions"]
+    assert client.get("/v2/models/fake/ready").status_code == 200
+    assert client.get("/v2/models/fake/versions/1/ready").status_code == 200
+    app.extensions["model_server"].ready = False
+    assert client.get("/v2/health/ready").status_code == 503
+    assert client.get("/v2/models/fake/ready").status_code == 503
+
+
+def test_model_metadata_names_the_tensors_and_an_unknown_model_is_a_json_404(client):
+    metadata = client.get("/v2/models/fake").get_json()
+    assert metadata["name"] == "fake" and metadata["versions"] == ["1"]
+    assert metadata["inputs"] == [{"name": "x", "datatype": "FP32", "shape": [-1, 3]}]
+    assert metadata["outputs"] == [{"name": "y", "datatype": "FP32", "shape": [-1, 3]}]
+    assert client.get("/v2/models/fake/versions/1").get_json() == metadata
+    for path in ("/v2/models/other", "/v2/models/fake/versions/2", "/v2/models/other/ready"):
+        answer = client.get(path)
+        assert answer.status_code == 404 and "error" in answer.get_json()
+
+
+def test_infer_answers_json_tensors_and_echoes_the_id(client):
+    answer = client.post("/v2/models/fake/infer", data=orjson.dumps(infer_document(rows(2), id="abc")))
+    assert answer.status_code == 200, answer.get_data()
+    body = answer.get_json()
+    assert body["id"] == "abc" and body["model_name"] == "fake" and body["model_version"] == "1"
+    assert body["outputs"] == [
+        {"name": "y", "datatype": "FP32", "shape": [2, 3], "data": (np.array(rows(2), np.float32) * 2).ravel().tolist()}
+    ]
+    assert int(answer.headers["X-Batch-Size"]) >= 1
+
+
+def test_infer_takes_and_gives_binary_tensors(client):
+    x = np.array(rows(3), np.float32)
+    tensor = {"name": "x", "datatype": "FP32", "shape": [3, 3], "parameters": {"binary_data_size": x.nbytes}}
+    header = orjson.dumps({"inputs": [tensor], "parameters": {"binary_data_output": True}})
+    answer = client.post(
+        "/v2/models/fake/versions/1/infer",
+        data=header + x.tobytes(),
+        headers={"Inference-Header-Content-Length": str(len(header)), "Content-Type": "application/octet-stream"},
+    )
+    assert answer.status_code == 200, answer.get_data()
+    assert answer.headers["Content-Type"] == "application/octet-stream"
+    length = int(answer.headers["Inference-Header-Content-Length"])
+    body = answer.get_data()
+    (output,) = orjson.loads(body[:length])["outputs"]
+    assert output["parameters"]["binary_data_size"] == x.nbytes
+    np.testing.assert_array_equal(np.frombuffer(body[length:], "<f4").reshape(3, 3), x * 2)
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status"),
+    [
+        ("/v2/models/fake/infer", b"not json", 400),
+        ("/v2/models/fake/infer", orjson.dumps({"inputs": [{"name": "x"}]}), 400),
+        ("/v2/models/other/infer", orjson.dumps(infer_document(rows(1))), 404),
+        ("/v2/models/fake/versions/9/infer", orjson.dumps(infer_document(rows(1))), 404),
+    ],
+)
+def test_infer_mistakes_are_4xx_with_an_error_body(client, path, body, status):
+    answer = client.post(path, data=body)
+    assert answer.status_code == status and answer.get_json()["error"]
+
+
+def test_infer_takes_only_post(client):
+    answer = client.get("/v2/models/fake/infer")
+    assert answer.status_code == 405 and answer.headers["Allow"] == "POST"
+
+
+def test_one_pass_serves_tf_serving_and_v2_requests_together(app, client, fake_forward):
+    """While a pass runs, a request of each protocol waits; the next pass serves both."""
+    before = len(fake_forward.batch_sizes)
+    fake_forward.gate.clear()
+    fake_forward.entered.clear()
+    answers: dict[str, object] = {}
+
+    def send(name: str, path: str, body: dict) -> None:
+        answers[name] = app.test_client().post(path, data=orjson.dumps(body))
+
+    first = threading.Thread(target=send, args=("first", "/predict", {"instances": rows(1)}))
+    first.start()
+    assert fake_forward.entered.wait(10)
+    others = [
+        threading.Thread(target=send, args=("rest", "/v1/models/fake:predict", {"instances": rows(1, start=5)})),
+        threading.Thread(target=send, args=("v2", "/v2/models/fake/infer", infer_document(rows(1, start=9)))),
+    ]
+    for thread in others:
+        thread.start()
+    batcher = app.extensions["model_server"].batcher
+    deadline = time.monotonic() + 10
+    while batcher.queue_depth < 2:
+        assert time.monotonic() < deadline, "the two requests never queued"
+        time.sleep(0.005)
+    fake_forward.gate.set()
+    for thread in [first, *others]:
+        thread.join(10)
+    assert fake_forward.batch_sizes[before:] == [1, 2]
+    assert answers["rest"].get_json()["predictions"] == [[10.0, 11.0, -10.0]]
+    assert answers["v2"].get_json()["outputs"][0]["data"] == [18.0, 19.0, -18.0]
