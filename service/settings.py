@@ -155,7 +155,8 @@ class Settings:
     )
     api_keys: str = _setting(
         "",
-        "Comma-separated API keys; when set, every route but `/healthz`, `/readyz` and the API docs needs one, as "
+        "Comma-separated API keys; when set, every route but the health checks (`/healthz`, `/readyz`, "
+        "`/v2/health/*`) and the API docs needs one, as "
         "`Authorization: Bearer <key>` or `X-API-Key` (401 without, 403 with a wrong one). Empty means no keys.",
     )
 

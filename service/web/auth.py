@@ -13,7 +13,9 @@ from collections.abc import Callable, Iterable
 from service.errors import ApiError, Forbidden, Unauthorized, WsgiApp, render, write_json
 
 # Probes carry no credentials, and the API's description is no secret (its page must load it).
-OPEN_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json", "/docs", "/docs/"})
+OPEN_PATHS = frozenset(
+    {"/healthz", "/readyz", "/v2/health/live", "/v2/health/ready", "/openapi.json", "/docs", "/docs/"}
+)
 OPEN_PREFIXES = ("/docs/static/",)
 
 

@@ -47,8 +47,10 @@ def test_a_wrong_key_gets_403(keyed_client, make_rows, wrong):
 
 
 def test_health_checks_and_docs_stay_open(keyed_client):
-    for path in ("/healthz", "/readyz", "/openapi.json", "/docs/", "/docs/static/swagger-ui.css"):
+    for path in ("/healthz", "/readyz", "/v2/health/live", "/v2/health/ready", "/openapi.json", "/docs/"):
         assert keyed_client.get(path).status_code == 200, path
+    assert keyed_client.get("/docs/static/swagger-ui.css").status_code == 200
+    assert keyed_client.get("/v2/models/fake").status_code == 401, "V2 metadata is not a probe: it needs a key"
 
 
 def test_without_keys_nothing_is_asked(client, make_rows):
