@@ -35,6 +35,7 @@ from scripts.predict_requests import sample_instance
 from service.caching.keys import model_identity
 from service.caching.result_cache import ResultCache
 from service.caching.tiers import LocalTier
+from service.protocols.tfserving_rest import PredictEndpoint
 
 HOT_INSTANCES = 100
 REQUESTS_PER_LIST = 20_000  # more than a run sends: no new instance is sent twice
@@ -79,7 +80,7 @@ def cache_work_per_miss_us(metadata: dict, requests: int = 5000) -> float:
     cache = ResultCache(model_identity("bench", 1, "digest"), LocalTier(CACHE_BYTES))
     started = time.process_time()
     for instance, body in zip(instances, bodies, strict=True):
-        cache.repeated_answer("tfserving_rest", body)
+        cache.repeated_answer(PredictEndpoint.protocol, body)
         lookup = cache.lookup({input_name: instance}, 1)
         cache.store(lookup, answer)
         lookup.merge(answer)

@@ -76,10 +76,7 @@ def model_metadata(name: str, version: int | None = None):
     model = current_server().model_for(name, version)
 
     def tensors(infos) -> list[dict]:
-        return [
-            {"name": info.name, "datatype": datatype_of(info), "shape": [-1, *info.describe()["shape"][1:]]}
-            for info in infos
-        ]
+        return [{"name": info.name, "datatype": datatype_of(info), "shape": info.describe()["shape"]} for info in infos]
 
     return json_response(
         {
