@@ -28,6 +28,7 @@ control_socket_disable = True
 
 
 def on_starting(server):
+    hooks.check_grpc_port(settings)
     server.log.info(plan.describe(settings), extra={"event": "sizing_plan", "plan": plan.as_dict()})
 
 
@@ -41,6 +42,7 @@ def post_fork(server, worker):
 
 def post_worker_init(worker):
     yield_cores_to_this_thread(settings.compute_niceness)
+    hooks.start_grpc(settings, worker)  # after: its threads keep the request threads' priority
 
 
 def worker_exit(server, worker):

@@ -57,13 +57,15 @@ class LiveServer:
 
     def __init__(self, env: dict[str, str], log_path: Path | None = None, command: tuple[str, ...] = SERVICE_COMMAND):
         self.port = int(env.get("PORT") or free_port())
-        self.env = {**os.environ, **env, "HOST": "127.0.0.1", "PORT": str(self.port)}
+        self.grpc_port = int(env.get("GRPC_PORT") or free_port())  # never TF Serving's 8500 shared by two servers
+        self.env = {**os.environ, **env, "HOST": "127.0.0.1", "PORT": str(self.port), "GRPC_PORT": str(self.grpc_port)}
         if not env.get("JOBS_DB") and not env.get("REDIS_URL"):  # a fresh jobs file, not the user's state directory
             jobs_db = Path(f"/tmp/tf-model-server-{self.port}-jobs.sqlite3")
             for stale in (jobs_db, jobs_db.with_name(jobs_db.name + "-wal"), jobs_db.with_name(jobs_db.name + "-shm")):
                 stale.unlink(missing_ok=True)
             self.env["JOBS_DB"] = str(jobs_db)
         self.url = f"http://127.0.0.1:{self.port}"
+        self.grpc_target = f"127.0.0.1:{self.grpc_port}"  # 0: gRPC off
         self.log_path = log_path or Path(f"/tmp/tf-model-server-{self.port}.log")
         self.process: subprocess.Popen | None = None
         self.command = [sys.executable, *(part.format(port=self.port) for part in command)]
@@ -90,6 +92,14 @@ class LiveServer:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def wait_for_grpc(self, workers: int, timeout_s: float = 120.0) -> None:
+        """Wait until `workers` workers serve gRPC (/readyz answers as soon as one serves HTTP)."""
+        deadline = time.monotonic() + timeout_s
+        while self.log().count("gRPC: serving") < workers:
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                raise ServerFailedToStart(f"{workers} workers did not all start gRPC:\n{self.log()[-4000:]}")
+            time.sleep(0.05)
 
     def stop(self, timeout_s: float = 60.0) -> int | None:
         """SIGTERM the master (graceful), then SIGKILL the group if it outstays `timeout_s`."""

@@ -15,7 +15,7 @@ from service.batching.batcher import Batcher
 from service.batching.cost_model import CostModel, largest_paying_size
 from service.batching.policy import AdaptivePolicy, FixedTimeout, Observations
 from service.caching.result_cache import build_result_cache
-from service.errors import render
+from service.errors import WsgiApp, render
 from service.jobs import routes as jobs_routes
 from service.jobs.service import build_jobs
 from service.model_server import ModelServer
@@ -24,10 +24,14 @@ from service.protocols import PROTOCOLS
 from service.protocols.common import admission_budget_s, api_error_for, request_timeout_s
 from service.settings import Settings, load_settings
 from service.sizing.placement import current_placement
-from service.web.access import ROUTE_KEY, AccessLayer, route_template
+from service.threads import gevent_is_active
+from service.web.access import PROTOCOL_KEY, ROUTE_KEY, AccessLayer, route_template
 from service.web.auth import ApiKeyGuard, parse_api_keys
+from service.web.grpc_server import GrpcServer
 
 log = logging.getLogger(__name__)
+
+_PROTOCOL_BLUEPRINTS = frozenset(protocol.blueprint.name for protocol in PROTOCOLS)  # named after their protocol
 
 
 def create_app(settings: Settings | None = None, model: ServedModel | None = None) -> Flask:
@@ -59,14 +63,36 @@ def create_app(settings: Settings | None = None, model: ServedModel | None = Non
     served = app.wsgi_app
     for protocol in PROTOCOLS:  # each answers its inference requests before Flask, and passes the rest on
         served = protocol.endpoint(server, served)
-    keys = parse_api_keys(settings.api_keys)
-    app.wsgi_app = AccessLayer(ApiKeyGuard(served, keys) if keys else served)
+    app.wsgi_app = outer_layers(settings, served)
     metrics.worker_serving(model.name, model.version, time.monotonic() - started)
     # TensorFlow and the model leave some 365,000 long-lived objects, which every full collection
     # of the cyclic garbage collector walked: a pause of 0.2-0.3 s for every thread that needs the
     # GIL, several times a minute under load (BENCHMARKS.md). Frozen, the collector skips them.
     gc.freeze()
     return app
+
+
+def outer_layers(settings: Settings, app: WsgiApp) -> WsgiApp:
+    """What every request and gRPC call passes first: its request id, metrics and access line, then API keys."""
+    keys = parse_api_keys(settings.api_keys)
+    return AccessLayer(ApiKeyGuard(app, keys) if keys else app)
+
+
+def start_grpc(app: Flask) -> GrpcServer:
+    """In a worker, after `create_app`: serve TF Serving's gRPC API on GRPC_PORT through the app's model server.
+
+    Not in `create_app`: gRPC must not start before the worker class has patched the standard
+    library (gevent), nor in tests that build apps by the dozen.
+    """
+    from service.protocols import tfserving_grpc  # TF Serving's messages, only where gRPC is served
+
+    server: ModelServer = app.extensions["model_server"]
+    settings = server.settings
+    concurrency = settings.gevent_connections if gevent_is_active() else settings.request_threads
+    calls = outer_layers(settings, tfserving_grpc.calls(server))
+    server.grpc = GrpcServer(calls, tfserving_grpc.METHODS, tfserving_grpc.PROTOCOL, settings, concurrency)
+    server.grpc.start()
+    return server.grpc
 
 
 def build_batcher(settings: Settings, model: ServedModel, warm_up_seconds: dict[int, float]) -> Batcher:
@@ -112,9 +138,11 @@ def _load_model_for_this_worker(settings: Settings) -> tuple[ServedModel, bool]:
 
 
 def _label_route() -> None:
-    """Name the matched route for the access layer's metrics and log (unmatched paths stay unlabelled)."""
+    """Name the matched route and its protocol for the access layer's metrics and log (unmatched: unlabelled)."""
     if request.url_rule is not None:
         request.environ[ROUTE_KEY] = route_template(request.url_rule.rule)
+        if request.blueprint in _PROTOCOL_BLUEPRINTS:
+            request.environ[PROTOCOL_KEY] = request.blueprint
 
 
 def _error_answer(error: Exception) -> Response:

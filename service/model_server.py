@@ -14,6 +14,7 @@ from service.errors import NotFound
 from service.jobs.service import Jobs
 from service.operations.refusals import RefusalSummary
 from service.settings import Settings
+from service.web.grpc_server import GrpcServer
 
 
 @dataclass
@@ -25,6 +26,7 @@ class ModelServer:
     batcher: Batcher
     cache: ResultCache | None = None
     jobs: Jobs | None = None
+    grpc: GrpcServer | None = None  # started in the worker after the app (service/web/grpc_server.py)
     ready: bool = False
     refusals: RefusalSummary = field(default_factory=RefusalSummary)
 
@@ -40,9 +42,12 @@ class ModelServer:
     def close(self) -> bool:
         """Stop taking requests and answer every accepted one; True if done within the graceful timeout."""
         self.ready = False
+        grpc_stopped = self.grpc.stop(self.settings.graceful_timeout_s) if self.grpc is not None else None
         if self.jobs is not None:
             self.jobs.runner.stop()
         closed = self.batcher.close(timeout_s=self.settings.graceful_timeout_s)
+        if grpc_stopped is not None:
+            closed = grpc_stopped(self.settings.graceful_timeout_s) and closed
         self.refusals.flush()
         return closed
 

@@ -40,6 +40,20 @@ class Settings:
     # Network and processes
     host: str = _setting("127.0.0.1", "Address to bind; use 0.0.0.0 only inside a container.")
     port: int = _setting(8000, "Port to bind.", minimum=1, maximum=65535)
+    grpc_port: int = _setting(
+        8500,
+        "Port of TF Serving's gRPC API (TF Serving's own default), bound by every worker with SO_REUSEPORT; 0 turns "
+        "gRPC off.",
+        minimum=0,
+        maximum=65535,
+    )
+    grpc_max_connection_age_s: float = _setting(
+        60.0,
+        "A gRPC connection is closed after this long (its calls in flight finish first) and the client reconnects, "
+        "so long-lived channels spread over the workers again (docs/protocols.md); 0 means never.",
+        "s",
+        minimum=0,
+    )
     workers: int = _setting(0, "Gunicorn worker processes; 0 lets the planner choose (see Sizing).", minimum=0)
     worker_class: str = _setting(
         "gevent",
@@ -250,6 +264,8 @@ class Settings:
                 f"MAX_QUEUE={self.max_queue} is smaller than MAX_BATCH_SIZE={self.max_batch_size}: "
                 "a full batch could never be queued. Raise MAX_QUEUE."
             )
+        if self.grpc_port == self.port:
+            raise SettingsError(f"GRPC_PORT={self.grpc_port} is PORT too; give gRPC its own port, or 0 to turn it off")
         self.padded_batch_sizes()  # validates BATCH_SIZES
 
     @property

@@ -38,7 +38,7 @@ class ModelSignature:
 
 
 # TF Serving names dtypes by their protobuf enum in metadata answers.
-_TF_DTYPE_ENUMS = {
+TF_DTYPE_ENUMS = {
     "float16": "DT_HALF",
     "bfloat16": "DT_BFLOAT16",
     "float32": "DT_FLOAT",
@@ -62,7 +62,7 @@ def describe_metadata(name: str, version: int, signature: ModelSignature) -> dic
     def tensors(infos: tuple[TensorInfo, ...]) -> dict:
         return {
             info.name: {
-                "dtype": _TF_DTYPE_ENUMS.get(info.dtype, "DT_INVALID"),
+                "dtype": TF_DTYPE_ENUMS.get(info.dtype, "DT_INVALID"),
                 "tensor_shape": {"dim": [{"size": str(size), "name": ""} for size in info.describe()["shape"]]},
                 "name": info.name,
             }

@@ -32,13 +32,14 @@ BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 http_requests = Counter(
     "model_server_http_requests",
-    "HTTP requests answered, by route template, method and status code.",
-    ["route", "method", "status"],
+    "Requests answered, by protocol (tfserving_rest, v2_rest, tfserving_grpc; http for the service's own routes), "
+    "route template (a gRPC call's method), method and HTTP status code (a gRPC call's: docs/protocols.md).",
+    ["protocol", "route", "method", "status"],
 )
 http_request_duration = Histogram(
     "model_server_http_request_duration_seconds",
-    "Time from a request reaching the app to its answer being ready, by route template.",
-    ["route"],
+    "Time from a request reaching the app to its answer being ready, by protocol and route template.",
+    ["protocol", "route"],
     buckets=LATENCY_BUCKETS_S,
 )
 rejected_requests = Counter(

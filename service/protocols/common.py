@@ -38,8 +38,9 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class InferenceTarget:
-    """An inference request's path, understood: its route template (for metrics) and the model it names."""
+    """An inference request's path, understood: its protocol, route template (for metrics) and the model it names."""
 
+    protocol: str
     route: str
     model_name: str | None  # None: the one model served
     version: int | None  # None: the version served

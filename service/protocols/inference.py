@@ -27,7 +27,7 @@ from service.protocols.common import (
     read_body,
     request_timeout_s,
 )
-from service.web.access import BATCH_SIZE_KEY, REFUSED_KEY, ROUTE_KEY
+from service.web.access import BATCH_SIZE_KEY, PROTOCOL_KEY, REFUSED_KEY, ROUTE_KEY
 
 
 class Decoded(Protocol):
@@ -61,7 +61,7 @@ class InferenceEndpoint:
         target = self.match_inference(environ.get("PATH_INFO", ""))
         if target is None:
             return self._fallback(environ, start_response)
-        environ[ROUTE_KEY] = target.route
+        environ[ROUTE_KEY], environ[PROTOCOL_KEY] = target.route, target.protocol
         try:
             status, body, headers = 200, *self._infer(target, environ)
         except Exception as error:

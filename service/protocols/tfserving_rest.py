@@ -18,11 +18,12 @@ from flask import Blueprint
 from werkzeug.routing import BaseConverter
 
 from service.backends.base import Arrays, ServedModel
-from service.model_server import current_server, json_response
+from service.model_server import ModelServer, current_server, json_response
 from service.protocols.common import InferenceTarget, TakeTurns
 from service.protocols.inference import InferenceEndpoint
 from service.protocols.tfserving_codec import DecodedRequest, decode_request, encode_response
 
+PROTOCOL = "tfserving_rest"
 INFERENCE_ROUTES = ("/predict", "/v1/models/{name}:predict", "/v1/models/{name}/versions/{version}:predict")
 PREDICT_PATH = re.compile(r"/predict|/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>[0-9]{1,9}))?:predict")
 
@@ -34,16 +35,16 @@ def match_inference(path: str) -> InferenceTarget | None:
         return None
     name, version = match["name"], match["version"]
     if name is None:
-        return InferenceTarget(INFERENCE_ROUTES[0], None, None)
+        return InferenceTarget(PROTOCOL, INFERENCE_ROUTES[0], None, None)
     if version is None:
-        return InferenceTarget(INFERENCE_ROUTES[1], name, None)
-    return InferenceTarget(INFERENCE_ROUTES[2], name, int(version))
+        return InferenceTarget(PROTOCOL, INFERENCE_ROUTES[1], name, None)
+    return InferenceTarget(PROTOCOL, INFERENCE_ROUTES[2], name, int(version))
 
 
 class PredictEndpoint(InferenceEndpoint):
     """TF Serving's predict, row (`instances`) or columnar (`inputs`), answered in the layout it came in."""
 
-    protocol = "tfserving_rest"
+    protocol = PROTOCOL
     match_inference = staticmethod(match_inference)
 
     def decode(self, body: bytes, environ: dict, model: ServedModel) -> DecodedRequest:
@@ -55,7 +56,7 @@ class PredictEndpoint(InferenceEndpoint):
 
 endpoint = PredictEndpoint
 
-blueprint = Blueprint("tfserving_rest", __name__)
+blueprint = Blueprint(PROTOCOL, __name__)
 
 
 class ModelNameConverter(BaseConverter):
@@ -72,13 +73,15 @@ def _register_converter(state) -> None:
 @blueprint.get("/v1/models/<model_name:name>")
 @blueprint.get("/v1/models/<model_name:name>/versions/<int:version>")
 def model_status(name: str, version: int | None = None):
-    server = current_server()
-    server.model_for(name, version)
+    return json_response(describe_status(current_server(), name, version))
+
+
+def describe_status(server: ModelServer, name: str | None, version: int | None) -> dict:
+    """TF Serving's model status (`GetModelStatusResponse` in its JSON form) of the model `name` designates."""
+    model = server.model_for(name, version)
     available = "AVAILABLE" if server.ready else "LOADING"
     ok = {"error_code": "OK", "error_message": ""}
-    return json_response(
-        {"model_version_status": [{"version": str(server.model.version), "state": available, "status": ok}]}
-    )
+    return {"model_version_status": [{"version": str(model.version), "state": available, "status": ok}]}
 
 
 @blueprint.get("/v1/models/<model_name:name>/metadata")

@@ -18,6 +18,7 @@ from service.protocols.common import InferenceTarget
 from service.protocols.inference import InferenceEndpoint
 from service.protocols.v2_codec import InferRequest, datatype_of, decode_infer_request, encode_infer_response
 
+PROTOCOL = "v2_rest"
 INFERENCE_ROUTES = ("/v2/models/{name}/infer", "/v2/models/{name}/versions/{version}/infer")
 INFER_PATH = re.compile(r"/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[0-9]{1,9}))?/infer")
 EXTENSIONS = ("binary_tensor_data",)
@@ -29,14 +30,14 @@ def match_inference(path: str) -> InferenceTarget | None:
     if match is None:
         return None
     if match["version"] is None:
-        return InferenceTarget(INFERENCE_ROUTES[0], match["name"], None)
-    return InferenceTarget(INFERENCE_ROUTES[1], match["name"], int(match["version"]))
+        return InferenceTarget(PROTOCOL, INFERENCE_ROUTES[0], match["name"], None)
+    return InferenceTarget(PROTOCOL, INFERENCE_ROUTES[1], match["name"], int(match["version"]))
 
 
 class InferEndpoint(InferenceEndpoint):
     """V2 infer: JSON tensors, or binary ones after a JSON header (Inference-Header-Content-Length)."""
 
-    protocol = "v2_rest"
+    protocol = PROTOCOL
     match_inference = staticmethod(match_inference)
 
     def decode(self, body: bytes, environ: dict, model: ServedModel) -> InferRequest:
@@ -52,7 +53,7 @@ class InferEndpoint(InferenceEndpoint):
 
 endpoint = InferEndpoint
 
-blueprint = Blueprint("v2_rest", __name__)
+blueprint = Blueprint(PROTOCOL, __name__)
 
 
 @blueprint.get("/v2/health/live")

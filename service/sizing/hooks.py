@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 
@@ -77,6 +78,33 @@ def place_worker(plan: WorkerPlan, worker) -> None:
     placement = plan.placement(worker.slot)
     place_this_worker(placement)
     pin_visible_gpu(placement.gpu.uuid if placement.gpu else None)
+
+
+def start_grpc(settings: Settings, worker) -> None:
+    """post_worker_init, in the worker: its gRPC server, once its model is warmed up (never in the master)."""
+    if settings.grpc_port:
+        from service.app import start_grpc
+
+        start_grpc(worker.wsgi)
+
+
+def check_grpc_port(settings: Settings) -> None:
+    """on_starting, in the master: refuse to start when another process already listens on GRPC_PORT.
+
+    The workers bind it with SO_REUSEPORT, which would let them share it silently with any
+    process of the same user that did too (another instance of this service): each would get
+    a share of the other's calls. A bind without SO_REUSEPORT fails while anything listens.
+    """
+    if not settings.grpc_port:
+        return
+    probe = socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET)
+    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a connection in TIME_WAIT is no listener
+    try:
+        probe.bind((settings.host, settings.grpc_port))
+    except OSError as error:
+        raise RuntimeError(f"GRPC_PORT={settings.grpc_port} on {settings.host} cannot be bound: {error}") from None
+    finally:
+        probe.close()
 
 
 def drain_worker(worker) -> None:

@@ -25,9 +25,11 @@ log = logging.getLogger("model_server.access")
 
 
 ROUTE_KEY = "model_server.route"  # environ key: the route template, set by whoever matched the path
+PROTOCOL_KEY = "model_server.protocol"  # environ key: the protocol of the route matched; else OTHER_PROTOCOL
 BATCH_SIZE_KEY = "model_server.batch_size"  # environ key: instances in the request's forward pass
 REFUSED_KEY = "model_server.refused"  # environ key: why it was refused unrun; refusals get no access line
 UNMATCHED_ROUTE = "unmatched"
+OTHER_PROTOCOL = "http"  # the service's own routes (health, metrics, jobs, docs) and unmatched paths
 LOGGED_PATH_CHARS = 256  # a hostile path must not make a line long enough to interleave with others
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})  # others count as "other"
 
@@ -67,7 +69,8 @@ class AccessLayer:
     def _record(environ: dict, request_id: str, status_code: int, duration_s: float) -> None:
         route = environ.get(ROUTE_KEY, UNMATCHED_ROUTE)
         method = environ.get("REQUEST_METHOD", "")
-        count_request(route, method, status_code, duration_s)
+        protocol = environ.get(PROTOCOL_KEY, OTHER_PROTOCOL)
+        count_request(protocol, route, method, status_code, duration_s)
         if log.isEnabledFor(logging.INFO) and REFUSED_KEY not in environ:
             batch_size = environ.get(BATCH_SIZE_KEY)
             path = environ.get("PATH_INFO", "")
@@ -85,6 +88,7 @@ class AccessLayer:
                     "request_id": request_id,
                     "method": method,
                     "path": path,
+                    "protocol": protocol,
                     "route": route,
                     "status": status_code,
                     "duration_ms": round(1000 * duration_s, 3),
@@ -94,11 +98,11 @@ class AccessLayer:
             )
 
 
-def count_request(route: str, method: str, status_code: int, duration_s: float) -> None:
+def count_request(protocol: str, route: str, method: str, status_code: int, duration_s: float) -> None:
     """The request metrics of one answer (also of one refused before it reached the app: web/backpressure.py)."""
     method = method if method in KNOWN_METHODS else "other"
-    metrics.labelled(metrics.http_requests, route, method, str(status_code)).inc()
-    metrics.labelled(metrics.http_request_duration, route).observe(duration_s)
+    metrics.labelled(metrics.http_requests, protocol, route, method, str(status_code)).inc()
+    metrics.labelled(metrics.http_request_duration, protocol, route).observe(duration_s)
 
 
 def request_id_for(supplied: str) -> str:

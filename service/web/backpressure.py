@@ -37,7 +37,7 @@ from service.batching.requests import QueueFull
 from service.errors import ApiError, ServiceUnavailable, render
 from service.operations import metrics
 from service.protocols import match_inference
-from service.protocols.common import admission_budget_s, refused, request_timeout_s
+from service.protocols.common import InferenceTarget, admission_budget_s, refused, request_timeout_s
 from service.web.access import count_request, request_id_for
 from service.web.workers import IncomingRequest, kept_alive_response
 
@@ -84,19 +84,19 @@ class EarlyRefusal:
         refusal = refusal_before_reading(self._server, method, target, timeout)
         if refusal is None:
             return None
-        route, error = refusal
+        target, error = refusal
         status, body, error_headers = render(error)
         request_id = request_id_for(framing.request_id.decode("latin-1"))
         headers = [("Content-Type", "application/json"), *error_headers.items(), ("X-Request-ID", request_id)]
         answer = kept_alive_response(f"{status} {HTTPStatus(status).phrase}", headers, body)
-        count_request(route, "POST", status, time.monotonic() - incoming.received_at)
+        count_request(target.protocol, target.route, "POST", status, time.monotonic() - incoming.received_at)
         return answer, incoming.take()[framing.request_end :]
 
 
 def refusal_before_reading(
     server: Any, method: str, path: str, timeout_header: str | None = None
-) -> tuple[str, ServiceUnavailable] | None:
-    """(route, 503) for an inference request refused by a full queue or an unreachable deadline, else None.
+) -> tuple[InferenceTarget, ServiceUnavailable] | None:
+    """(what it names, 503) for an inference request refused by a full queue or an unreachable deadline, else None.
 
     Judged from its request line and its `X-Request-Timeout-Ms` (`timeout_header`), before
     Gunicorn parses the request: only what the protocol's endpoint would refuse before reading
@@ -113,7 +113,7 @@ def refusal_before_reading(
     except ApiError:
         return None
     except (QueueFull, DeadlineUnreachable) as error:
-        return target.route, refused(server, error)
+        return target, refused(server, error)
     return None
 
 

@@ -40,5 +40,7 @@ def start_server(footprint_cache, tmp_path_factory):
 
 @pytest.fixture(scope="session", params=["gthread", "gevent"])
 def demo_server(request, start_server, demo_model_path) -> LiveServer:
-    """The demo model under each worker class, two workers each."""
-    return start_server(MODEL_PATH=str(demo_model_path), WORKER_CLASS=request.param, **DEMO_SERVER_SETTINGS)
+    """The demo model under each worker class, two workers each, both serving HTTP and gRPC."""
+    server = start_server(MODEL_PATH=str(demo_model_path), WORKER_CLASS=request.param, **DEMO_SERVER_SETTINGS)
+    server.wait_for_grpc(int(DEMO_SERVER_SETTINGS["WORKERS"]))
+    return server

@@ -78,8 +78,12 @@ def test_metrics_add_up_across_workers(demo_server, demo_holdout):
     def delta_total(metric):
         return total(after, metric) - total(before, metric)
 
-    assert delta("model_server_http_requests_total", route=PREDICT_ROUTE, method="POST", status="200") == len(sizes)
-    assert delta("model_server_http_request_duration_seconds_count", route=PREDICT_ROUTE) == len(sizes)
+    assert delta(
+        "model_server_http_requests_total", protocol="tfserving_rest", route=PREDICT_ROUTE, method="POST", status="200"
+    ) == len(sizes)
+    assert delta(
+        "model_server_http_request_duration_seconds_count", protocol="tfserving_rest", route=PREDICT_ROUTE
+    ) == len(sizes)
     assert delta("model_server_batch_queue_wait_seconds_count") == len(sizes)
     batches = delta_total("model_server_batches_total")
     assert 0 < batches < len(sizes), "requests close together share forward passes"
@@ -166,7 +170,14 @@ def test_a_dead_workers_live_gauges_leave_and_its_counts_stay(churn_server, metr
     for i in range(20):
         assert predict_instances(churn_server.url, images, 1, f"churn-{i}").status_code == 200
     before = scrape(churn_server.url)
-    served = value(before, "model_server_http_requests_total", route=PREDICT_ROUTE, method="POST", status="200")
+    served = value(
+        before,
+        "model_server_http_requests_total",
+        protocol="tfserving_rest",
+        route=PREDICT_ROUTE,
+        method="POST",
+        status="200",
+    )
     assert served == 20 and value(before, "model_server_workers_alive") == 2
 
     master = psutil.Process(churn_server.process.pid)
@@ -186,4 +197,14 @@ def test_a_dead_workers_live_gauges_leave_and_its_counts_stay(churn_server, metr
         pytest.fail("the killed worker was not replaced by a serving one within 120 s")
     assert value(after, "model_server_workers_alive") == 2, "the dead worker's live gauge is still summed"
     assert not any(path.name.startswith("gauge_live") and str(victim) in path.name for path in metrics_dir.iterdir())
-    assert value(after, "model_server_http_requests_total", route=PREDICT_ROUTE, method="POST", status="200") == 20
+    assert (
+        value(
+            after,
+            "model_server_http_requests_total",
+            protocol="tfserving_rest",
+            route=PREDICT_ROUTE,
+            method="POST",
+            status="200",
+        )
+        == 20
+    )

@@ -101,13 +101,13 @@ def test_every_client_mistake_gets_its_status_and_a_json_error(demo_server, meth
     assert answer.json()["error"]
 
 
-def test_master_never_loads_tensorflow_and_logs_its_plan(demo_server):
+def test_master_never_loads_tensorflow_nor_grpc_and_logs_its_plan(demo_server):
     master = psutil.Process(demo_server.process.pid)
     workers = master.children()
     assert len(workers) == 2
     maps = {p.pid: Path(f"/proc/{p.pid}/maps").read_text() for p in [master, *workers]}
-    assert "tensorflow" not in maps[master.pid]
-    assert all("tensorflow" in maps[w.pid] for w in workers)
+    assert "tensorflow" not in maps[master.pid] and "cygrpc" not in maps[master.pid]
+    assert all("tensorflow" in maps[w.pid] and "cygrpc" in maps[w.pid] for w in workers)
     log = demo_server.log()
     assert "Sizing plan" in log and "workers      2: set by WORKERS" in log
 

@@ -12,6 +12,7 @@ import pytest
 from service import protocols
 from service.app import create_app
 from service.protocols.common import InferenceTarget
+from service.protocols.tfserving_rest import PROTOCOL as REST
 from service.protocols.tfserving_rest import match_inference
 from tests.conftest import rows
 
@@ -42,9 +43,12 @@ def call(app, path: str, body: bytes = b"", method: str = "POST", content_length
 @pytest.mark.parametrize(
     ("path", "target"),
     [
-        ("/predict", InferenceTarget("/predict", None, None)),
-        ("/v1/models/m:predict", InferenceTarget("/v1/models/{name}:predict", "m", None)),
-        ("/v1/models/m/versions/7:predict", InferenceTarget("/v1/models/{name}/versions/{version}:predict", "m", 7)),
+        ("/predict", InferenceTarget(REST, "/predict", None, None)),
+        ("/v1/models/m:predict", InferenceTarget(REST, "/v1/models/{name}:predict", "m", None)),
+        (
+            "/v1/models/m/versions/7:predict",
+            InferenceTarget(REST, "/v1/models/{name}/versions/{version}:predict", "m", 7),
+        ),
     ],
 )
 def test_the_three_predict_paths_and_nothing_else_are_inference_targets(path, target):

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import threading
-import time
-
 import numpy as np
 import orjson
 import pytest
@@ -85,35 +82,3 @@ def test_infer_mistakes_are_4xx_with_an_error_body(client, path, body, status):
 def test_infer_takes_only_post(client):
     answer = client.get("/v2/models/fake/infer")
     assert answer.status_code == 405 and answer.headers["Allow"] == "POST"
-
-
-def test_one_pass_serves_tf_serving_and_v2_requests_together(app, client, fake_forward):
-    """While a pass runs, a request of each protocol waits; the next pass serves both."""
-    before = len(fake_forward.batch_sizes)
-    fake_forward.gate.clear()
-    fake_forward.entered.clear()
-    answers: dict[str, object] = {}
-
-    def send(name: str, path: str, body: dict) -> None:
-        answers[name] = app.test_client().post(path, data=orjson.dumps(body))
-
-    first = threading.Thread(target=send, args=("first", "/predict", {"instances": rows(1)}))
-    first.start()
-    assert fake_forward.entered.wait(10)
-    others = [
-        threading.Thread(target=send, args=("rest", "/v1/models/fake:predict", {"instances": rows(1, start=5)})),
-        threading.Thread(target=send, args=("v2", "/v2/models/fake/infer", infer_document(rows(1, start=9)))),
-    ]
-    for thread in others:
-        thread.start()
-    batcher = app.extensions["model_server"].batcher
-    deadline = time.monotonic() + 10
-    while batcher.queue_depth < 2:
-        assert time.monotonic() < deadline, "the two requests never queued"
-        time.sleep(0.005)
-    fake_forward.gate.set()
-    for thread in [first, *others]:
-        thread.join(10)
-    assert fake_forward.batch_sizes[before:] == [1, 2]
-    assert answers["rest"].get_json()["predictions"] == [[10.0, 11.0, -10.0]]
-    assert answers["v2"].get_json()["outputs"][0]["data"] == [18.0, 19.0, -18.0]

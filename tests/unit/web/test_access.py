@@ -10,8 +10,8 @@ from prometheus_client import REGISTRY
 from service.web.access import route_template
 
 
-def requests_counted(route: str, method: str, status: str) -> float:
-    labels = {"route": route, "method": method, "status": status}
+def requests_counted(route: str, method: str, status: str, protocol: str = "tfserving_rest") -> float:
+    labels = {"protocol": protocol, "route": route, "method": method, "status": status}
     return REGISTRY.get_sample_value("model_server_http_requests_total", labels) or 0.0
 
 
@@ -46,19 +46,22 @@ def test_an_unusable_request_id_is_replaced(client, unusable):
         ("GET", "/v1/models/fake/metadata", "/v1/models/{name}/metadata", "200"),
         ("GET", "/v1/models/fake/versions/7", "/v1/models/{name}/versions/{version}", "404"),
         ("GET", "/no/such/route", "unmatched", "404"),
+        ("GET", "/healthz", "/healthz", "200"),
+        ("GET", "/v2/health/ready", "/v2/health/ready", "200"),
     ],
 )
-def test_requests_are_counted_by_route_template_and_status(client, make_rows, method, path, route, status):
-    before = requests_counted(route, method, status)
+def test_requests_are_counted_by_protocol_route_template_and_status(client, make_rows, method, path, route, status):
+    protocol = {"/v1": "tfserving_rest", "/pr": "tfserving_rest", "/v2": "v2_rest"}.get(path[:3], "http")
+    before = requests_counted(route, method, status, protocol)
     client.open(path, method=method, json={"instances": make_rows(1)} if method == "POST" else None)
-    assert requests_counted(route, method, status) == before + 1
+    assert requests_counted(route, method, status, protocol) == before + 1
 
 
 def test_unknown_methods_and_paths_cannot_create_series(client):
-    before = requests_counted("unmatched", "other", "404")
+    before = requests_counted("unmatched", "other", "404", "http")
     client.open("/made-up-path-1", method="BREW")
     client.open("/made-up-path-2", method="BREW2")
-    assert requests_counted("unmatched", "other", "404") == before + 2
+    assert requests_counted("unmatched", "other", "404", "http") == before + 2
 
 
 def test_each_request_logs_one_access_event_with_its_id_route_status_and_batch(client, make_rows, caplog):
@@ -68,9 +71,10 @@ def test_each_request_logs_one_access_event_with_its_id_route_status_and_batch(c
     ok, bad = access_events(caplog)
     assert answer.status_code == 200
     assert ok.request_id == "r1" and len(bad.request_id) == 32
-    assert (ok.method, ok.path, ok.route, ok.status, ok.batch_size) == (
+    assert (ok.method, ok.path, ok.protocol, ok.route, ok.status, ok.batch_size) == (
         "POST",
         "/v1/models/fake:predict",
+        "tfserving_rest",
         "/v1/models/{name}:predict",
         200,
         3,

@@ -147,7 +147,7 @@ def test_a_full_queue_refuses_a_predict_request_unparsed_with_the_routes_own_ans
     counted = (
         REGISTRY.get_sample_value(
             "model_server_http_requests_total",
-            {"route": "/v1/models/{name}:predict", "method": "POST", "status": "503"},
+            {"protocol": "tfserving_rest", "route": "/v1/models/{name}:predict", "method": "POST", "status": "503"},
         )
         or 0
     )
@@ -170,7 +170,7 @@ def test_a_full_queue_refuses_a_predict_request_unparsed_with_the_routes_own_ans
     assert (
         REGISTRY.get_sample_value(
             "model_server_http_requests_total",
-            {"route": "/v1/models/{name}:predict", "method": "POST", "status": "503"},
+            {"protocol": "tfserving_rest", "route": "/v1/models/{name}:predict", "method": "POST", "status": "503"},
         )
         == counted + 1
     )

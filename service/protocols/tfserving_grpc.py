@@ -1,0 +1,159 @@
+"""TensorFlow Serving's gRPC API: PredictionService's Predict and GetModelMetadata, ModelService's GetModelStatus.
+
+What TF Serving's gRPC clients speak (`tensorflow-serving-api`'s stubs, unchanged). The transport
+(service/web/grpc_server.py) hands each call here as a WSGI request whose path is the call's
+method and whose body is its serialized message, so a call goes through the same layers as an
+HTTP request: request ids, API keys, metrics and the access log, and for Predict the same
+`InferenceEndpoint` as the REST protocols' (admission before decoding, deadlines, the result
+cache, the batcher), so it joins their batches. Messages are parsed here, not by gRPC, so a
+malformed one is answered as a client mistake (INVALID_ARGUMENT) like a malformed JSON body.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from google.protobuf import json_format
+from google.protobuf.message import DecodeError, Message
+from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, model_pb2, predict_pb2
+
+from service.backends.base import Arrays, ServedModel
+from service.errors import BadRequest, NotFound, WsgiApp, render, write_json
+from service.model_server import ModelServer
+from service.protocols.common import InferenceTarget, api_error_for, read_body
+from service.protocols.inference import InferenceEndpoint
+from service.protocols.tensor_proto import from_array, to_array
+from service.protocols.tfserving_codec import check_count
+from service.protocols.tfserving_rest import describe_status
+from service.web.access import PROTOCOL_KEY, ROUTE_KEY
+
+PROTOCOL = "tfserving_grpc"
+PREDICTION_SERVICE = "tensorflow.serving.PredictionService"
+MODEL_SERVICE = "tensorflow.serving.ModelService"
+PREDICT = f"/{PREDICTION_SERVICE}/Predict"
+GET_MODEL_METADATA = f"/{PREDICTION_SERVICE}/GetModelMetadata"
+GET_MODEL_STATUS = f"/{MODEL_SERVICE}/GetModelStatus"
+METHODS = (PREDICT, GET_MODEL_METADATA, GET_MODEL_STATUS)  # Classify, Regress, MultiInference: UNIMPLEMENTED
+SERVING_DEFAULT = "serving_default"
+PROTOBUF_CONTENT_TYPE = {"Content-Type": "application/x-protobuf"}
+
+
+def match_inference(path: str) -> InferenceTarget | None:
+    """Predict; the model is named in the message, not the path, and checked when it is decoded."""
+    return InferenceTarget(PROTOCOL, PREDICT, None, None) if path == PREDICT else None
+
+
+@dataclass(frozen=True)
+class DecodedPredict:
+    inputs: Arrays
+    count: int
+    outputs: tuple[str, ...]  # `output_filter`, else every output of the model
+
+
+class PredictCall(InferenceEndpoint):
+    """`PredictionService.Predict`: TensorProto inputs in, the model's (or the filtered) outputs out."""
+
+    protocol = PROTOCOL
+    match_inference = staticmethod(match_inference)
+
+    def decode(self, body: bytes, environ: dict, model: ServedModel) -> DecodedPredict:
+        request = _parse(predict_pb2.PredictRequest, body)
+        model_for_spec(self._server, request.model_spec)
+        signature = model.signature
+        if set(request.inputs) != set(signature.input_names):
+            raise BadRequest(
+                f"inputs must be exactly the model's {sorted(signature.input_names)}, got {sorted(request.inputs)}"
+            )
+        inputs = {info.name: to_array(request.inputs[info.name], info) for info in signature.inputs}
+        counts = {len(array) for array in inputs.values()}
+        if len(counts) > 1:
+            raise BadRequest(f"all inputs must have the same batch dimension, got {sorted(counts)}")
+        count = check_count(counts.pop(), self._server.settings.max_request_instances, "the batch dimension")
+        outputs = tuple(request.output_filter) or tuple(info.name for info in signature.outputs)
+        known = {info.name for info in signature.outputs}
+        if not set(outputs) <= known or len(set(outputs)) != len(outputs):
+            raise BadRequest(
+                f"output_filter must name distinct outputs of the model's {sorted(known)}, got {list(outputs)}"
+            )
+        return DecodedPredict(inputs, count, outputs)
+
+    def encode(self, decoded: DecodedPredict, result: Arrays, model: ServedModel) -> tuple[bytes, dict[str, str]]:
+        response = predict_pb2.PredictResponse()
+        _describe_spec(model, response.model_spec)
+        for name in decoded.outputs:
+            from_array(result[name], response.outputs[name])
+        return response.SerializeToString(), {}
+
+
+class ModelCalls:
+    """WSGI middleware: `GetModelMetadata` and `GetModelStatus` are answered here, other paths by `fallback`."""
+
+    def __init__(self, server: ModelServer, fallback: WsgiApp):
+        self._server = server
+        self._fallback = fallback
+        self._answers: dict[str, Callable[[bytes], Message]] = {
+            GET_MODEL_METADATA: self._metadata,
+            GET_MODEL_STATUS: self._status,
+        }
+
+    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        answer = self._answers.get(environ.get("PATH_INFO", ""))
+        if answer is None:
+            return self._fallback(environ, start_response)
+        environ[ROUTE_KEY], environ[PROTOCOL_KEY] = environ["PATH_INFO"], PROTOCOL
+        try:
+            body = answer(read_body(environ, self._server.settings.max_body_bytes)).SerializeToString()
+        except Exception as error:
+            return write_json(start_response, *render(api_error_for(error, self._server)))
+        return write_json(start_response, 200, body, PROTOBUF_CONTENT_TYPE)
+
+    def _metadata(self, body: bytes) -> get_model_metadata_pb2.GetModelMetadataResponse:
+        request = _parse(get_model_metadata_pb2.GetModelMetadataRequest, body)
+        model = model_for_spec(self._server, request.model_spec)
+        if list(request.metadata_field) != ["signature_def"]:
+            raise BadRequest(
+                f"metadata_field must be ['signature_def'], the one this server has; got {list(request.metadata_field)}"
+            )
+        response = get_model_metadata_pb2.GetModelMetadataResponse()
+        _describe_spec(model, response.model_spec)
+        signatures = model.metadata()["metadata"]["signature_def"]  # the REST metadata's JSON is the proto's
+        response.metadata["signature_def"].Pack(
+            json_format.ParseDict(signatures, get_model_metadata_pb2.SignatureDefMap())
+        )
+        return response
+
+    def _status(self, body: bytes) -> get_model_status_pb2.GetModelStatusResponse:
+        model = model_for_spec(self._server, _parse(get_model_status_pb2.GetModelStatusRequest, body).model_spec)
+        status = describe_status(self._server, model.name, model.version)
+        return json_format.ParseDict(status, get_model_status_pb2.GetModelStatusResponse())
+
+
+def calls(server: ModelServer) -> WsgiApp:
+    """The worker's gRPC methods as one WSGI app; a method not served is a 404 (UNIMPLEMENTED is gRPC's own)."""
+    return PredictCall(server, ModelCalls(server, _unknown_method))
+
+
+def model_for_spec(server: ModelServer, spec: model_pb2.ModelSpec) -> ServedModel:
+    """The model a ModelSpec names (an empty name: the one served); NotFound or BadRequest otherwise."""
+    if spec.HasField("version_label"):
+        raise NotFound(f"no version is labelled {spec.version_label!r}; this server chooses versions by number")
+    if spec.signature_name not in ("", SERVING_DEFAULT):
+        raise BadRequest(f"unknown signature_name {spec.signature_name!r}; this model serves {SERVING_DEFAULT!r}")
+    return server.model_for(spec.name or None, spec.version.value if spec.HasField("version") else None)
+
+
+def _describe_spec(model: ServedModel, spec: model_pb2.ModelSpec) -> None:
+    spec.name, spec.signature_name = model.name, SERVING_DEFAULT
+    spec.version.value = model.version
+
+
+def _parse(message: type[Message], body: bytes) -> Message:
+    try:
+        return message.FromString(body)
+    except DecodeError as error:
+        raise BadRequest(f"the request is not a valid {message.DESCRIPTOR.full_name}: {error}") from None
+
+
+def _unknown_method(environ: dict, start_response: Callable) -> Iterable[bytes]:
+    return write_json(start_response, *render(NotFound(f"method {environ.get('PATH_INFO')!r} is not served here")))

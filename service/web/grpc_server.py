@@ -1,0 +1,159 @@
+"""Each worker's gRPC server (TF Serving's gRPC API) on GRPC_PORT, beside the HTTP port.
+
+Started in the worker once its model is warmed up (gunicorn.conf.py's `post_worker_init`),
+never in the master: gRPC's threads, like TensorFlow's, do not survive `fork()`. Every worker
+binds the same port with SO_REUSEPORT, and the kernel spreads new *connections* over the
+workers, not calls: a client's channel is one HTTP/2 connection, so all its calls go to one
+worker. GRPC_MAX_CONNECTION_AGE_S closes connections after that long (calls in flight finish
+first), so a long-lived channel reconnects and lands on a worker picked again
+(docs/protocols.md).
+
+A call is served as a WSGI request through the same layers as HTTP ones (`serve_call`): its
+method is the path, its serialized message the body, its metadata the headers (`authorization`,
+`x-api-key`, `x-request-id`), its deadline the `X-Request-Timeout-Ms`; the HTTP status of the
+answer becomes the call's gRPC status (STATUS_CODES) and the error's message its details.
+
+Under the gevent worker class, `grpc.experimental.gevent.init_gevent()` runs first (after
+Gunicorn has patched the standard library, before any gRPC object exists), so gRPC's polling
+yields to the worker's other greenlets and the call handlers are greenlets.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Callable
+from concurrent import futures
+from typing import Any
+
+import orjson
+
+from service.errors import WsgiApp
+from service.settings import Settings
+from service.threads import gevent_is_active
+from service.web.access import PROTOCOL_KEY
+
+log = logging.getLogger(__name__)
+
+# The gRPC status of each HTTP status the layers answer with; any other is INTERNAL.
+STATUS_CODES = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    408: "DEADLINE_EXCEEDED",
+    409: "FAILED_PRECONDITION",
+    413: "RESOURCE_EXHAUSTED",
+    422: "INVALID_ARGUMENT",
+    503: "UNAVAILABLE",  # a refusal: the details say why, `retry-after` and `grpc-retry-pushback-ms` when to retry
+    504: "DEADLINE_EXCEEDED",
+}
+# Call metadata read as request headers, and answer headers sent back as trailing metadata.
+REQUEST_HEADERS = {
+    "authorization": "HTTP_AUTHORIZATION",
+    "x-api-key": "HTTP_X_API_KEY",
+    "x-request-id": "HTTP_X_REQUEST_ID",
+}
+ANSWER_HEADERS = {"X-Request-ID": "x-request-id", "Retry-After": "retry-after", "X-Batch-Size": "x-batch-size"}
+NO_DEADLINE_S = 1e8  # gRPC reports a call without a deadline as one about 290 years away
+
+
+def serve_call(app: WsgiApp, method: str, body: bytes, context: Any, protocol: str) -> bytes:
+    """One unary call answered by the WSGI `app`: its answer's body, or `context.abort` with the error."""
+    environ = {
+        "REQUEST_METHOD": "POST",
+        "PATH_INFO": method,
+        "SERVER_PROTOCOL": "HTTP/2",
+        "CONTENT_LENGTH": str(len(body)),
+        "wsgi.input": io.BytesIO(body),
+        "REMOTE_ADDR": _peer_address(context.peer()),
+        PROTOCOL_KEY: protocol,
+    }
+    for key, value in context.invocation_metadata():
+        if key in REQUEST_HEADERS and isinstance(value, str):
+            environ[REQUEST_HEADERS[key]] = value
+    remaining_s = context.time_remaining()
+    if remaining_s is not None and remaining_s < NO_DEADLINE_S:
+        environ["HTTP_X_REQUEST_TIMEOUT_MS"] = repr(max(remaining_s * 1000, 0.001))
+    answered: dict = {}
+
+    def start_response(status: str, headers: list, exc_info=None) -> None:
+        answered["status"], answered["headers"] = int(status[:3]), headers
+
+    answer = b"".join(app(environ, start_response))
+    trailing = [(ANSWER_HEADERS[name], value) for name, value in answered["headers"] if name in ANSWER_HEADERS]
+    retry_after = next((value for name, value in answered["headers"] if name == "Retry-After"), None)
+    if retry_after is not None:  # what gRPC's own retry policy honours
+        trailing.append(("grpc-retry-pushback-ms", str(1000 * int(retry_after))))
+    context.set_trailing_metadata(tuple(trailing))
+    if answered["status"] == 200:
+        return answer
+    import grpc
+
+    code = getattr(grpc.StatusCode, STATUS_CODES.get(answered["status"], "INTERNAL"))
+    context.abort(code, orjson.loads(answer)["error"])
+    raise AssertionError("context.abort raises")  # pragma: no cover
+
+
+class GrpcServer:
+    """The worker's gRPC server: `start()` binds GRPC_PORT and serves `app`'s methods; `stop()` drains it."""
+
+    def __init__(self, app: WsgiApp, methods: tuple[str, ...], protocol: str, settings: Settings, concurrency: int):
+        self._app = app
+        self._methods = methods
+        self._protocol = protocol
+        self._settings = settings
+        self._concurrency = concurrency
+        self._server = None
+
+    def start(self) -> int:
+        """Serve from now on; the port bound. Raises RuntimeError when it cannot be bound."""
+        if gevent_is_active():
+            import grpc.experimental.gevent
+
+            grpc.experimental.gevent.init_gevent()
+        import grpc
+
+        settings = self._settings
+        handlers = {}
+        for method in self._methods:
+            service, name = method.strip("/").split("/")
+            handlers.setdefault(service, {})[name] = grpc.unary_unary_rpc_method_handler(self._handler(method))
+        options = [
+            ("grpc.so_reuseport", 1),
+            ("grpc.max_receive_message_length", settings.max_body_bytes),
+            ("grpc.max_send_message_length", -1),
+        ]
+        if settings.grpc_max_connection_age_s:
+            options += [
+                ("grpc.max_connection_age_ms", int(1000 * settings.grpc_max_connection_age_s)),
+                ("grpc.max_connection_age_grace_ms", 1000 * settings.graceful_timeout_s),
+            ]
+        # Calls beyond `concurrency` are refused by gRPC at once (RESOURCE_EXHAUSTED), never queued unbounded.
+        self._server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=self._concurrency, thread_name_prefix="grpc"),
+            handlers=[grpc.method_handlers_generic_handler(service, named) for service, named in handlers.items()],
+            options=options,
+            maximum_concurrent_rpcs=self._concurrency,
+        )
+        port = self._server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
+        self._server.start()
+        log.info("gRPC: serving %s on %s:%d", ", ".join(self._methods), settings.host, port)
+        return port
+
+    def stop(self, grace_s: float) -> Callable[[float | None], bool]:
+        """Refuse new calls now and end the ones in flight within `grace_s`; returns a wait for that."""
+        if self._server is None:
+            return lambda timeout=None: True
+        return self._server.stop(grace_s).wait
+
+    def _handler(self, method: str) -> Callable[[bytes, Any], bytes]:
+        app, protocol = self._app, self._protocol
+        return lambda body, context: serve_call(app, method, body, context, protocol)
+
+
+def _peer_address(peer: str) -> str:
+    """`ipv4:127.0.0.1:5000` or `ipv6:[::1]:5000` -> the address alone."""
+    address = peer.partition(":")[2]
+    host, _, port = address.rpartition(":")
+    return host.strip("[]") if port.isdigit() else address

@@ -1,0 +1,93 @@
+"""TF Serving's gRPC API on the live server, gthread and gevent, called with tensorflow-serving-api's stubs unchanged."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import grpc
+import numpy as np
+import pytest
+import requests
+import tensorflow as tf
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
+
+from service.protocols.tfserving_grpc import PREDICT
+
+pytestmark = pytest.mark.integration
+
+
+def channel_to(server) -> grpc.Channel:
+    """A channel with its own connection: channels of one process share connections unless told otherwise."""
+    return grpc.insecure_channel(server.grpc_target, options=[("grpc.use_local_subchannel_pool", 1)])
+
+
+def predict_request(images: np.ndarray) -> predict_pb2.PredictRequest:
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "digits"
+    request.inputs["image"].CopyFrom(tf.make_tensor_proto(images.astype(np.float32)))
+    return request
+
+
+def test_predict_gives_the_predictions_of_the_rest_route(demo_server, demo_holdout):
+    images = demo_holdout[0][:20]
+    answer = requests.post(f"{demo_server.url}/v1/models/digits:predict", json={"instances": images.tolist()}, timeout=60)
+    assert answer.status_code == 200, answer.text
+    with channel_to(demo_server) as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        response = stub.Predict(predict_request(images), timeout=60)
+    probabilities = tf.make_ndarray(response.outputs["probabilities"])
+    np.testing.assert_allclose(probabilities, np.array(answer.json()["predictions"]), atol=1e-6)
+    assert (probabilities.argmax(1) == demo_holdout[1][:20]).mean() >= 0.8
+
+
+def test_metadata_and_status_answer_as_tf_serving_does(demo_server):
+    with channel_to(demo_server) as channel:
+        metadata_request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+        metadata_request.model_spec.name = "digits"
+        metadata = prediction_service_pb2_grpc.PredictionServiceStub(channel).GetModelMetadata(metadata_request, timeout=60)
+        status_request = get_model_status_pb2.GetModelStatusRequest()
+        status_request.model_spec.name = "digits"
+        status = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(status_request, timeout=60)
+    signatures = get_model_metadata_pb2.SignatureDefMap()
+    metadata.metadata["signature_def"].Unpack(signatures)
+    image = signatures.signature_def["serving_default"].inputs["image"]
+    assert [dim.size for dim in image.tensor_shape.dim] == [-1, 8, 8, 1]
+    (version,) = status.model_version_status
+    assert version.state == get_model_status_pb2.ModelVersionStatus.AVAILABLE
+
+
+def test_concurrent_calls_are_batched_and_connections_spread_over_the_workers(demo_server, demo_holdout):
+    """16 channels of 6 calls each: every call answered, several calls per pass, and both workers serve."""
+    images = demo_holdout[0][:1]
+    outcomes: list[tuple[str, int]] = []
+    channels = [channel_to(demo_server) for _ in range(16)]
+
+    def calls(channel: grpc.Channel, number: int) -> None:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        for call in range(6):
+            request_id = f"spread-{number}-{call}"
+            _, answer = stub.Predict.with_call(predict_request(images), timeout=60, metadata=[("x-request-id", request_id)])
+            outcomes.append((request_id, int(dict(answer.trailing_metadata())["x-batch-size"])))
+
+    threads = [threading.Thread(target=calls, args=(channel, number)) for number, channel in enumerate(channels)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    for channel in channels:
+        channel.close()
+    assert len(outcomes) == 96
+    assert max(size for _, size in outcomes) > 1, "concurrent calls share forward passes"
+    served_by = set()
+    for line in demo_server.log().splitlines():
+        if '"spread-' in line and PREDICT in line:
+            event = json.loads(line)
+            served_by.add(event["pid"])
+    assert len(served_by) == 2, "16 connections landed on both workers"

@@ -1,0 +1,115 @@
+"""TensorProto to arrays and back, checked against TensorFlow's own `make_tensor_proto` and `make_ndarray`."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorflow.core.framework import tensor_pb2, types_pb2
+
+from service.backends.signature import TensorInfo
+from service.errors import BadRequest
+from service.protocols.tensor_proto import ENUM_OF, from_array, to_array
+
+NUMERIC = ["float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64"]
+
+
+def sample(dtype: str, shape=(3, 2)) -> np.ndarray:
+    if dtype == "bool":
+        return np.arange(6).reshape(shape) % 2 == 0
+    if dtype == "string":
+        return np.array([b"a", b"bc", b"", "é".encode(), b"x", b"yz"], dtype=object).reshape(shape)
+    return (np.arange(6).reshape(shape) * (3 if dtype[0] != "f" else 1.5)).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", [*NUMERIC, "bool", "string"])
+def test_every_dtype_reads_what_tensorflow_writes_and_writes_what_it_reads(dtype):
+    array = sample(dtype)
+    info = TensorInfo("x", dtype, (2,))
+    decoded = to_array(tf.make_tensor_proto(array), info)
+    assert decoded.shape == (3, 2) and decoded.dtype == (object if dtype == "string" else np.dtype(dtype))
+    assert decoded.tolist() == array.tolist()
+    proto = tensor_pb2.TensorProto()
+    from_array(decoded, proto)
+    assert tf.make_ndarray(proto).tolist() == array.tolist()
+    assert proto.dtype == (types_pb2.DT_STRING if dtype == "string" else ENUM_OF[dtype])
+
+
+@pytest.mark.parametrize("dtype", [*NUMERIC, "bool"])
+def test_values_listed_in_the_typed_fields_are_read_too(dtype):
+    array = sample(dtype)
+    proto = tf.make_tensor_proto(array.tolist(), dtype=tf.as_dtype(dtype))  # from a list: the typed field
+    listed = tf.make_tensor_proto(array)
+    listed.ClearField("tensor_content")
+    field = {
+        "float16": "half_val",
+        "float32": "float_val",
+        "float64": "double_val",
+        "int64": "int64_val",
+        "uint32": "uint32_val",
+        "uint64": "uint64_val",
+        "bool": "bool_val",
+    }.get(dtype, "int_val")
+    values = array.view(np.uint16).ravel().tolist() if dtype == "float16" else array.ravel().tolist()
+    listed.ClearField(field)
+    getattr(listed, field).extend(values)
+    for tensor in (proto, listed):
+        assert to_array(tensor, TensorInfo("x", dtype, (2,))).tolist() == array.tolist()
+
+
+def test_one_listed_value_stands_for_every_element_as_in_tensorflow():
+    tensor = tf.make_tensor_proto(7.5, dtype=tf.float32, shape=[2, 3])
+    assert tensor.float_val == [7.5] and not tensor.tensor_content
+    assert to_array(tensor, TensorInfo("x", "float32", (3,))).tolist() == [[7.5] * 3] * 2
+
+
+def listed(values: list[float], shape: list[int]) -> tensor_pb2.TensorProto:
+    tensor = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT, float_val=values)
+    tensor.tensor_shape.dim.extend(tensor.tensor_shape.Dim(size=size) for size in shape)
+    return tensor
+
+
+@pytest.mark.parametrize(
+    ("tensor", "info", "message"),
+    [
+        (
+            tf.make_tensor_proto(np.zeros((1, 2))),
+            TensorInfo("x", "float32", (2,)),
+            "is DT_DOUBLE; the model takes DT_FLOAT",
+        ),
+        (tf.make_tensor_proto(np.zeros((1, 3), np.float32)), TensorInfo("x", "float32", (2,)), "has shape [1, 3]"),
+        (tf.make_tensor_proto(np.float32(1)), TensorInfo("x", "float32", ()), "needs a tensor_shape"),
+        (tf.make_tensor_proto([np.nan, 1.0], tf.float32, [1, 2]), TensorInfo("x", "float32", (2,)), "non-finite"),
+        (tf.make_tensor_proto([300, 1], tf.int32, [1, 2]), TensorInfo("x", "int32", (2,)), None),
+        (listed([1.0, 2.0, 3.0], [1, 2]), TensorInfo("x", "float32", (2,)), "lists 3 values"),
+    ],
+)
+def test_what_the_model_cannot_take_is_a_client_mistake_that_says_what(tensor, info, message):
+    if message is None:  # in range: accepted
+        assert to_array(tensor, info).tolist() == [[300, 1]]
+        return
+    with pytest.raises(BadRequest, match=message.replace("[", r"\[").replace("]", r"\]")):
+        to_array(tensor, info)
+
+
+def test_packed_bytes_must_fill_the_shape_and_booleans_be_0_or_1():
+    short = tf.make_tensor_proto(np.zeros((2, 2), np.float32))
+    short.tensor_content = short.tensor_content[:-1]
+    with pytest.raises(BadRequest, match="tensor_content has 15 bytes"):
+        to_array(short, TensorInfo("x", "float32", (2,)))
+    flags = tf.make_tensor_proto(np.array([[True, False]]))
+    flags.tensor_content = b"\x01\x02"
+    with pytest.raises(BadRequest, match="bool bytes must be 0 or 1"):
+        to_array(flags, TensorInfo("x", "bool", (2,)))
+
+
+def test_narrow_integers_outside_their_range_are_refused():
+    tensor = tensor_pb2.TensorProto(dtype=types_pb2.DT_INT8, int_val=[200])
+    tensor.tensor_shape.dim.add(size=1)
+    with pytest.raises(BadRequest, match="outside the range of int8"):
+        to_array(tensor, TensorInfo("x", "int8", ()))
+
+
+def test_dimensions_of_any_size_take_every_size():
+    info = TensorInfo("x", "float32", (None, 2))
+    assert to_array(tf.make_tensor_proto(np.ones((1, 5, 2), np.float32)), info).shape == (1, 5, 2)

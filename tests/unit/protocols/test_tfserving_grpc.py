@@ -1,0 +1,275 @@
+"""TF Serving's gRPC API, served in-process on a free port and called with tensorflow-serving-api's own stubs."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+
+import grpc
+import numpy as np
+import orjson
+import pytest
+import tensorflow as tf
+from prometheus_client import REGISTRY
+from tensorflow_serving.apis import (
+    classification_pb2,
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
+
+from scripts.launcher import free_port
+from service.app import create_app, start_grpc
+from service.protocols.tfserving_grpc import PREDICT
+from tests.conftest import rows
+from tests.unit.protocols.test_v2_rest import infer_document
+
+
+@pytest.fixture
+def grpc_settings(settings):
+    return dataclasses.replace(settings, grpc_port=free_port())
+
+
+@pytest.fixture
+def served(grpc_settings, fake_model):
+    """(Flask app, gRPC channel) of one worker serving both."""
+    app = create_app(grpc_settings, fake_model)
+    start_grpc(app)
+    channel = grpc.insecure_channel(f"127.0.0.1:{grpc_settings.grpc_port}")
+    yield app, channel
+    channel.close()
+    app.extensions["model_server"].close()
+
+
+def predict_request(values: list[list[float]], name: str = "fake", dtype=tf.float32) -> predict_pb2.PredictRequest:
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = name
+    request.inputs["x"].CopyFrom(tf.make_tensor_proto(np.array(values), dtype=dtype))
+    return request
+
+
+def predict(channel, request, **options):
+    return prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict.with_call(request, timeout=10, **options)
+
+
+def failure(call) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as raised:
+        call()
+    return raised.value
+
+
+def counted(status: str, route: str = PREDICT) -> float:
+    labels = {"protocol": "tfserving_grpc", "route": route, "method": "POST", "status": status}
+    return REGISTRY.get_sample_value("model_server_http_requests_total", labels) or 0.0
+
+
+def test_predict_answers_with_the_models_outputs_and_its_spec(served):
+    _, channel = served
+    response, call = predict(channel, predict_request(rows(2)), metadata=[("x-request-id", "checkout-9")])
+    assert tf.make_ndarray(response.outputs["y"]).tolist() == (2 * np.array(rows(2), np.float32)).tolist()
+    spec = response.model_spec
+    assert (spec.name, spec.version.value, spec.signature_name) == ("fake", 1, "serving_default")
+    trailing = dict(call.trailing_metadata())
+    assert trailing["x-request-id"] == "checkout-9" and trailing["x-batch-size"] == "2"
+
+
+def test_an_empty_model_name_means_the_model_served_and_output_filter_selects(served):
+    _, channel = served
+    request = predict_request(rows(1), name="")
+    request.output_filter.append("y")
+    response, _ = predict(channel, request)
+    assert list(response.outputs) == ["y"]
+    request.output_filter[:] = ["z"]
+    error = failure(lambda: predict(channel, request))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "output_filter" in error.details()
+
+
+@pytest.mark.parametrize(
+    ("change", "code", "says"),
+    [
+        (lambda r: setattr(r.model_spec, "name", "other"), grpc.StatusCode.NOT_FOUND, "'other' is not served here"),
+        (lambda r: r.model_spec.version.__setattr__("value", 2), grpc.StatusCode.NOT_FOUND, "no version 2"),
+        (lambda r: setattr(r.model_spec, "version_label", "stable"), grpc.StatusCode.NOT_FOUND, "labelled 'stable'"),
+        (lambda r: setattr(r.model_spec, "signature_name", "other"), grpc.StatusCode.INVALID_ARGUMENT, "signature"),
+        (
+            lambda r: r.inputs["x"].CopyFrom(tf.make_tensor_proto(np.zeros((1, 3)))),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "DT_DOUBLE",
+        ),
+        (
+            lambda r: r.inputs["w"].CopyFrom(r.inputs["x"]),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "exactly the model's ['x']",
+        ),
+        (
+            lambda r: r.inputs["x"].CopyFrom(tf.make_tensor_proto(np.zeros((101, 3), np.float32))),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "at most 100",
+        ),
+    ],
+)
+def test_client_mistakes_get_the_status_code_rest_maps_them_to_and_say_what_was_wrong(served, change, code, says):
+    _, channel = served
+    request = predict_request(rows(1))
+    change(request)
+    error = failure(lambda: predict(channel, request))
+    assert error.code() == code and says in error.details()
+
+
+def test_a_message_that_is_not_a_predict_request_is_invalid_argument_not_internal(served):
+    _, channel = served
+    raw = channel.unary_unary(PREDICT)  # bytes in, bytes out
+    error = failure(lambda: raw(b"\xff\xff\xff", timeout=10))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "not a valid tensorflow.serving.PredictRequest" in error.details()
+    assert counted("400") >= 1
+
+
+def test_methods_not_served_are_unimplemented(served):
+    _, channel = served
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    error = failure(lambda: stub.Classify(classification_pb2.ClassificationRequest(), timeout=10))
+    assert error.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_model_metadata_is_the_signature_def_map_of_serving_default(served):
+    _, channel = served
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+    request.model_spec.name = "fake"
+    response = stub.GetModelMetadata(request, timeout=10)
+    signatures = get_model_metadata_pb2.SignatureDefMap()
+    assert response.metadata["signature_def"].Unpack(signatures)
+    default = signatures.signature_def["serving_default"]
+    assert default.method_name == "tensorflow/serving/predict"
+    assert default.inputs["x"].dtype == tf.float32.as_datatype_enum
+    assert [dim.size for dim in default.inputs["x"].tensor_shape.dim] == [-1, 3]
+    assert [dim.size for dim in default.outputs["y"].tensor_shape.dim] == [-1, 3]
+    request.metadata_field[:] = ["graph"]
+    error = failure(lambda: stub.GetModelMetadata(request, timeout=10))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "signature_def" in error.details()
+
+
+def test_model_status_reports_the_version_available(served):
+    _, channel = served
+    stub = model_service_pb2_grpc.ModelServiceStub(channel)
+    request = get_model_status_pb2.GetModelStatusRequest()
+    request.model_spec.name = "fake"
+    (status,) = stub.GetModelStatus(request, timeout=10).model_version_status
+    assert (status.version, get_model_status_pb2.ModelVersionStatus.State.Name(status.state)) == (1, "AVAILABLE")
+    request.model_spec.name = "other"
+    assert failure(lambda: stub.GetModelStatus(request, timeout=10)).code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_a_full_queue_is_unavailable_with_the_reason_and_when_to_retry(served):
+    app, channel = served
+    batcher = app.extensions["model_server"].batcher
+    batcher._queued_instances, batcher._admits = batcher.max_queue, 0  # as if the queue were full
+    try:
+        error = failure(lambda: predict(channel, predict_request(rows(1))))
+    finally:
+        batcher._queued_instances, batcher._admits = 0, batcher.max_queue
+    assert error.code() == grpc.StatusCode.UNAVAILABLE and "queue is full" in error.details()
+    trailing = dict(error.trailing_metadata())
+    assert int(trailing["retry-after"]) >= 1
+    assert int(trailing["grpc-retry-pushback-ms"]) == 1000 * int(trailing["retry-after"])
+
+
+def test_the_clients_deadline_is_the_requests_deadline(served, fake_forward):
+    """A call whose gRPC deadline passes while a pass holds the worker is never run, and the server knows why."""
+    app, channel = served
+    before = len(fake_forward.batch_sizes)  # the warm-up's
+    fake_forward.gate.clear()
+    fake_forward.entered.clear()
+    blocker = threading.Thread(target=lambda: app.test_client().post("/predict", json={"instances": rows(1)}))
+    blocker.start()
+    assert fake_forward.entered.wait(10)
+    expired_before = counted("504") + counted("503")
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    error = failure(lambda: stub.Predict(predict_request(rows(1, start=40)), timeout=0.3))
+    assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    deadline = time.monotonic() + 10
+    while counted("504") + counted("503") == expired_before:  # the server answers its own copy of the call
+        assert time.monotonic() < deadline, "the server never gave up on the call"
+        time.sleep(0.01)
+    fake_forward.gate.set()
+    blocker.join(10)
+    assert fake_forward.batch_sizes[before:] == [1], "the expired call was never run"
+
+
+def test_api_keys_come_in_the_calls_metadata(grpc_settings, fake_model):
+    app = create_app(dataclasses.replace(grpc_settings, api_keys="k1,k2"), fake_model)
+    start_grpc(app)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{grpc_settings.grpc_port}") as channel:
+            request = predict_request(rows(1))
+            missing = failure(lambda: predict(channel, request))
+            wrong = failure(lambda: predict(channel, request, metadata=[("authorization", "Bearer nope")]))
+            response, _ = predict(channel, request, metadata=[("authorization", "Bearer k2")])
+            also, _ = predict(channel, request, metadata=[("x-api-key", "k1")])
+    finally:
+        app.extensions["model_server"].close()
+    assert missing.code() == grpc.StatusCode.UNAUTHENTICATED and "API key" in missing.details()
+    assert wrong.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert list(response.outputs) == list(also.outputs) == ["y"]
+
+
+def test_calls_are_counted_and_logged_under_their_protocol_and_method(served, caplog):
+    _, channel = served
+    caplog.set_level(logging.INFO, logger="model_server.access")
+    before = counted("200")
+    predict(channel, predict_request(rows(3)), metadata=[("x-request-id", "r-77")])
+    assert counted("200") == before + 1
+    (event,) = [record for record in caplog.records if getattr(record, "event", None) == "access"]
+    assert (event.protocol, event.path, event.route, event.status, event.batch_size, event.request_id) == (
+        "tfserving_grpc",
+        PREDICT,
+        PREDICT,
+        200,
+        3,
+        "r-77",
+    )
+
+
+def test_one_pass_serves_tf_serving_rest_v2_and_grpc_requests_together(served, fake_forward):
+    """While a pass runs, a request of each protocol waits; the next pass serves all three."""
+    app, channel = served
+    before = len(fake_forward.batch_sizes)  # the warm-up's
+    fake_forward.gate.clear()
+    fake_forward.entered.clear()
+    answers: dict[str, object] = {}
+
+    def send(name: str, path: str, body: dict) -> None:
+        answers[name] = app.test_client().post(path, data=orjson.dumps(body))
+
+    def call_grpc() -> None:
+        answers["grpc"], answers["grpc_call"] = predict(channel, predict_request(rows(1, start=20)))
+
+    first = threading.Thread(target=send, args=("first", "/predict", {"instances": rows(1)}))
+    first.start()
+    assert fake_forward.entered.wait(10)
+    others = [
+        threading.Thread(target=send, args=("rest", "/v1/models/fake:predict", {"instances": rows(1, start=5)})),
+        threading.Thread(target=send, args=("v2", "/v2/models/fake/infer", infer_document(rows(1, start=9)))),
+        threading.Thread(target=call_grpc),
+    ]
+    for thread in others:
+        thread.start()
+    batcher = app.extensions["model_server"].batcher
+    deadline = time.monotonic() + 10
+    while batcher.queue_depth < 3:
+        assert time.monotonic() < deadline, "the three requests never queued"
+        time.sleep(0.005)
+    fake_forward.gate.set()
+    for thread in [first, *others]:
+        thread.join(10)
+    assert fake_forward.batch_sizes[before:] == [1, 4], "three instances, padded to a compiled size"
+    assert answers["rest"].headers["X-Batch-Size"] == answers["v2"].headers["X-Batch-Size"] == "3"
+    assert dict(answers["grpc_call"].trailing_metadata())["x-batch-size"] == "3"
+    assert answers["rest"].get_json()["predictions"] == [[10.0, 11.0, -10.0]]
+    assert answers["v2"].get_json()["outputs"][0]["data"] == [18.0, 19.0, -18.0]
+    assert tf.make_ndarray(answers["grpc"].outputs["y"]).tolist() == [[40.0, 41.0, -40.0]]
