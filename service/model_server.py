@@ -41,8 +41,9 @@ class ModelServer:
 
     def close(self) -> bool:
         """Stop taking requests and answer every accepted one; True if done within the graceful timeout."""
-        self.ready = False
+        # gRPC first: it takes no new call from now on, and the calls it has taken are still admitted.
         grpc_stopped = self.grpc.stop(self.settings.graceful_timeout_s) if self.grpc is not None else None
+        self.ready = False
         if self.jobs is not None:
             self.jobs.runner.stop()
         closed = self.batcher.close(timeout_s=self.settings.graceful_timeout_s)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import threading
 
 import grpc
@@ -18,6 +19,7 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
+from scripts.launcher import ServerFailedToStart
 from service.protocols.tfserving_grpc import PREDICT
 
 pytestmark = pytest.mark.integration
@@ -91,3 +93,14 @@ def test_concurrent_calls_are_batched_and_connections_spread_over_the_workers(de
             event = json.loads(line)
             served_by.add(event["pid"])
     assert len(served_by) == 2, "16 connections landed on both workers"
+
+
+def test_a_grpc_port_another_process_listens_on_stops_the_start_with_its_reason(start_server, demo_model_path):
+    """Without the check, SO_REUSEPORT would let this service share the port with the other silently."""
+    with socket.socket() as other:
+        other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)  # as another instance's workers bind it
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        with pytest.raises(ServerFailedToStart, match=f"GRPC_PORT={port} on 127.0.0.1 cannot be bound"):
+            start_server(MODEL_PATH=str(demo_model_path), WORKERS="1", GRPC_PORT=str(port))
