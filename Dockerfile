@@ -32,5 +32,5 @@ COPY models/ models/
 RUN if [ ! -e "$MODEL_PATH" ]; then python scripts/build_demo_model.py; fi
 
 USER 10001
-EXPOSE 8000
+EXPOSE 8000 8500
 CMD ["gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"]

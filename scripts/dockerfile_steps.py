@@ -176,7 +176,7 @@ def _make_python(image: str, state: ImageState) -> None:
 def serve_and_check(command: list[str], state: ImageState) -> None:
     """Start CMD as the container would, wait until ready, predict once, scrape, SIGTERM."""
     port = free_port()
-    env = {**state.process_env(), "PORT": str(port)}
+    env = {**state.process_env(), "PORT": str(port), "GRPC_PORT": str(free_port())}
     url = f"http://127.0.0.1:{port}"
     print(f"CMD {command} on port {port}", flush=True)
     server = subprocess.Popen(command, cwd=state.path("."), env=env, start_new_session=True)

@@ -337,6 +337,47 @@ def run_closed_loop(
     return _timed(result, main)
 
 
+# The HTTP status a gRPC answer is recorded under: the one the REST routes give for the same outcome.
+GRPC_STATUSES = {"OK": 200, "INVALID_ARGUMENT": 400, "NOT_FOUND": 404, "UNAVAILABLE": 503, "DEADLINE_EXCEEDED": 504}
+
+
+def run_grpc_closed_loop(target: str, method: str, message: bytes, concurrency: int, duration_s: float) -> LoadResult:
+    """`concurrency` gRPC clients, each on its own connection, calling `method` with the serialized `message`.
+
+    The message is sent as bytes and the answer kept as bytes, so the client spends no CPU on protobuf;
+    each call is recorded under the HTTP status of its outcome (GRPC_STATUSES) with its `x-batch-size`.
+    """
+    import grpc
+
+    result = LoadResult("closed", concurrency)
+
+    async def client(stop_at: float) -> None:
+        # Channels of one process share connections unless each has its own subchannel pool.
+        async with grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
+            call = channel.unary_unary(method)
+            while time.monotonic() < stop_at:
+                started = time.perf_counter()
+                answer = call(message, timeout=REQUEST_TIMEOUT_S)
+                try:
+                    await answer
+                    code = "OK"
+                except grpc.aio.AioRpcError as error:
+                    code = error.code().name
+                latency_s = time.perf_counter() - started
+                status = GRPC_STATUSES.get(code, 500)
+                result.latencies_by_status_s.setdefault(status, []).append(latency_s)
+                result.statuses[status] = result.statuses.get(status, 0) + 1
+                batch = dict(await answer.trailing_metadata() or ()).get("x-batch-size")
+                if batch is not None:
+                    result.batch_sizes.append(int(batch))
+
+    async def main():
+        stop_at = time.monotonic() + duration_s
+        await asyncio.gather(*(client(stop_at) for _ in range(concurrency)))
+
+    return _timed(result, main)
+
+
 def run_open_loop(
     url: str, body: bytes | Workload, rate_rps: float, duration_s: float, path: str = "/predict", seed: int = 0
 ) -> LoadResult:

@@ -1,0 +1,132 @@
+"""What each protocol costs the server: throughput and server CPU per request, same server, same run.
+
+One server per model serves all four: TF Serving REST (JSON), V2 REST with JSON tensors, V2 REST
+with binary tensors, and TF Serving gRPC. Each carries the same one instance, shaped from the
+model's own metadata. For each number of closed-loop clients, the protocols run in turn, in
+alternating order over the rounds (ABBA), and the table gives each one's median over the rounds
+and the median of its per-round ratio to TF Serving REST JSON (the same round, so a slow spell of
+the shared machine slows both). Server CPU is that of all the server's processes per request
+answered; the clients run in this process (asyncio HTTP, grpc.aio), whose CPU is reported too.
+
+    python -m scripts.protocol_bench --model models/heavy.keras --model models/digits.keras
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from scripts.bench import machine_description, publish, server_cpu_seconds
+from scripts.launcher import LiveServer
+from scripts.loadgen import LoadResult, run_closed_loop, run_grpc_closed_loop
+
+PROTOCOLS = ("TF Serving REST, JSON", "V2 REST, JSON", "V2 REST, binary", "TF Serving gRPC")
+
+
+def requests_for(server: LiveServer, model_name: str) -> dict[str, Callable[[int, float], LoadResult]]:
+    """For each protocol, a run of one instance per request: (clients, seconds) -> its LoadResult."""
+    from tensorflow_serving.apis import predict_pb2
+
+    from service.protocols.tensor_proto import from_array
+    from service.protocols.tfserving_grpc import PREDICT
+
+    with urllib.request.urlopen(f"{server.url}/v2/models/{model_name}") as answer:
+        (tensor,) = json.load(answer)["inputs"]
+    shape = [1, *(8 if size < 0 else size for size in tensor["shape"][1:])]
+    instance = np.random.default_rng(0).random(shape, dtype=np.float32)  # the bench's models take FP32
+    v2_path = f"/v2/models/{model_name}/infer"
+    v2_json = json.dumps({"inputs": [{**tensor, "shape": shape, "data": instance.ravel().tolist()}]}).encode()
+    header = json.dumps(
+        {
+            "inputs": [{**tensor, "shape": shape, "parameters": {"binary_data_size": instance.nbytes}}],
+            "parameters": {"binary_data_output": True},
+        }
+    ).encode()
+    message = predict_pb2.PredictRequest()
+    message.model_spec.name = model_name
+    from_array(instance, message.inputs[tensor["name"]])
+    rest_json = json.dumps({"instances": instance.tolist()}).encode()
+    binary_headers = {"Inference-Header-Content-Length": str(len(header))}
+    return {
+        PROTOCOLS[0]: lambda clients, seconds: run_closed_loop(
+            server.url, rest_json, clients, seconds, f"/v1/models/{model_name}:predict"
+        ),
+        PROTOCOLS[1]: lambda clients, seconds: run_closed_loop(server.url, v2_json, clients, seconds, v2_path),
+        PROTOCOLS[2]: lambda clients, seconds: run_closed_loop(
+            server.url, header + instance.tobytes(), clients, seconds, v2_path, headers=binary_headers
+        ),
+        PROTOCOLS[3]: lambda clients, seconds: run_grpc_closed_loop(
+            server.grpc_target, PREDICT, message.SerializeToString(), clients, seconds
+        ),
+    }
+
+
+def measure(server: LiveServer, runs: dict[str, Callable], clients: int, args) -> list[str]:
+    """Table rows for `clients`: every protocol in each round, in alternating order."""
+    results: dict[str, list[tuple[float, float, float, float]]] = {name: [] for name in PROTOCOLS}
+    for round_index in range(args.rounds):
+        order = PROTOCOLS if round_index % 2 == 0 else tuple(reversed(PROTOCOLS))
+        for name in order:
+            cpu_before = server_cpu_seconds(server)
+            load = runs[name](clients, args.duration)
+            if load.errors or not load.ok:
+                raise RuntimeError(f"{name}, {clients} clients: {load.errors} errors of {load.ok + load.errors}")
+            cpu_ms = 1000 * (server_cpu_seconds(server) - cpu_before) / load.ok
+            results[name].append((load.throughput_rps, cpu_ms, load.percentile_ms(0.5), load.client_cpu_s / load.duration_s))
+            print(f"{clients} clients, {name}, round {round_index + 1}: {load.throughput_rps:.0f} req/s, "
+                  f"{cpu_ms:.2f} ms server CPU/request, p50 {load.percentile_ms(0.5):.1f} ms", flush=True)  # fmt: skip
+    baseline = results[PROTOCOLS[0]]
+    rows = []
+    for name in PROTOCOLS:
+        runs_of = results[name]
+        median = [statistics.median(run[i] for run in runs_of) for i in range(4)]
+        cpu_ratio = statistics.median(run[1] / base[1] for run, base in zip(runs_of, baseline, strict=True))
+        rps_ratio = statistics.median(run[0] / base[0] for run, base in zip(runs_of, baseline, strict=True))
+        rows.append(
+            f"| {clients} | {name} | {median[0]:.0f} | {rps_ratio:.2f} | {median[1]:.2f} | **{cpu_ratio:.2f}** "
+            f"| {median[2]:.1f} | {median[3]:.2f} |"
+        )
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", action="append", help="model to serve (repeatable); default heavy and demo")
+    parser.add_argument("--clients", default="1,32", help="closed-loop clients, comma-separated")
+    parser.add_argument("--duration", type=float, default=8.0, help="seconds per run")
+    parser.add_argument("--rounds", type=int, default=3, help="runs of each protocol per number of clients")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a setting of the server")
+    parser.add_argument("--markdown", type=Path, help="also write the report to this file")
+    args = parser.parse_args()
+    sections = []
+    for model in args.model or ["models/heavy.keras", "models/digits.keras"]:
+        model_name = Path(model.rstrip("/")).stem
+        with LiveServer({"MODEL_PATH": model, **dict(setting.split("=", 1) for setting in args.set)}) as server:
+            server.wait_for_grpc(1)
+            runs = requests_for(server, model_name)
+            for name in PROTOCOLS:  # every protocol's first requests, outside the measurements
+                runs[name](4, 1.0)
+            rows = [row for clients in map(int, args.clients.split(",")) for row in measure(server, runs, clients, args)]
+        sections.append(
+            f"Model `{model}`:\n\n| clients | protocol | req/s | req/s vs REST JSON | server CPU ms/request "
+            "| CPU vs REST JSON | p50 ms | client cores |\n|---|---|---|---|---|---|---|---|\n" + "\n".join(rows)
+        )
+    report = (
+        f"{' '.join(args.set) or 'Default settings'}; machine: {machine_description()}. Closed loops of one instance "
+        f"per request, {args.duration:g} s a run, {args.rounds} rounds, protocols in alternating order; medians, "
+        "and the median of per-round ratios to TF Serving REST JSON. Clients in the bench's process (asyncio HTTP/1.1 "
+        "keep-alive, grpc.aio with a connection per client), on the same machine.\n\n" + "\n\n".join(sections)
+    )
+    publish(report, args.markdown)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
