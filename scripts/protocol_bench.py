@@ -17,11 +17,15 @@ import argparse
 import json
 import statistics
 import sys
+import time
 import urllib.request
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
+import orjson
 
 from scripts.bench import machine_description, publish, server_cpu_seconds
 from scripts.launcher import LiveServer
@@ -30,18 +34,29 @@ from scripts.loadgen import LoadResult, run_closed_loop, run_grpc_closed_loop
 PROTOCOLS = ("TF Serving REST, JSON", "V2 REST, JSON", "V2 REST, binary", "TF Serving gRPC")
 
 
-def requests_for(server: LiveServer, model_name: str) -> dict[str, Callable[[int, float], LoadResult]]:
-    """For each protocol, a run of one instance per request: (clients, seconds) -> its LoadResult."""
+@dataclass(frozen=True)
+class Bodies:
+    """One request of each protocol, carrying the same instance."""
+
+    model_name: str
+    metadata: dict  # the model's V2 metadata
+    rest_json: bytes
+    v2_json: bytes
+    v2_header: bytes  # the JSON before the binary tensors
+    v2_binary: bytes
+    grpc: bytes  # a serialized PredictRequest
+
+
+def bodies_for(server: LiveServer, model_name: str) -> Bodies:
     from tensorflow_serving.apis import predict_pb2
 
     from service.protocols.tensor_proto import from_array
-    from service.protocols.tfserving_grpc import PREDICT
 
     with urllib.request.urlopen(f"{server.url}/v2/models/{model_name}") as answer:
-        (tensor,) = json.load(answer)["inputs"]
+        metadata = json.load(answer)
+    (tensor,) = metadata["inputs"]
     shape = [1, *(8 if size < 0 else size for size in tensor["shape"][1:])]
     instance = np.random.default_rng(0).random(shape, dtype=np.float32)  # the bench's models take FP32
-    v2_path = f"/v2/models/{model_name}/infer"
     v2_json = json.dumps({"inputs": [{**tensor, "shape": shape, "data": instance.ravel().tolist()}]}).encode()
     header = json.dumps(
         {
@@ -53,19 +68,87 @@ def requests_for(server: LiveServer, model_name: str) -> dict[str, Callable[[int
     message.model_spec.name = model_name
     from_array(instance, message.inputs[tensor["name"]])
     rest_json = json.dumps({"instances": instance.tolist()}).encode()
-    binary_headers = {"Inference-Header-Content-Length": str(len(header))}
+    v2_binary = header + instance.tobytes()
+    return Bodies(model_name, metadata, rest_json, v2_json, header, v2_binary, message.SerializeToString())
+
+
+def runs_for(server: LiveServer, bodies: Bodies) -> dict[str, Callable[[int, float], LoadResult]]:
+    """For each protocol, a run of one instance per request: (clients, seconds) -> its LoadResult."""
+    from service.protocols.tfserving_grpc import PREDICT
+
+    v2_path = f"/v2/models/{bodies.model_name}/infer"
+    binary_headers = {"Inference-Header-Content-Length": str(len(bodies.v2_header))}
     return {
         PROTOCOLS[0]: lambda clients, seconds: run_closed_loop(
-            server.url, rest_json, clients, seconds, f"/v1/models/{model_name}:predict"
+            server.url, bodies.rest_json, clients, seconds, f"/v1/models/{bodies.model_name}:predict"
         ),
-        PROTOCOLS[1]: lambda clients, seconds: run_closed_loop(server.url, v2_json, clients, seconds, v2_path),
+        PROTOCOLS[1]: lambda clients, seconds: run_closed_loop(server.url, bodies.v2_json, clients, seconds, v2_path),
         PROTOCOLS[2]: lambda clients, seconds: run_closed_loop(
-            server.url, header + instance.tobytes(), clients, seconds, v2_path, headers=binary_headers
+            server.url, bodies.v2_binary, clients, seconds, v2_path, headers=binary_headers
         ),
         PROTOCOLS[3]: lambda clients, seconds: run_grpc_closed_loop(
-            server.grpc_target, PREDICT, message.SerializeToString(), clients, seconds
+            server.grpc_target, PREDICT, bodies.grpc, clients, seconds
         ),
     }
+
+
+def signature_of(metadata: dict):
+    """The model's signature from its V2 metadata (TensorInfo's dtypes and instance shapes)."""
+    from service.backends.signature import ModelSignature, TensorInfo
+    from service.protocols.v2_codec import DATATYPES
+
+    def infos(tensors: list[dict]) -> tuple[TensorInfo, ...]:
+        return tuple(
+            TensorInfo(
+                t["name"], DATATYPES[t["datatype"]], tuple(None if size < 0 else size for size in t["shape"][1:])
+            )
+            for t in tensors
+        )
+
+    return ModelSignature(infos(metadata["inputs"]), infos(metadata["outputs"]))
+
+
+def codec_cpu_us(bodies: Bodies, repeats: int = 5, requests: int = 2000) -> dict[str, float]:
+    """Each protocol's decoding of its request and encoding of the answer, in-process: median CPU us per request.
+
+    What the wire format alone costs the worker, without HTTP, gRPC's transport or the forward pass.
+    """
+    from tensorflow_serving.apis import predict_pb2
+
+    from service.protocols import tfserving_codec, tfserving_grpc, v2_codec
+
+    signature = signature_of(bodies.metadata)
+    result = {
+        info.name: np.zeros((1, *(size or 8 for size in info.instance_shape)), info.dtype) for info in signature.outputs
+    }
+    model = SimpleNamespace(name=bodies.model_name, version=1)
+    header_length = str(len(bodies.v2_header))
+
+    def rest_json():
+        decoded = tfserving_codec.decode_request(bodies.rest_json, signature, 1000)
+        orjson.dumps(tfserving_codec.encode_response(result, decoded.layout))
+
+    def v2(body: bytes, length: str | None):
+        return lambda: v2_codec.encode_infer_response(
+            model.name, 1, v2_codec.decode_infer_request(body, length, signature, 1000), result
+        )
+
+    def grpc():
+        request = predict_pb2.PredictRequest.FromString(bodies.grpc)
+        tfserving_grpc.encode_predict(tfserving_grpc.decode_predict(request, signature, 1000), result, model)
+
+    codecs = (rest_json, v2(bodies.v2_json, None), v2(bodies.v2_binary, header_length), grpc)
+    codecs = dict(zip(PROTOCOLS, codecs, strict=True))
+    medians = {}
+    for name, codec in codecs.items():
+        times = []
+        for _ in range(repeats):
+            started = time.process_time()
+            for _ in range(requests):
+                codec()
+            times.append((time.process_time() - started) / requests * 1e6)
+        medians[name] = statistics.median(times)
+    return medians
 
 
 def measure(server: LiveServer, runs: dict[str, Callable], clients: int, args) -> list[str]:
@@ -79,7 +162,9 @@ def measure(server: LiveServer, runs: dict[str, Callable], clients: int, args) -
             if load.errors or not load.ok:
                 raise RuntimeError(f"{name}, {clients} clients: {load.errors} errors of {load.ok + load.errors}")
             cpu_ms = 1000 * (server_cpu_seconds(server) - cpu_before) / load.ok
-            results[name].append((load.throughput_rps, cpu_ms, load.percentile_ms(0.5), load.client_cpu_s / load.duration_s))
+            results[name].append(
+                (load.throughput_rps, cpu_ms, load.percentile_ms(0.5), load.client_cpu_s / load.duration_s)
+            )
             print(f"{clients} clients, {name}, round {round_index + 1}: {load.throughput_rps:.0f} req/s, "
                   f"{cpu_ms:.2f} ms server CPU/request, p50 {load.percentile_ms(0.5):.1f} ms", flush=True)  # fmt: skip
     baseline = results[PROTOCOLS[0]]
@@ -110,13 +195,21 @@ def main() -> int:
         model_name = Path(model.rstrip("/")).stem
         with LiveServer({"MODEL_PATH": model, **dict(setting.split("=", 1) for setting in args.set)}) as server:
             server.wait_for_grpc(1)
-            runs = requests_for(server, model_name)
+            bodies = bodies_for(server, model_name)
+            runs = runs_for(server, bodies)
             for name in PROTOCOLS:  # every protocol's first requests, outside the measurements
                 runs[name](4, 1.0)
-            rows = [row for clients in map(int, args.clients.split(",")) for row in measure(server, runs, clients, args)]
+            rows = [
+                row for clients in map(int, args.clients.split(",")) for row in measure(server, runs, clients, args)
+            ]
+        codecs = codec_cpu_us(bodies)
         sections.append(
             f"Model `{model}`:\n\n| clients | protocol | req/s | req/s vs REST JSON | server CPU ms/request "
-            "| CPU vs REST JSON | p50 ms | client cores |\n|---|---|---|---|---|---|---|---|\n" + "\n".join(rows)
+            "| CPU vs REST JSON | p50 ms | client cores |\n|---|---|---|---|---|---|---|---|\n"
+            + "\n".join(rows)
+            + "\n\nIn-process decoding of the request and encoding of the answer, CPU per request: "
+            + ", ".join(f"{name} {us:.0f} us ({us / codecs[PROTOCOLS[0]]:.2f}x)" for name, us in codecs.items())
+            + "."
         )
     report = (
         f"{' '.join(args.set) or 'Default settings'}; machine: {machine_description()}. Closed loops of one instance "

@@ -19,6 +19,7 @@ from google.protobuf.message import DecodeError, Message
 from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, model_pb2, predict_pb2
 
 from service.backends.base import Arrays, ServedModel
+from service.backends.signature import ModelSignature
 from service.errors import BadRequest, NotFound, WsgiApp, render, write_json
 from service.model_server import ModelServer
 from service.protocols.common import InferenceTarget, api_error_for, read_body
@@ -60,30 +61,41 @@ class PredictCall(InferenceEndpoint):
     def decode(self, body: bytes, environ: dict, model: ServedModel) -> DecodedPredict:
         request = _parse(predict_pb2.PredictRequest, body)
         model_for_spec(self._server, request.model_spec)
-        signature = model.signature
-        if set(request.inputs) != set(signature.input_names):
-            raise BadRequest(
-                f"inputs must be exactly the model's {sorted(signature.input_names)}, got {sorted(request.inputs)}"
-            )
-        inputs = {info.name: to_array(request.inputs[info.name], info) for info in signature.inputs}
-        counts = {len(array) for array in inputs.values()}
-        if len(counts) > 1:
-            raise BadRequest(f"all inputs must have the same batch dimension, got {sorted(counts)}")
-        count = check_count(counts.pop(), self._server.settings.max_request_instances, "the batch dimension")
-        outputs = tuple(request.output_filter) or tuple(info.name for info in signature.outputs)
-        known = {info.name for info in signature.outputs}
-        if not set(outputs) <= known or len(set(outputs)) != len(outputs):
-            raise BadRequest(
-                f"output_filter must name distinct outputs of the model's {sorted(known)}, got {list(outputs)}"
-            )
-        return DecodedPredict(inputs, count, outputs)
+        return decode_predict(request, model.signature, self._server.settings.max_request_instances)
 
     def encode(self, decoded: DecodedPredict, result: Arrays, model: ServedModel) -> tuple[bytes, dict[str, str]]:
-        response = predict_pb2.PredictResponse()
-        _describe_spec(model, response.model_spec)
-        for name in decoded.outputs:
-            from_array(result[name], response.outputs[name])
-        return response.SerializeToString(), {}
+        return encode_predict(decoded, result, model), {}
+
+
+def decode_predict(
+    request: predict_pb2.PredictRequest, signature: ModelSignature, max_instances: int
+) -> DecodedPredict:
+    """A PredictRequest's inputs as arrays checked against the model's signature; BadRequest saying what is wrong."""
+    if set(request.inputs) != set(signature.input_names):
+        raise BadRequest(
+            f"inputs must be exactly the model's {sorted(signature.input_names)}, got {sorted(request.inputs)}"
+        )
+    inputs = {info.name: to_array(request.inputs[info.name], info) for info in signature.inputs}
+    counts = {len(array) for array in inputs.values()}
+    if len(counts) > 1:
+        raise BadRequest(f"all inputs must have the same batch dimension, got {sorted(counts)}")
+    count = check_count(counts.pop(), max_instances, "the batch dimension")
+    outputs = tuple(request.output_filter) or tuple(info.name for info in signature.outputs)
+    known = {info.name for info in signature.outputs}
+    if not set(outputs) <= known or len(set(outputs)) != len(outputs):
+        raise BadRequest(
+            f"output_filter must name distinct outputs of the model's {sorted(known)}, got {list(outputs)}"
+        )
+    return DecodedPredict(inputs, count, outputs)
+
+
+def encode_predict(decoded: DecodedPredict, result: Arrays, model: ServedModel) -> bytes:
+    """The serialized PredictResponse: the requested outputs, and the spec of the model that answered."""
+    response = predict_pb2.PredictResponse()
+    _describe_spec(model, response.model_spec)
+    for name in decoded.outputs:
+        from_array(result[name], response.outputs[name])
+    return response.SerializeToString()
 
 
 class ModelCalls:

@@ -1,4 +1,4 @@
-"""TF Serving's gRPC API on the live server, gthread and gevent, called with tensorflow-serving-api's stubs unchanged."""
+"""TF Serving's gRPC API on the live server, gthread and gevent, called with tensorflow-serving-api's stubs."""
 
 from __future__ import annotations
 
@@ -39,7 +39,9 @@ def predict_request(images: np.ndarray) -> predict_pb2.PredictRequest:
 
 def test_predict_gives_the_predictions_of_the_rest_route(demo_server, demo_holdout):
     images = demo_holdout[0][:20]
-    answer = requests.post(f"{demo_server.url}/v1/models/digits:predict", json={"instances": images.tolist()}, timeout=60)
+    answer = requests.post(
+        f"{demo_server.url}/v1/models/digits:predict", json={"instances": images.tolist()}, timeout=60
+    )
     assert answer.status_code == 200, answer.text
     with channel_to(demo_server) as channel:
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
@@ -53,7 +55,9 @@ def test_metadata_and_status_answer_as_tf_serving_does(demo_server):
     with channel_to(demo_server) as channel:
         metadata_request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
         metadata_request.model_spec.name = "digits"
-        metadata = prediction_service_pb2_grpc.PredictionServiceStub(channel).GetModelMetadata(metadata_request, timeout=60)
+        metadata = prediction_service_pb2_grpc.PredictionServiceStub(channel).GetModelMetadata(
+            metadata_request, timeout=60
+        )
         status_request = get_model_status_pb2.GetModelStatusRequest()
         status_request.model_spec.name = "digits"
         status = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(status_request, timeout=60)
@@ -75,7 +79,9 @@ def test_concurrent_calls_are_batched_and_connections_spread_over_the_workers(de
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
         for call in range(6):
             request_id = f"spread-{number}-{call}"
-            _, answer = stub.Predict.with_call(predict_request(images), timeout=60, metadata=[("x-request-id", request_id)])
+            _, answer = stub.Predict.with_call(
+                predict_request(images), timeout=60, metadata=[("x-request-id", request_id)]
+            )
             outcomes.append((request_id, int(dict(answer.trailing_metadata())["x-batch-size"])))
 
     threads = [threading.Thread(target=calls, args=(channel, number)) for number, channel in enumerate(channels)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -26,12 +27,15 @@ def test_readme_curl_example_classifies_its_digit(demo_server):
 
 
 def run_block(marker: str, server) -> list[str]:
-    """The README's shell block marked `<!-- run by tests/integration/test_readme.py{marker} -->`, run on `server`."""
-    pattern = rf"<!-- run by tests/integration/test_readme.py{re.escape(marker)} -->\n```sh\n(?P<script>.*?)```"
-    block = re.search(pattern, README.read_text(), re.S)
+    """The README's shell or Python block marked `<!-- run by tests/integration/test_readme.py{marker} -->`,
+    run on `server`."""
+    pattern = rf"<!-- run by tests/integration/test_readme.py{re.escape(marker)} -->\n```(?P<language>sh|python)\n"
+    block = re.search(pattern + r"(?P<script>.*?)```", README.read_text(), re.S)
     assert block, f"the README lost its example{marker}"
     script = block["script"].replace("localhost:8000", server.url.removeprefix("http://"))
-    done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=120)
+    script = script.replace("localhost:8500", server.grpc_target)
+    command = ["bash", "-c", script] if block["language"] == "sh" else [sys.executable, "-c", script]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     return done.stdout.splitlines()
 
@@ -41,6 +45,12 @@ def test_readme_v2_example_gives_the_metadata_and_classifies_its_digit(demo_serv
     assert metadata["name"] == "digits" and metadata["inputs"][0]["shape"] == [-1, 8, 8, 1]
     assert answer["id"] == "r1" and answer["model_name"] == "digits"
     assert int(np.argmax(answer["outputs"][0]["data"])) == 0  # the same handwritten 0 as the TF Serving example
+
+
+def test_readme_grpc_example_classifies_its_digit(demo_server):
+    script = re.search(r"```python\n(?P<script>.*?)```", README.read_text(), re.S)["script"]
+    assert len(script.strip().splitlines()) <= 10, "the README promises a ten-line client"
+    assert run_block(" (gRPC)", demo_server) == ["0"]  # the same handwritten 0 as the TF Serving example
 
 
 def test_readme_bulk_cache_and_jobs_example_runs_as_it_says(start_server, demo_model_path):

@@ -149,7 +149,11 @@ def test_sigterm_under_grpc_load_answers_every_call_accepted(start_server, demo_
     from service.protocols.tfserving_grpc import PREDICT
 
     server = start_server(
-        MODEL_PATH=str(demo_model_path), WORKERS="2", WORKER_CLASS=worker_class, LOG_FORMAT="json", GRACEFUL_TIMEOUT_S="20"
+        MODEL_PATH=str(demo_model_path),
+        WORKERS="2",
+        WORKER_CLASS=worker_class,
+        LOG_FORMAT="json",
+        GRACEFUL_TIMEOUT_S="20",
     )
     server.wait_for_grpc(2)
     request = predict_pb2.PredictRequest()
