@@ -81,8 +81,11 @@ def place_worker(plan: WorkerPlan, worker) -> None:
 
 
 def start_grpc(settings: Settings, worker) -> None:
-    """post_worker_init, in the worker: its gRPC server, once its model is warmed up (never in the master)."""
-    if settings.grpc_port:
+    """post_worker_init, in the worker: its gRPC server, once its model is warmed up (never in the master).
+
+    Only for the model server's app: a baseline app run with this configuration (scripts/) has none.
+    """
+    if settings.grpc_port and "model_server" in getattr(worker.wsgi, "extensions", {}):
         from service.app import start_grpc
 
         start_grpc(worker.wsgi)
