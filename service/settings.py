@@ -57,7 +57,7 @@ class Settings:
     workers: int = _setting(0, "Gunicorn worker processes; 0 lets the planner choose (see Sizing).", minimum=0)
     worker_class: str = _setting(
         "gevent",
-        "Gunicorn worker class; gevent spends less CPU per request (BENCHMARKS.md).",
+        "Gunicorn worker class; gevent spends less CPU per HTTP request, gthread less per gRPC call (BENCHMARKS.md).",
         choices=("gevent", "gthread"),
     )
     threads: int = _setting(

@@ -188,10 +188,10 @@ def test_sigterm_under_grpc_load_answers_every_call_accepted(start_server, demo_
     print(f"SIGTERM under gRPC ({worker_class}): {len(accepted)} accepted, outcomes {Counter(outcomes.values())}")
     assert code == 0
     assert all(outcomes.get(rid) == ("OK" if status == 200 else "UNAVAILABLE") for rid, status in accepted.items())
-    # A call the app never took is refused by gRPC itself: UNAVAILABLE, or, under gevent, CANCELLED when it
-    # reached the worker in the instant it stopped, before gRPC handed it over (docs/protocols.md). Never run.
+    # A call the app never took is refused by gRPC itself: UNAVAILABLE, or CANCELLED when it reached the
+    # worker in the instant it stopped, before gRPC handed it over (docs/protocols.md). Never run.
     never_run = {outcome for rid, outcome in outcomes.items() if rid not in accepted}
-    assert never_run <= ({"UNAVAILABLE", "CANCELLED"} if worker_class == "gevent" else {"UNAVAILABLE"})
+    assert never_run <= {"UNAVAILABLE", "CANCELLED"}
 
 
 def test_a_killed_worker_is_replaced_and_a_retrying_client_sees_no_failure(start_server, demo_model_path, image_body):

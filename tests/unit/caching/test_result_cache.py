@@ -66,8 +66,10 @@ def test_another_version_of_the_model_never_reads_the_old_answers():
 
 
 def test_a_worker_reads_another_workers_answers_from_redis_then_from_its_own_memory(redis_client):
-    writer = ResultCache(MODEL, LocalTier(1 << 20), RedisTier(redis_client))
+    written = RedisTier(redis_client)
+    writer = ResultCache(MODEL, LocalTier(1 << 20), written)
     serve(writer, rows(1, 2))
+    assert written.flush(timeout_s=10), "Redis writes leave the request's path: wait until they are sent"
     reader = ResultCache(MODEL, LocalTier(1 << 20), RedisTier(redis_client))
     redis_hits, local_hits = hits("redis"), hits("local")
     answer, computed = serve(reader, rows(2, 1, 9))
