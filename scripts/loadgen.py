@@ -67,6 +67,13 @@ class LoadResult:
     client_cpu_s: float = 0.0
     reported_percentiles_ms: dict[float, float] | None = None  # from a tool (wrk) that keeps no latencies
 
+    def count_answer(self, status: int, latency_s: float, batch_size: int | None) -> None:
+        """One answer's status, latency and the batch size the server reported (HTTP or gRPC)."""
+        self.latencies_by_status_s.setdefault(status, []).append(latency_s)
+        self.statuses[status] = self.statuses.get(status, 0) + 1
+        if batch_size is not None:
+            self.batch_sizes.append(batch_size)
+
     def count_connection_error(self, kind: str) -> None:
         self.connection_errors += 1
         self.connection_error_kinds[kind] = self.connection_error_kinds.get(kind, 0) + 1
@@ -222,10 +229,7 @@ class _Target:
 
 
 def _record(result: LoadResult, target: _Target, index: int, answer: _Answer, latency_s: float) -> None:
-    result.latencies_by_status_s.setdefault(answer.status, []).append(latency_s)
-    result.statuses[answer.status] = result.statuses.get(answer.status, 0) + 1
-    if answer.batch_size is not None:
-        result.batch_sizes.append(answer.batch_size)
+    result.count_answer(answer.status, latency_s, answer.batch_size)
     if answer.status == 503 and not answer.retry_after:
         result.missing_retry_after += 1
     expected = target.workload.expected
@@ -364,12 +368,8 @@ def run_grpc_closed_loop(target: str, method: str, message: bytes, concurrency: 
                 except grpc.aio.AioRpcError as error:
                     code = error.code().name
                 latency_s = time.perf_counter() - started
-                status = GRPC_STATUSES.get(code, 500)
-                result.latencies_by_status_s.setdefault(status, []).append(latency_s)
-                result.statuses[status] = result.statuses.get(status, 0) + 1
                 batch = dict(await answer.trailing_metadata() or ()).get("x-batch-size")
-                if batch is not None:
-                    result.batch_sizes.append(int(batch))
+                result.count_answer(GRPC_STATUSES.get(code, 500), latency_s, int(batch) if batch is not None else None)
 
     async def main():
         stop_at = time.monotonic() + duration_s
