@@ -35,7 +35,7 @@ _PROTOCOL_BLUEPRINTS = frozenset(protocol.blueprint.name for protocol in PROTOCO
 
 
 def create_app(settings: Settings | None = None, model: ServedModel | None = None) -> Flask:
-    """Build the app; without `model`, configure TensorFlow for this worker and load MODEL_PATH.
+    """Build the app; without `model`, configure the model's runtime for this worker and load MODEL_PATH.
 
     The model is warmed up at every padded batch size before the app is returned, so a
     Gunicorn worker accepts no connection before it can serve at full speed.
@@ -124,15 +124,20 @@ def build_batcher(settings: Settings, model: ServedModel, warm_up_seconds: dict[
 
 
 def _load_model_for_this_worker(settings: Settings) -> tuple[ServedModel, bool]:
-    """The model, loaded after TensorFlow is configured for this worker's slot; and whether it runs on a GPU."""
+    """The model, loaded after its runtime is configured for this worker's slot; and whether it runs on a GPU."""
     placement = current_placement()
     if placement is not None:
-        devices = backend_for(settings.model_path).configure(
+        backend = backend_for(settings.model_path, settings.model_backend)
+        devices = backend.configure(
             placement.intra_op_threads, placement.inter_op_threads, placement.gpu_memory_limit_mb
         )
-        log.info("worker slot %d: %s; TensorFlow devices %s", placement.slot, placement.device, devices)
+        log.info("worker slot %d: %s; %s devices %s", placement.slot, placement.device, backend.name, devices)
     model = load_served_model(
-        settings.model_path, settings.served_model_name, settings.model_version, settings.padded_batch_sizes()
+        settings.model_path,
+        settings.served_model_name,
+        settings.model_version,
+        settings.padded_batch_sizes(),
+        settings.model_backend,
     )
     return model, placement is not None and placement.gpu is not None
 

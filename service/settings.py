@@ -32,7 +32,14 @@ def _setting(default, meaning: str, unit: str = "", choices: tuple = (), minimum
 class Settings:
     # Model
     model_path: str = _setting(
-        "models/digits.keras", "Keras `.keras` file or SavedModel directory to serve (the demo model by default)."
+        "models/digits.keras",
+        "Keras `.keras` file, SavedModel directory or `.onnx` file to serve (the demo model by default).",
+    )
+    model_backend: str = _setting(
+        "auto",
+        "Runtime that serves the model: `auto` chooses by the path (`.onnx`: onnx, else tensorflow); "
+        "`scripts/convert_to_onnx.py` converts a Keras model or SavedModel (docs/backends.md).",
+        choices=("auto", "tensorflow", "onnx"),
     )
     model_name: str = _setting("", "Name in the `/v1/models/<name>` routes; empty means the file name's stem.")
     model_version: int = _setting(1, "Version reported by `GET /v1/models/<name>`.", minimum=1)

@@ -98,6 +98,23 @@ def demo_model_path() -> Path:
 
 
 @pytest.fixture(scope="session")
+def demo_onnx_path(demo_model_path, tmp_path_factory) -> Path:
+    """The demo model converted to ONNX by the project's own script (in a child: tf2onnx patches NumPy)."""
+    path = tmp_path_factory.mktemp("onnx") / "digits.onnx"
+    command = [
+        sys.executable,
+        "scripts/convert_to_onnx.py",
+        str(demo_model_path),
+        "--output",
+        str(path),
+        "--check",
+        "0",
+    ]
+    subprocess.run(command, cwd=PROJECT_ROOT, check=True, capture_output=True)
+    return path
+
+
+@pytest.fixture(scope="session")
 def demo_holdout(demo_model_path):
     """The held-out images and labels the demo model never saw in training."""
     with np.load(demo_model_path.with_name("digits_holdout.npz")) as data:

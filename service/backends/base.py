@@ -1,6 +1,6 @@
 """What a backend gives the batcher, and what the service builds on it whatever the backend.
 
-A backend (service/backends/tensorflow.py) loads one kind of model file into a signature and a
+A backend (service/backends/tensorflow.py, onnx.py) loads one kind of model file into a signature and a
 forward pass over padded batches (`Forward`); `ServedModel` adds what every backend needs
 around it: padding each batch up to one of a few compiled sizes, splitting and merging the
 requests of a batch, and the warm-up that builds and times every size before the worker
@@ -46,6 +46,8 @@ class Backend(Protocol):
     """A framework that runs models: the one interface the rest of the service knows it by."""
 
     name: str
+    runtime_module: str  # what the backend imports: its memory is part of every worker's footprint
+    platform: str  # the Open Inference Protocol's metadata names the runtime so
 
     def can_load(self, path: str) -> bool:
         """Whether `path` is a model this backend loads (by its suffix or layout, without loading it)."""
@@ -70,11 +72,18 @@ class ServedModel:
     """
 
     def __init__(
-        self, name: str, version: int, signature: ModelSignature, forward: Forward, batch_sizes: Sequence[int]
+        self,
+        name: str,
+        version: int,
+        signature: ModelSignature,
+        forward: Forward,
+        batch_sizes: Sequence[int],
+        platform: str = "tensorflow_savedmodel",
     ):
         self.name = name
         self.version = version
         self.signature = signature
+        self.platform = platform
         self.batch_sizes = tuple(sorted(batch_sizes))
         self._forward = forward
         self.warm_up_seconds: dict[int, float] = {}

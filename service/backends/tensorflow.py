@@ -22,6 +22,8 @@ class TensorFlowBackend:
     """Keras `.keras`/`.h5` files and SavedModel directories."""
 
     name = "tensorflow"
+    runtime_module = "tensorflow"
+    platform = "tensorflow_savedmodel"  # Keras files too: the Open Inference Protocol names no Keras platform
 
     def can_load(self, path: str) -> bool:
         return os.path.isdir(path) or path.endswith(KERAS_SUFFIXES)

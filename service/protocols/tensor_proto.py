@@ -1,4 +1,4 @@
-"""TensorFlow's `TensorProto`, read into NumPy arrays and written from them without TensorFlow's code.
+"""TensorFlow's `TensorProto`, read into NumPy arrays and written from them without TensorFlow.
 
 TF Serving's gRPC clients send each input as a TensorProto: a dtype, a shape, and the values
 either packed in `tensor_content` (what `tf.make_tensor_proto` writes for arrays) or listed in
@@ -13,13 +13,13 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 
 from service.backends.signature import TF_DTYPE_ENUMS, TensorInfo
 from service.errors import BadRequest
+from service.protocols.tfserving_messages import DataType, TensorProto
 
 # TF's dtype enum for each dtype the server takes, and the typed field its values may be listed in.
-ENUM_OF = {dtype: types_pb2.DataType.Value(enum) for dtype, enum in TF_DTYPE_ENUMS.items() if dtype != "bfloat16"}
+ENUM_OF = {dtype: DataType.Value(enum) for dtype, enum in TF_DTYPE_ENUMS.items() if dtype != "bfloat16"}
 _DTYPE_OF = {enum: dtype for dtype, enum in ENUM_OF.items()}
 _VALUE_FIELDS = {
     "float16": "half_val",  # the bits of each half, in an int32
@@ -38,11 +38,11 @@ _VALUE_FIELDS = {
 }
 
 
-def to_array(tensor: tensor_pb2.TensorProto, info: TensorInfo) -> np.ndarray:
+def to_array(tensor: TensorProto, info: TensorInfo) -> np.ndarray:
     """One input's TensorProto as an array of shape (batch, *instance shape); BadRequest saying what is wrong."""
     dtype = _DTYPE_OF.get(tensor.dtype)
     if dtype != info.dtype:
-        given = types_pb2.DataType.Name(tensor.dtype) if tensor.dtype in types_pb2.DataType.values() else tensor.dtype
+        given = DataType.Name(tensor.dtype) if tensor.dtype in DataType.values() else tensor.dtype
         raise BadRequest(f"input {info.name!r} is {given}; the model takes {TF_DTYPE_ENUMS[info.dtype]}")
     shape = _shape(tensor, info)
     size = math.prod(shape)
@@ -75,18 +75,19 @@ def to_array(tensor: tensor_pb2.TensorProto, info: TensorInfo) -> np.ndarray:
     return array
 
 
-def from_array(array: np.ndarray, into: tensor_pb2.TensorProto) -> None:
+def from_array(array: np.ndarray, into: TensorProto) -> None:
     """Write `array` into the TensorProto `into`: numbers packed in `tensor_content`, strings in `string_val`."""
     if array.dtype.kind in "OSU":
-        into.dtype = types_pb2.DT_STRING
+        into.dtype = DataType.Value("DT_STRING")
         into.string_val.extend(value if isinstance(value, bytes) else str(value).encode() for value in array.ravel())
     else:
         into.dtype = ENUM_OF[array.dtype.name]
         into.tensor_content = np.ascontiguousarray(array, array.dtype.newbyteorder("<")).tobytes()
-    into.tensor_shape.dim.extend(tensor_shape_pb2.TensorShapeProto.Dim(size=size) for size in array.shape)
+    for size in array.shape:
+        into.tensor_shape.dim.add(size=size)
 
 
-def _shape(tensor: tensor_pb2.TensorProto, info: TensorInfo) -> tuple[int, ...]:
+def _shape(tensor: TensorProto, info: TensorInfo) -> tuple[int, ...]:
     if tensor.tensor_shape.unknown_rank or not tensor.tensor_shape.dim:
         raise BadRequest(f"input {info.name!r} needs a tensor_shape, the batch dimension first")
     shape = tuple(dim.size for dim in tensor.tensor_shape.dim)

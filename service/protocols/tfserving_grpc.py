@@ -16,12 +16,12 @@ from dataclasses import dataclass
 
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
-from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, model_pb2, predict_pb2
 
 from service.backends.base import Arrays, ServedModel
 from service.backends.signature import ModelSignature
 from service.errors import BadRequest, NotFound, WsgiApp, render, write_json
 from service.model_server import ModelServer
+from service.protocols import tfserving_messages as messages
 from service.protocols.common import InferenceTarget, api_error_for, read_body
 from service.protocols.inference import InferenceEndpoint
 from service.protocols.tensor_proto import from_array, to_array
@@ -59,7 +59,7 @@ class PredictCall(InferenceEndpoint):
     match_inference = staticmethod(match_inference)
 
     def decode(self, body: bytes, environ: dict, model: ServedModel) -> DecodedPredict:
-        request = _parse(predict_pb2.PredictRequest, body)
+        request = _parse(messages.PredictRequest, body)
         model_for_spec(self._server, request.model_spec)
         return decode_predict(request, model.signature, self._server.settings.max_request_instances)
 
@@ -67,9 +67,7 @@ class PredictCall(InferenceEndpoint):
         return encode_predict(decoded, result, model), {}
 
 
-def decode_predict(
-    request: predict_pb2.PredictRequest, signature: ModelSignature, max_instances: int
-) -> DecodedPredict:
+def decode_predict(request: messages.PredictRequest, signature: ModelSignature, max_instances: int) -> DecodedPredict:
     """A PredictRequest's inputs as arrays checked against the model's signature; BadRequest saying what is wrong."""
     if set(request.inputs) != set(signature.input_names):
         raise BadRequest(
@@ -91,7 +89,7 @@ def decode_predict(
 
 def encode_predict(decoded: DecodedPredict, result: Arrays, model: ServedModel) -> bytes:
     """The serialized PredictResponse: the requested outputs, and the spec of the model that answered."""
-    response = predict_pb2.PredictResponse()
+    response = messages.PredictResponse()
     _describe_spec(model, response.model_spec)
     for name in decoded.outputs:
         from_array(result[name], response.outputs[name])
@@ -120,25 +118,23 @@ class ModelCalls:
             return write_json(start_response, *render(api_error_for(error, self._server)))
         return write_json(start_response, 200, body, PROTOBUF_CONTENT_TYPE)
 
-    def _metadata(self, body: bytes) -> get_model_metadata_pb2.GetModelMetadataResponse:
-        request = _parse(get_model_metadata_pb2.GetModelMetadataRequest, body)
+    def _metadata(self, body: bytes) -> messages.GetModelMetadataResponse:
+        request = _parse(messages.GetModelMetadataRequest, body)
         model = model_for_spec(self._server, request.model_spec)
         if list(request.metadata_field) != ["signature_def"]:
             raise BadRequest(
                 f"metadata_field must be ['signature_def'], the one this server has; got {list(request.metadata_field)}"
             )
-        response = get_model_metadata_pb2.GetModelMetadataResponse()
+        response = messages.GetModelMetadataResponse()
         _describe_spec(model, response.model_spec)
         signatures = model.metadata()["metadata"]["signature_def"]  # the REST metadata's JSON is the proto's
-        response.metadata["signature_def"].Pack(
-            json_format.ParseDict(signatures, get_model_metadata_pb2.SignatureDefMap())
-        )
+        response.metadata["signature_def"].Pack(json_format.ParseDict(signatures, messages.SignatureDefMap()))
         return response
 
-    def _status(self, body: bytes) -> get_model_status_pb2.GetModelStatusResponse:
-        model = model_for_spec(self._server, _parse(get_model_status_pb2.GetModelStatusRequest, body).model_spec)
+    def _status(self, body: bytes) -> messages.GetModelStatusResponse:
+        model = model_for_spec(self._server, _parse(messages.GetModelStatusRequest, body).model_spec)
         status = describe_status(self._server, model.name, model.version)
-        return json_format.ParseDict(status, get_model_status_pb2.GetModelStatusResponse())
+        return json_format.ParseDict(status, messages.GetModelStatusResponse())
 
 
 def calls(server: ModelServer) -> WsgiApp:
@@ -146,7 +142,7 @@ def calls(server: ModelServer) -> WsgiApp:
     return PredictCall(server, ModelCalls(server, _unknown_method))
 
 
-def model_for_spec(server: ModelServer, spec: model_pb2.ModelSpec) -> ServedModel:
+def model_for_spec(server: ModelServer, spec: messages.ModelSpec) -> ServedModel:
     """The model a ModelSpec names (an empty name: the one served); NotFound or BadRequest otherwise."""
     if spec.HasField("version_label"):
         raise NotFound(f"no version is labelled {spec.version_label!r}; this server chooses versions by number")
@@ -155,7 +151,7 @@ def model_for_spec(server: ModelServer, spec: model_pb2.ModelSpec) -> ServedMode
     return server.model_for(spec.name or None, spec.version.value if spec.HasField("version") else None)
 
 
-def _describe_spec(model: ServedModel, spec: model_pb2.ModelSpec) -> None:
+def _describe_spec(model: ServedModel, spec: messages.ModelSpec) -> None:
     spec.name, spec.signature_name = model.name, SERVING_DEFAULT
     spec.version.value = model.version
 

@@ -83,7 +83,7 @@ def model_metadata(name: str, version: int | None = None):
         {
             "name": model.name,
             "versions": [str(model.version)],
-            "platform": "tensorflow_savedmodel",
+            "platform": model.platform,
             "inputs": tensors(model.signature.inputs),
             "outputs": tensors(model.signature.outputs),
         }

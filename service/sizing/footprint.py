@@ -1,7 +1,8 @@
 """Measure how much RAM one worker needs for the model, without TensorFlow in the master.
 
-The master runs `python -m service.sizing.footprint` as a child process: it imports TensorFlow,
-loads the model, warms up every batch size and reports its resident memory at each step.
+The master runs `python -m service.sizing.footprint` as a child process: it imports the model's
+runtime (TensorFlow or onnxruntime), loads the model, warms up every batch size and reports its
+resident memory at each step.
 The figure is cached under the model files' SHA-256, so only the first start pays for it.
 """
 
@@ -27,13 +28,13 @@ class FootprintError(RuntimeError):
 
 @dataclass(frozen=True)
 class Footprint:
-    runtime_bytes: int  # Python with TensorFlow imported, before the model
+    runtime_bytes: int  # Python with the model's runtime imported, before the model
     model_bytes: int  # growth from loading the model and warming up every batch size
     cached: bool = False
 
     @property
     def worker_bytes(self) -> int:
-        """What each worker process costs: every worker imports TensorFlow and loads the model."""
+        """What each worker process costs: every worker imports the runtime and loads the model."""
         return self.runtime_bytes + self.model_bytes
 
 
@@ -61,10 +62,12 @@ def _digest(files: tuple[str, ...], names: tuple[str, ...], stats: tuple) -> str
     return digest.hexdigest()
 
 
-def measure_footprint(model_path: str, batch_sizes: Sequence[int], cache_path: str) -> Footprint:
+def measure_footprint(
+    model_path: str, batch_sizes: Sequence[int], cache_path: str, backend_choice: str = "auto"
+) -> Footprint:
     """The model's footprint from the cache, or measured in a child process and cached."""
     cache_file = Path(cache_path).expanduser()
-    key = f"{model_digest(model_path)}/batches={','.join(map(str, batch_sizes))}"
+    key = f"{model_digest(model_path)}/batches={','.join(map(str, batch_sizes))}/backend={backend_choice}"
     cache = _read_cache(cache_file)
     if key in cache:
         return Footprint(**cache[key], cached=True)
@@ -74,6 +77,7 @@ def measure_footprint(model_path: str, batch_sizes: Sequence[int], cache_path: s
         "service.sizing.footprint",
         os.path.abspath(model_path),
         ",".join(map(str, batch_sizes)),
+        backend_choice,
     ]
     # The child must see no GPU: it measures host RAM and must not hold GPU memory.
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "2"}
@@ -104,21 +108,22 @@ def _write_cache(cache_file: Path, cache: dict) -> None:
         pass  # an unwritable cache only costs a re-measurement at the next start
 
 
-def _measure_here(model_path: str, batch_sizes: Sequence[int]) -> Footprint:
+def _measure_here(model_path: str, batch_sizes: Sequence[int], backend_choice: str) -> Footprint:
+    import importlib
+
     import psutil
 
+    from service.backends import backend_for, load_served_model
+
     process = psutil.Process()
-    import tensorflow  # noqa: F401  (the runtime's own memory is part of every worker's cost)
-
-    from service.backends import load_served_model
-
+    importlib.import_module(backend_for(model_path, backend_choice).runtime_module)  # part of every worker's cost
     runtime_bytes = process.memory_info().rss
-    model = load_served_model(model_path, "footprint", 1, batch_sizes)
+    model = load_served_model(model_path, "footprint", 1, batch_sizes, backend_choice)
     model.warm_up(repeats=1)
     return Footprint(runtime_bytes=runtime_bytes, model_bytes=max(0, process.memory_info().rss - runtime_bytes))
 
 
 if __name__ == "__main__":
-    path, sizes = sys.argv[1], [int(size) for size in sys.argv[2].split(",")]
-    measured = _measure_here(path, sizes)
+    path, sizes, choice = sys.argv[1], [int(size) for size in sys.argv[2].split(",")], sys.argv[3]
+    measured = _measure_here(path, sizes, choice)
     print(json.dumps({"runtime_bytes": measured.runtime_bytes, "model_bytes": measured.model_bytes}))

@@ -25,7 +25,9 @@ from service.sizing.planner import WorkerPlan, plan_workers
 
 def plan_for_this_machine(settings: Settings) -> WorkerPlan:
     """Measure (or read from cache) the model's footprint, find GPUs, and plan the workers."""
-    footprint = measure_footprint(settings.model_path, settings.padded_batch_sizes(), settings.footprint_cache)
+    footprint = measure_footprint(
+        settings.model_path, settings.padded_batch_sizes(), settings.footprint_cache, settings.model_backend
+    )
     return plan_workers(settings, detect_machine(), footprint, discover_gpus())
 
 

@@ -44,3 +44,11 @@ def demo_server(request, start_server, demo_model_path) -> LiveServer:
     server = start_server(MODEL_PATH=str(demo_model_path), WORKER_CLASS=request.param, **DEMO_SERVER_SETTINGS)
     server.wait_for_grpc(int(DEMO_SERVER_SETTINGS["WORKERS"]))
     return server
+
+
+@pytest.fixture(scope="session", params=["gthread", "gevent"])
+def onnx_server(request, start_server, demo_onnx_path) -> LiveServer:
+    """The demo model converted to ONNX, served as the demo server is: each worker class, HTTP and gRPC."""
+    server = start_server(MODEL_PATH=str(demo_onnx_path), WORKER_CLASS=request.param, **DEMO_SERVER_SETTINGS)
+    server.wait_for_grpc(int(DEMO_SERVER_SETTINGS["WORKERS"]))
+    return server

@@ -16,13 +16,19 @@ MAX_TOTAL_VARIATION = 0.05
 
 
 def test_held_out_accuracy_and_class_balance_over_http(demo_server, demo_holdout):
+    check_accuracy(demo_server, demo_holdout)
+
+
+def test_held_out_accuracy_and_class_balance_through_the_onnx_backend(onnx_server, demo_holdout):
+    check_accuracy(onnx_server, demo_holdout)
+
+
+def check_accuracy(server, demo_holdout) -> None:
     images, labels = demo_holdout
     assert len(images) >= 0.4 * 1797  # at least 40% of the digits were held out of training
 
     def classify(image):
-        answer = requests.post(
-            f"{demo_server.url}/predict", data=json.dumps({"instances": [image.tolist()]}), timeout=60
-        )
+        answer = requests.post(f"{server.url}/predict", data=json.dumps({"instances": [image.tolist()]}), timeout=60)
         answer.raise_for_status()
         return int(np.argmax(answer.json()["predictions"][0]))
 

@@ -92,7 +92,7 @@ def test_gpu_worker_without_a_visible_gpu_fails_loudly():
 
 
 def test_a_model_no_backend_loads_is_refused_by_name(tmp_path):
-    path = tmp_path / "model.onnx"
+    path = tmp_path / "model.tflite"
     path.write_bytes(b"")
     with pytest.raises(ModelLoadError, match="no model that a backend here loads"):
         load_served_model(str(path), "m", 1, (1,))

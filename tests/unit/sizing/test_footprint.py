@@ -37,11 +37,22 @@ def test_measured_in_a_child_then_cached(demo_model_path, tmp_path):
     assert len(json.loads(cache.read_text())) == 1
 
 
+@pytest.mark.slow
+def test_an_onnx_model_is_measured_with_onnxruntime_not_tensorflow(demo_model_path, demo_onnx_path, tmp_path):
+    cache = str(tmp_path / "footprints.json")
+    with_tensorflow = measure_footprint(str(demo_model_path), (1, 2, 4), cache)
+    with_onnxruntime = measure_footprint(str(demo_onnx_path), (1, 2, 4), cache)
+    assert not with_onnxruntime.cached
+    # A child that imported TensorFlow would weigh at least as much as TensorFlow's own.
+    assert with_onnxruntime.runtime_bytes < with_tensorflow.runtime_bytes / 2
+    assert 0 < with_onnxruntime.model_bytes < with_onnxruntime.runtime_bytes
+
+
 def test_cache_hit_needs_no_child(tmp_path):
     model = tmp_path / "m.keras"
     model.write_bytes(b"not really a model")
     cache = tmp_path / "footprints.json"
-    key = f"{model_digest(str(model))}/batches=1,2"
+    key = f"{model_digest(str(model))}/batches=1,2/backend=auto"
     cache.write_text(json.dumps({key: {"runtime_bytes": 100, "model_bytes": 20}}))
     found = measure_footprint(str(model), (1, 2), str(cache))
     assert found.cached and found.worker_bytes == 120
