@@ -59,10 +59,10 @@ def build_digits(model_path: Path, holdout_path: Path) -> float:
     return accuracy
 
 
-def build_heavy(model_path: Path, input_size: int = 512, width: int = 4096, depth: int = 6) -> int:
+def build_heavy(model_path: Path, input_size: int = 512, width: int = 4096, depth: int = 6, seed: int = SEED) -> int:
     import keras
 
-    keras.utils.set_random_seed(SEED)
+    keras.utils.set_random_seed(seed)
     layers = [keras.Input((input_size,), name="features")]
     layers += [keras.layers.Dense(width, activation="relu") for _ in range(depth)]
     layers.append(keras.layers.Dense(10, activation="softmax", name="scores"))
@@ -79,11 +79,14 @@ def main() -> int:
     parser.add_argument(
         "--width", type=int, default=4096, help="--heavy: units per hidden layer (wider is slower: a slowed variant)"
     )
+    parser.add_argument(
+        "--seed", type=int, default=SEED, help="--heavy: seed of the random weights (another seed: another version)"
+    )
     args = parser.parse_args()
     if args.heavy:
         path = args.output or Path("models/heavy.keras")
-        parameters = build_heavy(path, width=args.width)
-        print(f"saved {path}: {parameters:,} parameters, random weights (seed {SEED})")
+        parameters = build_heavy(path, width=args.width, seed=args.seed)
+        print(f"saved {path}: {parameters:,} parameters, random weights (seed {args.seed})")
         return 0
     path = args.output or Path("models/digits.keras")
     holdout = path.with_name(path.stem + "_holdout.npz")

@@ -6,11 +6,11 @@ import gc
 import logging
 import logging.config
 import time
+from functools import partial
 
 from flask import Flask, Response, request
 
-from service.backends import backend_for, load_served_model
-from service.backends.base import ServedModel
+from service.backends.base import ServedModel, predict_each_model
 from service.batching.batcher import Batcher
 from service.batching.cost_model import CostModel, largest_paying_size
 from service.batching.policy import AdaptivePolicy, FixedTimeout, Observations
@@ -25,6 +25,9 @@ from service.protocols.common import admission_budget_s, api_error_for, request_
 from service.settings import Settings, load_settings
 from service.sizing.placement import current_placement
 from service.threads import gevent_is_active
+from service.versions.layout import parse_labels
+from service.versions.registry import ModelVersion, ModelVersions, VersionState
+from service.versions.worker import VersionLoader
 from service.web.access import PROTOCOL_KEY, ROUTE_KEY, AccessLayer, route_template
 from service.web.auth import ApiKeyGuard, parse_api_keys
 from service.web.grpc_server import GrpcServer
@@ -35,41 +38,67 @@ _PROTOCOL_BLUEPRINTS = frozenset(protocol.blueprint.name for protocol in PROTOCO
 
 
 def create_app(settings: Settings | None = None, model: ServedModel | None = None) -> Flask:
-    """Build the app; without `model`, configure the model's runtime for this worker and load MODEL_PATH.
+    """Build the app; without `model`, configure the model's runtime for this worker and load its versions.
 
-    The model is warmed up at every padded batch size before the app is returned, so a
-    Gunicorn worker accepts no connection before it can serve at full speed.
+    Every version is warmed up at every padded batch size before the app is returned, so a
+    Gunicorn worker accepts no connection before it can serve at full speed. With
+    MODEL_BASE_PATH, a poller then serves new versions as they appear (service/versions/).
     """
     settings = settings or load_settings()
     if not logging.getLogger().handlers:  # under Gunicorn the master has configured it (logconfig_dict)
         logging.config.dictConfig(logs.logging_config(settings))
     started = time.monotonic()
-    memory_check_passes = 0
+    loader = VersionLoader(settings, current_placement())
     if model is None:
-        model, on_gpu = _load_model_for_this_worker(settings)
-        memory_check_passes = settings.concurrent_batches if on_gpu else 0
-    batcher = build_batcher(settings, model, model.warm_up(repeats=5, memory_check_passes=memory_check_passes))
+        versions = loader.initial_versions()
+        warm_up_seconds = versions.latest().warm_up_seconds
+    else:
+        warm_up_seconds = model.warm_up(repeats=5)
+        versions = ModelVersions(model.name, parse_labels(settings.model_version_labels))
+        versions.add(model.version, model.path, model, time.monotonic() - started)
+    latest = versions.latest()
+    batcher = build_batcher(settings, warm_up_seconds)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     for blueprint in (*(p.blueprint for p in PROTOCOLS), jobs_routes.blueprint, health.blueprint, api_docs.blueprint):
         app.register_blueprint(blueprint)
     app.before_request(_label_route)
     app.register_error_handler(Exception, _error_answer)
-    cache = build_result_cache(settings, model, batcher.full_pass_seconds())
-    jobs = build_jobs(settings, batcher)
-    server = ModelServer(settings, model, batcher, cache, jobs, ready=True)
+    cache = build_result_cache(settings, latest, batcher.full_pass_seconds())
+    server = ModelServer(settings, versions, batcher, cache, ready=True)
+    server.jobs = build_jobs(settings, batcher, lease_model=lambda version: server.lease(None, version))
     app.extensions["model_server"] = server
-    jobs.runner.start()
+    server.jobs.runner.start()
     served = app.wsgi_app
     for protocol in PROTOCOLS:  # each answers its inference requests before Flask, and passes the rest on
         served = protocol.endpoint(server, served)
     app.wsgi_app = outer_layers(settings, served)
-    metrics.worker_serving(model.name, model.version, time.monotonic() - started)
+    for number in sorted(versions.numbers(VersionState.AVAILABLE)):
+        metrics.version_serving(versions.name, number, versions.get(number).load_s)
+    metrics.worker_serving()
+    if settings.model_base_path:
+        server.poller = loader.poller(versions, partial(_version_available, server), partial(_version_released, server))
+        if settings.model_poll_s > 0:
+            server.poller.start(settings.model_poll_s)
     # TensorFlow and the model leave some 365,000 long-lived objects, which every full collection
     # of the cyclic garbage collector walked: a pause of 0.2-0.3 s for every thread that needs the
     # GIL, several times a minute under load (BENCHMARKS.md). Frozen, the collector skips them.
     gc.freeze()
     return app
+
+
+def _version_available(server: ModelServer, version: ModelVersion) -> None:
+    """A new version serves: its metrics and cache identity; if it is now the latest, its costs seed the batcher's."""
+    model = version.model
+    server.cache_for(model)  # hashes its files now, not on a request
+    metrics.version_serving(model.name, model.version, version.load_s)
+    observations = server.batcher.observations
+    if model is server.model and max(model.warm_up_seconds) >= server.batcher.max_batch_size:
+        observations.cost_model = CostModel(model.warm_up_seconds)
+
+
+def _version_released(server: ModelServer, version: ModelVersion) -> None:
+    metrics.version_released(server.versions.name, version.number)
 
 
 def outer_layers(settings: Settings, app: WsgiApp) -> WsgiApp:
@@ -95,12 +124,13 @@ def start_grpc(app: Flask) -> GrpcServer:
     return server.grpc
 
 
-def build_batcher(settings: Settings, model: ServedModel, warm_up_seconds: dict[int, float]) -> Batcher:
-    """The worker's batcher, sized and seeded by the warm-up probe (`ServedModel.warm_up`).
+def build_batcher(settings: Settings, warm_up_seconds: dict[int, float]) -> Batcher:
+    """The worker's batcher, sized and seeded by the warm-up probe (`ServedModel.warm_up`) of its latest version.
 
     The largest batch is the largest size the warm-up could run (on a GPU, what fits its
     memory). Under the adaptive policy a batch counts as full at the size where larger ones
-    stop paying, and the probe's timings are its first cost model.
+    stop paying, and the probe's timings are its first cost model. Each queued request names
+    the version that runs it (`predict_each_model`).
     """
     largest = max(warm_up_seconds)
     observations = Observations(CostModel(warm_up_seconds))
@@ -111,7 +141,7 @@ def build_batcher(settings: Settings, model: ServedModel, warm_up_seconds: dict[
         policy, preferred = FixedTimeout(settings.batch_timeout_ms / 1000), largest
     log.info("batching: %s policy, batches up to %d instances, full at %d", settings.batch_policy, largest, preferred)
     return Batcher(
-        model.predict,
+        predict_each_model,
         policy,
         max_batch_size=largest,
         max_queue=settings.max_queue,
@@ -121,25 +151,6 @@ def build_batcher(settings: Settings, model: ServedModel, warm_up_seconds: dict[
         observer=metrics.BatchMetrics(),
         default_budget_s=admission_budget_s(settings, request_timeout_s(settings, None)),
     )
-
-
-def _load_model_for_this_worker(settings: Settings) -> tuple[ServedModel, bool]:
-    """The model, loaded after its runtime is configured for this worker's slot; and whether it runs on a GPU."""
-    placement = current_placement()
-    if placement is not None:
-        backend = backend_for(settings.model_path, settings.model_backend)
-        devices = backend.configure(
-            placement.intra_op_threads, placement.inter_op_threads, placement.gpu_memory_limit_mb
-        )
-        log.info("worker slot %d: %s; %s devices %s", placement.slot, placement.device, backend.name, devices)
-    model = load_served_model(
-        settings.model_path,
-        settings.served_model_name,
-        settings.model_version,
-        settings.padded_batch_sizes(),
-        settings.model_backend,
-    )
-    return model, placement is not None and placement.gpu is not None
 
 
 def _label_route() -> None:

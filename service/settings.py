@@ -16,6 +16,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from service.versions.layout import LayoutError, VersionPolicy, parse_labels
+
 
 class SettingsError(ValueError):
     """A setting has a value the service cannot run with; the message names it."""
@@ -41,8 +43,33 @@ class Settings:
         "`scripts/convert_to_onnx.py` converts a Keras model or SavedModel (docs/backends.md).",
         choices=("auto", "tensorflow", "onnx"),
     )
-    model_name: str = _setting("", "Name in the `/v1/models/<name>` routes; empty means the file name's stem.")
-    model_version: int = _setting(1, "Version reported by `GET /v1/models/<name>`.", minimum=1)
+    model_name: str = _setting(
+        "", "Name in the `/v1/models/<name>` routes; empty means the file name's stem (the base path's name)."
+    )
+    model_version: int = _setting(1, "Version number of the model at `MODEL_PATH`.", minimum=1)
+    model_base_path: str = _setting(
+        "",
+        "Directory of numeric version subdirectories, TF Serving's layout (`<base>/1/`, `<base>/2/`, each a "
+        "SavedModel or one `.keras` or `.onnx` file), served instead of `MODEL_PATH`: new versions are served "
+        "without a restart (docs/versions.md). Empty means `MODEL_PATH`.",
+    )
+    model_version_policy: str = _setting(
+        "latest",
+        "With `MODEL_BASE_PATH`: the versions served: `latest` (the highest), `latest:N` (the N highest), `all`, "
+        "or `specific:1,3`. Requests that name no version get the highest served.",
+    )
+    model_version_labels: str = _setting(
+        "",
+        "Version labels, e.g. `stable=1,canary=2`, routable as `/v1/models/<name>/labels/<label>:predict` and "
+        "in gRPC's `version_label`; a label whose version is not served answers 404.",
+    )
+    model_poll_s: float = _setting(
+        1.0,
+        "With `MODEL_BASE_PATH`: how often each worker looks for new, changed or removed versions (TF Serving's "
+        "default); 0 means only at start.",
+        "s",
+        minimum=0,
+    )
 
     # Network and processes
     host: str = _setting("127.0.0.1", "Address to bind; use 0.0.0.0 only inside a container.")
@@ -271,13 +298,22 @@ class Settings:
                 f"MAX_QUEUE={self.max_queue} is smaller than MAX_BATCH_SIZE={self.max_batch_size}: "
                 "a full batch could never be queued. Raise MAX_QUEUE."
             )
+        try:
+            VersionPolicy.parse(self.model_version_policy)
+            parse_labels(self.model_version_labels)
+        except LayoutError as error:
+            raise SettingsError(str(error)) from None
         if self.grpc_port == self.port:
             raise SettingsError(f"GRPC_PORT={self.grpc_port} is PORT too; give gRPC its own port, or 0 to turn it off")
         self.padded_batch_sizes()  # validates BATCH_SIZES
 
     @property
     def served_model_name(self) -> str:
-        return self.model_name or Path(self.model_path.rstrip("/")).stem
+        if self.model_name:
+            return self.model_name
+        if self.model_base_path:
+            return Path(self.model_base_path.rstrip("/")).name
+        return Path(self.model_path.rstrip("/")).stem
 
     @property
     def jobs_db_path(self) -> Path:

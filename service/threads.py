@@ -51,6 +51,11 @@ def new_queue():
     return _original("queue", "SimpleQueue")()
 
 
+def os_sleep(seconds: float) -> None:
+    """Sleep the calling OS thread only (for an OsThread: gevent's patched sleep would give it a hub)."""
+    _original("time", "sleep")(seconds)
+
+
 _os_thread_marks = _original("_thread", "_local")()  # native: `in_os_thread` is set in OsThread's threads
 _hubless_guard_installed = new_lock()
 

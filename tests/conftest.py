@@ -139,3 +139,33 @@ def redis_client(redis_url):
     client.flushdb()
     yield client
     client.close()
+
+
+def write_scaling_onnx(path: Path, factor: float) -> None:
+    """A tiny ONNX model, y = factor * x over rows of 2 floats: versions that answer differently, loaded in ms."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "factor"], ["y"])],
+        "scaling",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2])],
+        initializer=[helper.make_tensor("factor", TensorProto.FLOAT, [], [factor])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+
+
+@pytest.fixture
+def add_onnx_version():
+    """`add(base, number)`: version `number` of MODEL_BASE_PATH `base`, answering `number` x its input."""
+
+    def add(base: Path, number: int, factor: float | None = None) -> Path:
+        path = base / str(number) / "model.onnx"
+        write_scaling_onnx(path, float(number if factor is None else factor))
+        return path
+
+    return add

@@ -40,4 +40,4 @@ def load_served_model(
         raise ModelLoadError(f"MODEL_PATH={path!r} does not exist; build the demo model with `make demo-model`")
     backend = backend_for(path, backend_choice)
     signature, forward = backend.load(path)
-    return ServedModel(name, version, signature, forward, batch_sizes, platform=backend.platform)
+    return ServedModel(name, version, signature, forward, batch_sizes, platform=backend.platform, path=path)

@@ -14,6 +14,7 @@ import math
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -79,8 +80,10 @@ class ServedModel:
         forward: Forward,
         batch_sizes: Sequence[int],
         platform: str = "tensorflow_savedmodel",
+        path: str = "",
     ):
         self.name = name
+        self.path = path  # the files it was loaded from (empty for a model built in memory)
         self.version = version
         self.signature = signature
         self.platform = platform
@@ -181,6 +184,31 @@ class ServedModel:
         if len(out_of_memory) < len(errors):
             raise next(error for error in errors if not isinstance(error, OutOfDeviceMemory))
         return not out_of_memory
+
+
+@dataclass(frozen=True)
+class ModelInputs:
+    """A request's inputs and the model version that runs them: what the worker's batcher queues.
+
+    The version is chosen when the request arrives, so a request already queued when a new
+    version takes over is still run by the one it was accepted for.
+    """
+
+    model: ServedModel
+    inputs: Arrays
+
+
+def predict_each_model(payloads: Sequence[ModelInputs]) -> list[Arrays]:
+    """The worker's batch function: the payloads of each model (version) in passes of their own, answers in order."""
+    results: list[Arrays | None] = [None] * len(payloads)
+    by_model: dict[int, list[int]] = {}
+    for position, payload in enumerate(payloads):
+        by_model.setdefault(id(payload.model), []).append(position)
+    for positions in by_model.values():
+        model = payloads[positions[0]].model
+        for position, result in zip(positions, model.predict([payloads[p].inputs for p in positions]), strict=True):
+            results[position] = result
+    return results
 
 
 def _pad_rows(array: np.ndarray, size: int) -> np.ndarray:

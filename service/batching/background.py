@@ -15,6 +15,8 @@ fails or expires, or if it is cancelled, and only once none of its instances is 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -56,10 +58,12 @@ class BackgroundWork:
         priority: int = JOB_PRIORITY,
         deadline: float | None = None,
         completion: Completion | None = None,
+        payload_of: Callable[[Arrays], Any] = lambda rows: rows,
     ):
         if count < 1:
             raise ValueError("background work needs at least one instance")
         self.inputs = inputs
+        self._payload_of = payload_of  # what the batcher's forward pass takes, for some of the rows
         self.count = count
         self.priority = priority
         self.deadline = deadline  # on the batcher's clock, for each of its pieces
@@ -84,7 +88,7 @@ class BackgroundWork:
             start = self._taken
             self._taken += size
         rows = {name: array[start : start + size] for name, array in self.inputs.items()}
-        return PendingRequest(rows, size, now, _Piece(self, start, size), self.deadline)
+        return PendingRequest(self._payload_of(rows), size, now, _Piece(self, start, size), self.deadline)
 
     def cancel(self) -> None:
         """Run none of the instances not yet in a pass; the work fails with Cancelled once those in one end."""

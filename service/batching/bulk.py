@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -87,6 +88,7 @@ def predict_instances(
     timeout_s: float | None = None,
     budget_s: float | None = None,
     clock: Callable[[], float] = time.monotonic,
+    payload_of: Callable[[Arrays], Any] = lambda rows: rows,
 ) -> BatchOutcome:
     """Run a request of `count` instances; its outcome holds one output row per instance, in order.
 
@@ -94,16 +96,17 @@ def predict_instances(
     DeadlineExceeded when the request's deadline passes before its last instance has run.
     With `cache`, only the distinct instances it does not hold are computed, and their answers
     are kept. `outcome.batch_size` is the largest batch any of its instances was served in (0:
-    all came from the cache). `clock` must be the batcher's.
+    all came from the cache). `clock` must be the batcher's. `payload_of` makes rows of the inputs
+    into what the batcher's forward pass takes (ModelInputs, naming the model version).
     """
     unique = unique_instances(inputs, count)
     if cache is None:
-        outcome = _compute(batcher, unique.inputs, unique.count, timeout_s, budget_s, clock)
+        outcome = _compute(batcher, unique.inputs, unique.count, timeout_s, budget_s, clock, payload_of)
     else:
         lookup = cache.lookup(unique.inputs, unique.count)
         if lookup.missing.size:
             missing = {name: array[lookup.missing] for name, array in unique.inputs.items()}
-            computed = _compute(batcher, missing, lookup.missing.size, timeout_s, budget_s, clock)
+            computed = _compute(batcher, missing, lookup.missing.size, timeout_s, budget_s, clock, payload_of)
             cache.store(lookup, computed.result)
             outcome = BatchOutcome(lookup.merge(computed.result), computed.batch_size, computed.queue_wait_s)
         else:
@@ -121,13 +124,14 @@ def _compute(
     timeout_s: float | None,
     budget_s: float | None,
     clock: Callable[[], float],
+    payload_of: Callable[[Arrays], Any],
 ) -> BatchOutcome:
     """Up to a batch as one online request; more as background work at bulk priority, admitted whole."""
     if count <= batcher.max_batch_size:
-        return batcher.submit(inputs, count, timeout_s, budget_s).wait()
+        return batcher.submit(payload_of(inputs), count, timeout_s, budget_s).wait()
     batcher.check_bulk(count, budget_s)
     deadline = clock() + timeout_s if timeout_s is not None else None
-    work = BackgroundWork(inputs, count, BULK_PRIORITY, deadline)
+    work = BackgroundWork(inputs, count, BULK_PRIORITY, deadline, payload_of=payload_of)
     batcher.submit_background(work)
     try:
         return work.wait(timeout_s)

@@ -59,13 +59,16 @@ class Lookup:
 
 
 class ResultCache:
-    """The tiers of one worker's cache for one model (`model` is keys.model_identity's)."""
+    """The tiers of one worker's cache for one model version (`model` is keys.model_identity's)."""
 
     def __init__(self, model: bytes, local: LocalTier, shared: RedisTier | None = None):
         self._model = model
         self.local = local
         self.shared = shared
-        self._evictions_counted = 0
+
+    def for_model(self, model: bytes) -> ResultCache:
+        """The same tiers for another model version: its keys, and so its answers, are its own."""
+        return ResultCache(model, self.local, self.shared)
 
     def lookup(self, inputs: Arrays, count: int) -> Lookup:
         keys = instance_keys(self._model, inputs, count)
@@ -118,7 +121,8 @@ class ResultCache:
         self._local_changed()
 
     def _local_changed(self) -> None:
-        evicted, self._evictions_counted = self.local.evictions - self._evictions_counted, self.local.evictions
+        evicted = self.local.evictions - self.local.evictions_reported
+        self.local.evictions_reported = self.local.evictions
         metrics.cache_filled(self.local.name, self.local.entries, self.local.bytes, evicted)
 
     @staticmethod
@@ -131,10 +135,15 @@ def build_result_cache(settings: Settings, model: ServedModel, full_pass_s: floa
     """The worker's cache (None when CACHE_MAX_BYTES is 0), with the Redis tier when REDIS_URL is set."""
     if settings.cache_max_bytes == 0:
         return None
-    identity = model_identity(model.name, model.version, model_digest(settings.model_path))
+    identity = identity_of(model, settings.model_path)
     shared = None
     if settings.redis_url:
         client = redis_client(settings.redis_url, REDIS_TIMEOUT_PASSES * full_pass_s)
         shared = RedisTier(client, settings.cache_ttl_s)
         metrics.add_scrape_collector(RedisFigures(client))
     return ResultCache(identity, LocalTier(settings.cache_max_bytes, settings.cache_ttl_s), shared)
+
+
+def identity_of(model: ServedModel, default_path: str) -> bytes:
+    """The cache's identity of a model version: its name, number and files (for one built in memory, `default_path`)."""
+    return model_identity(model.name, model.version, model_digest(model.path or default_path))

@@ -38,6 +38,7 @@ class LocalTier:
 
     def __init__(self, max_bytes: int, ttl_s: float = 0.0, timer=time.monotonic):
         self.evictions = 0
+        self.evictions_reported = 0  # to the metrics, by the ResultCaches of every version sharing this tier
         tier = self
 
         class Answers(cachetools.TTLCache if ttl_s > 0 else cachetools.LRUCache):

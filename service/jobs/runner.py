@@ -17,12 +17,15 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from functools import partial
 
 import numpy as np
 from huey.exceptions import RetryTask
 
 from service.array_bytes import decode_arrays, encode_arrays
-from service.backends.base import Arrays
+from service.backends.base import Arrays, ModelInputs, ServedModel
 from service.batching.background import JOB_PRIORITY, BackgroundWork, Cancelled
 from service.batching.batcher import Batcher
 from service.batching.bulk import unique_instances
@@ -39,9 +42,26 @@ PASSES_PER_PART = 16  # a part is this many full batches: stored at once, and lo
 IDLE_POLL_S = 0.25  # how soon a worker with nothing to do sees a new job
 
 
+ModelLease = Callable[[int], AbstractContextManager[ServedModel]]
+
+
 class JobRunner:
-    def __init__(self, store, queue: JobQueue, batcher: Batcher, lease_s: float, keep_s: float, clock=wall_clock):
+    """`lease_model(version)` holds the model version a job names while one of its parts runs (None: the
+    batcher's forward pass takes plain arrays).
+    """
+
+    def __init__(
+        self,
+        store,
+        queue: JobQueue,
+        batcher: Batcher,
+        lease_s: float,
+        keep_s: float,
+        clock=wall_clock,
+        lease_model: ModelLease | None = None,
+    ):
         self._store, self._queue, self._batcher = store, queue, batcher
+        self._lease_model = lease_model
         self._lease_s, self._keep_s, self._clock = lease_s, keep_s, clock
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
         self._stopping = False
@@ -134,18 +154,22 @@ class JobRunner:
     def _serve(self, job: JobRecord, rows: Arrays, count: int, done_before: int) -> Arrays:
         """One part through the batcher at job priority; its distinct instances computed once."""
         unique = unique_instances(rows, count)
-        work = BackgroundWork(unique.inputs, unique.count, JOB_PRIORITY)
-        self._batcher.submit_background(work)
-        while True:
-            try:
-                outcome = work.wait(max(self._batcher.full_pass_seconds(), 0.001))
-                break
-            except TimeoutError:  # a pass went by: renew the claim, and stop if the job was cancelled
-                if not self._renew(job, done_before + work.done * count // unique.count):
-                    work.cancel()
+        with self._lease_model(job.version) if self._lease_model else nullcontext() as model:
+            payload_of = partial(ModelInputs, model) if model is not None else lambda part: part
+            work = BackgroundWork(unique.inputs, unique.count, JOB_PRIORITY, payload_of=payload_of)
+            self._batcher.submit_background(work)
+            outcome = self._wait(job, work, count, unique.count, done_before)
         if unique.positions is None:
             return outcome.result
         return {name: array[unique.positions] for name, array in outcome.result.items()}
+
+    def _wait(self, job: JobRecord, work: BackgroundWork, count: int, unique_count: int, done_before: int):
+        while True:
+            try:
+                return work.wait(max(self._batcher.full_pass_seconds(), 0.001))
+            except TimeoutError:  # a pass went by: renew the claim, and stop if the job was cancelled
+                if not self._renew(job, done_before + work.done * count // unique_count):
+                    work.cancel()
 
     def _renew(self, job: JobRecord, done: int) -> bool:
         """Record progress and renew the lease; False once the job is no longer this worker's (cancelled)."""

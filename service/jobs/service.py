@@ -14,7 +14,7 @@ from service.errors import Conflict, NotFound
 from service.jobs import records
 from service.jobs.queue import JobQueue
 from service.jobs.records import CANCELLED, DONE, FINAL_STATES, JobRecord
-from service.jobs.runner import JobRunner
+from service.jobs.runner import JobRunner, ModelLease
 from service.jobs.stores import SQLITE_BUSY_TIMEOUT_S, RedisJobStore, SqliteJobStore, wall_clock
 from service.settings import Settings
 
@@ -60,7 +60,7 @@ class Jobs:
         return cancelled or self.get(job_id)
 
 
-def build_jobs(settings: Settings, batcher: Batcher) -> Jobs:
+def build_jobs(settings: Settings, batcher: Batcher, lease_model: ModelLease | None = None) -> Jobs:
     """The worker's jobs: in Redis when REDIS_URL is set, else in the SQLite file JOBS_DB; its runner not started."""
     if settings.redis_url:
         timeout_s = SQLITE_BUSY_TIMEOUT_S  # the same bound as a SQLite file's lock
@@ -68,5 +68,5 @@ def build_jobs(settings: Settings, batcher: Batcher) -> Jobs:
     else:
         store = SqliteJobStore(settings.jobs_db_path)
     queue = JobQueue(settings)
-    runner = JobRunner(store, queue, batcher, settings.job_lease_s, settings.job_results_ttl_s)
+    runner = JobRunner(store, queue, batcher, settings.job_lease_s, settings.job_results_ttl_s, lease_model=lease_model)
     return Jobs(store, queue, runner, settings)

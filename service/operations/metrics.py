@@ -96,12 +96,21 @@ workers_alive = Gauge(
     "model_server_workers_alive", "Workers that have loaded the model and serve.", multiprocess_mode="livesum"
 )
 model_info = Gauge(
-    "model_server_model_info", "The served model (always 1).", ["name", "version"], multiprocess_mode="livemax"
+    "model_server_model_info",
+    "1 for each model version a live worker serves; 0 once every worker has released it.",
+    ["name", "version"],
+    multiprocess_mode="livemax",
 )
 model_load_duration = Gauge(
     "model_server_model_load_duration_seconds",
-    "Time a worker took to load and warm up its model, one series per live worker.",
+    "Time a worker took to load and warm up a model version, one series per live worker and version.",
+    ["version"],
     multiprocess_mode="liveall",
+)
+predictions = Counter(
+    "model_server_predictions",
+    "Instances answered with predictions (by a forward pass or from the result cache), by model and version.",
+    ["model", "version"],
 )
 cache_hits = Counter(
     "model_server_cache_hits", "Instances answered from the result cache, by tier (local, redis).", ["tier"]
@@ -150,11 +159,23 @@ class BatchMetrics:
             failed_batches.inc()
 
 
-def worker_serving(model_name: str, model_version: int, load_duration_s: float) -> None:
+def worker_serving() -> None:
     """Record that this worker has loaded its model and serves."""
-    model_info.labels(model_name, str(model_version)).set(1)
-    model_load_duration.set(load_duration_s)
     workers_alive.set(1)
+
+
+def version_serving(model_name: str, model_version: int, load_duration_s: float) -> None:
+    """Record that this worker serves a model version, loaded and warmed up in `load_duration_s`."""
+    model_info.labels(model_name, str(model_version)).set(1)
+    model_load_duration.labels(str(model_version)).set(load_duration_s)
+
+
+def version_released(model_name: str, model_version: int) -> None:
+    model_info.labels(model_name, str(model_version)).set(0)
+
+
+def predicted(model_name: str, model_version: int, instances: int) -> None:
+    predictions.labels(model_name, str(model_version)).inc(instances)
 
 
 def cache_looked_up(tier: str, hits: int, misses: int) -> None:

@@ -43,7 +43,8 @@ class InferenceTarget:
     protocol: str
     route: str
     model_name: str | None  # None: the one model served
-    version: int | None  # None: the version served
+    version: int | None  # None: the latest version served (or the label's)
+    label: str | None = None  # a version label (MODEL_VERSION_LABELS)
 
 
 class NotReady(Exception):

@@ -1,23 +1,25 @@
 """One inference request's way through a worker, the same for every protocol.
 
 A protocol's endpoint (`InferenceEndpoint`) names its paths, decodes its bodies and encodes its
-answers. Between those, every protocol's request goes the same way: the model it names, its
-deadline, the result cache's whole answers, admission before decoding (a refusal under overload
-must cost far less than the work), the batcher, and one answer to whatever went wrong. Each
-request's stages: decode (on the request's own thread or greenlet), batch and predict (in the
-batcher's thread), then encode (back on the request's thread).
+answers. Between those, every protocol's request goes the same way: the model version it names
+(leased until it is answered), its deadline, the result cache's whole answers, admission before
+decoding (a refusal under overload must cost far less than the work), the batcher, and one answer
+to whatever went wrong. Each request's stages: decode (on the request's own thread or greenlet),
+batch and predict (in the batcher's thread), then encode (back on the request's thread).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
+from functools import partial
 from typing import Any, Protocol
 
-from service.backends.base import Arrays, ServedModel
+from service.backends.base import Arrays, ModelInputs, ServedModel
 from service.batching.bulk import predict_instances
 from service.errors import MethodNotAllowed, WsgiApp, render, write_json
 from service.model_server import ModelServer
+from service.operations import metrics
 from service.protocols.common import (
     InferenceTarget,
     NotReady,
@@ -71,21 +73,30 @@ class InferenceEndpoint:
             status, body, headers = render(answer)
         return write_json(start_response, status, body, headers)
 
+    def refine_target(self, target: InferenceTarget, environ: dict) -> InferenceTarget:
+        """The target once what only the body names is known (gRPC's message names the version); default: as matched."""
+        return target
+
     def _infer(self, target: InferenceTarget, environ: dict) -> tuple[bytes, dict[str, str]]:
         received_at = time.monotonic()
         if environ["REQUEST_METHOD"] != "POST":
             raise MethodNotAllowed(f"{environ['REQUEST_METHOD']} is not allowed here; inference takes POST", "POST")
+        target = self.refine_target(target, environ)
+        with self._server.lease(target.model_name, target.version, target.label) as model:  # released once answered
+            return self._infer_with(model, environ, received_at)
+
+    def _infer_with(self, model: ServedModel, environ: dict, received_at: float) -> tuple[bytes, dict[str, str]]:
         server = self._server
-        model = server.model_for(target.model_name, target.version)
         timeout_s = request_timeout_s(server.settings, environ.get("HTTP_X_REQUEST_TIMEOUT_MS"))
         budget_s = admission_budget_s(server.settings, timeout_s)
         if not server.ready:
             raise NotReady
-        cache, body = server.cache, None
+        cache, body = server.cache_for(model), None
         if cache is not None:  # a repeated body needs no room in the batcher: answer it before asking for any
             body = read_body(environ, server.settings.max_body_bytes)
             if (kept := cache.repeated_answer(self.protocol, body)) is not None:
                 environ[BATCH_SIZE_KEY] = 0
+                metrics.predicted(model.name, model.version, kept[1])
                 return kept[0], {"X-Batch-Size": "0"}
         # Before the body is decoded: a refusal under overload must cost far less than the work.
         server.batcher.check_room(1, budget_s)
@@ -101,9 +112,11 @@ class InferenceEndpoint:
                 decoded.count,
                 timeout_s - spent_s if timeout_s is not None else None,
                 budget_s - spent_s if budget_s is not None else None,
+                payload_of=partial(ModelInputs, model),
             )
         environ[BATCH_SIZE_KEY] = outcome.batch_size
         answer, headers = self.encode(decoded, outcome.result, model)
+        metrics.predicted(model.name, model.version, decoded.count)
         wholly_cached = outcome.batch_size == 0 and decoded.count <= server.batcher.max_batch_size
         if cache is not None and wholly_cached and not headers:  # JSON answers only: binary ones have headers
             cache.keep_answer(self.protocol, body, answer, decoded.count)  # seen twice: likely to be seen again

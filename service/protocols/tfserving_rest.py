@@ -24,21 +24,31 @@ from service.protocols.inference import InferenceEndpoint
 from service.protocols.tfserving_codec import DecodedRequest, decode_request, encode_response
 
 PROTOCOL = "tfserving_rest"
-INFERENCE_ROUTES = ("/predict", "/v1/models/{name}:predict", "/v1/models/{name}/versions/{version}:predict")
-PREDICT_PATH = re.compile(r"/predict|/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>[0-9]{1,9}))?:predict")
+INFERENCE_ROUTES = (
+    "/predict",
+    "/v1/models/{name}:predict",
+    "/v1/models/{name}/versions/{version}:predict",
+    "/v1/models/{name}/labels/{label}:predict",
+)
+PREDICT_PATH = re.compile(
+    r"/predict|/v1/models/(?P<name>[^/:]+)"
+    r"(?:/versions/(?P<version>[0-9]{1,9})|/labels/(?P<label>[A-Za-z0-9_]{1,64}))?:predict"
+)
 
 
 def match_inference(path: str) -> InferenceTarget | None:
-    """The predict route `path` names, with its model and version; None for any other path."""
+    """The predict route `path` names, with its model and version or label; None for any other path."""
     match = PREDICT_PATH.fullmatch(path)
     if match is None:
         return None
-    name, version = match["name"], match["version"]
+    name, version, label = match["name"], match["version"], match["label"]
     if name is None:
         return InferenceTarget(PROTOCOL, INFERENCE_ROUTES[0], None, None)
-    if version is None:
-        return InferenceTarget(PROTOCOL, INFERENCE_ROUTES[1], name, None)
-    return InferenceTarget(PROTOCOL, INFERENCE_ROUTES[2], name, int(version))
+    if version is not None:
+        return InferenceTarget(PROTOCOL, INFERENCE_ROUTES[2], name, int(version))
+    if label is not None:
+        return InferenceTarget(PROTOCOL, INFERENCE_ROUTES[3], name, None, label)
+    return InferenceTarget(PROTOCOL, INFERENCE_ROUTES[1], name, None)
 
 
 class PredictEndpoint(InferenceEndpoint):
@@ -72,19 +82,30 @@ def _register_converter(state) -> None:
 
 @blueprint.get("/v1/models/<model_name:name>")
 @blueprint.get("/v1/models/<model_name:name>/versions/<int:version>")
-def model_status(name: str, version: int | None = None):
-    return json_response(describe_status(current_server(), name, version))
+@blueprint.get("/v1/models/<model_name:name>/labels/<label>")
+def model_status(name: str, version: int | None = None, label: str | None = None):
+    return json_response(describe_status(current_server(), name, version, label))
 
 
-def describe_status(server: ModelServer, name: str | None, version: int | None) -> dict:
-    """TF Serving's model status (`GetModelStatusResponse` in its JSON form) of the model `name` designates."""
-    model = server.model_for(name, version)
-    available = "AVAILABLE" if server.ready else "LOADING"
-    ok = {"error_code": "OK", "error_message": ""}
-    return {"model_version_status": [{"version": str(model.version), "state": available, "status": ok}]}
+def describe_status(server: ModelServer, name: str | None, version: int | None, label: str | None = None) -> dict:
+    """TF Serving's model status (`GetModelStatusResponse` in its JSON form): every version's, or the one named.
+
+    A version that failed to load is in END with its error. Once the worker shuts down (it
+    admits nothing more), the versions it served read UNLOADING.
+    """
+    server.check_name(name)
+    if label is not None:
+        version = server.versions.version_of(label)
+    statuses = server.versions.statuses(version)
+    if not server.ready:
+        for status in statuses:
+            if status["state"] == "AVAILABLE":
+                status["state"] = "UNLOADING"
+    return {"model_version_status": statuses}
 
 
 @blueprint.get("/v1/models/<model_name:name>/metadata")
 @blueprint.get("/v1/models/<model_name:name>/versions/<int:version>/metadata")
-def model_metadata(name: str, version: int | None = None):
-    return json_response(current_server().model_for(name, version).metadata())
+@blueprint.get("/v1/models/<model_name:name>/labels/<label>/metadata")
+def model_metadata(name: str, version: int | None = None, label: str | None = None):
+    return json_response(current_server().model_for(name, version, label).metadata())

@@ -21,14 +21,33 @@ from service.sizing.gpu import discover_gpus, pin_visible_gpu
 from service.sizing.machine import detect_machine
 from service.sizing.placement import place_this_worker
 from service.sizing.planner import WorkerPlan, plan_workers
+from service.versions.layout import LayoutError, VersionPolicy, find_versions
 
 
 def plan_for_this_machine(settings: Settings) -> WorkerPlan:
-    """Measure (or read from cache) the model's footprint, find GPUs, and plan the workers."""
+    """Measure (or read from cache) the model's footprint, find GPUs, and plan the workers.
+
+    With MODEL_BASE_PATH the footprint is the highest version's the policy serves, measured as the
+    workers will load it; the master refuses to start when there is none.
+    """
     footprint = measure_footprint(
-        settings.model_path, settings.padded_batch_sizes(), settings.footprint_cache, settings.model_backend
+        model_to_plan_for(settings), settings.padded_batch_sizes(), settings.footprint_cache, settings.model_backend
     )
     return plan_workers(settings, detect_machine(), footprint, discover_gpus())
+
+
+def model_to_plan_for(settings: Settings) -> str:
+    """MODEL_PATH, or the highest version of MODEL_BASE_PATH the policy serves; LayoutError when it has none."""
+    if not settings.model_base_path:
+        return settings.model_path
+    found = find_versions(settings.model_base_path)
+    wanted = VersionPolicy.parse(settings.model_version_policy).select(found)
+    if not wanted:
+        raise LayoutError(
+            f"MODEL_BASE_PATH={settings.model_base_path!r} has no version directory that "
+            f"MODEL_VERSION_POLICY={settings.model_version_policy} serves (found: {sorted(found) or 'none'})"
+        )
+    return found[max(wanted)]
 
 
 def prepare_metrics_dir(settings: Settings) -> Path:

@@ -44,6 +44,7 @@ class WorkerPlacement:
     gpu_memory_limit_mb: int | None
     intra_op_threads: int
     inter_op_threads: int
+    workers: int = 1  # in the whole plan: each may hold a second version of the model while it swaps
 
     @property
     def device(self) -> str:
@@ -151,6 +152,7 @@ def plan_workers(settings: Settings, machine: Machine, footprint: Footprint, dis
             gpu_memory_limit_mb=limits[slot] if gpus else None,
             intra_op_threads=intra_op,
             inter_op_threads=inter_op,
+            workers=workers,
         )
         for slot in range(workers)
     )

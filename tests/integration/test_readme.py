@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -26,14 +27,16 @@ def test_readme_curl_example_classifies_its_digit(demo_server):
     assert int(np.argmax(probabilities)) == 0  # the README says the example is a handwritten 0
 
 
-def run_block(marker: str, server) -> list[str]:
+def run_block(marker: str, server, replacements: dict[str, str] | None = None) -> list[str]:
     """The README's shell or Python block marked `<!-- run by tests/integration/test_readme.py{marker} -->`,
-    run on `server`."""
+    run on `server` (with `replacements` made in its text)."""
     pattern = rf"<!-- run by tests/integration/test_readme.py{re.escape(marker)} -->\n```(?P<language>sh|python)\n"
     block = re.search(pattern + r"(?P<script>.*?)```", README.read_text(), re.S)
     assert block, f"the README lost its example{marker}"
     script = block["script"].replace("localhost:8000", server.url.removeprefix("http://"))
     script = script.replace("localhost:8500", server.grpc_target)
+    for old, new in (replacements or {}).items():
+        script = script.replace(old, new)
     command = ["bash", "-c", script] if block["language"] == "sh" else [sys.executable, "-c", script]
     done = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
@@ -60,3 +63,20 @@ def test_readme_bulk_cache_and_jobs_example_runs_as_it_says(start_server, demo_m
     assert '"state":"queued"' in lines[2] or '"state":"running"' in lines[2] or '"state":"done"' in lines[2]
     assert lines[3].startswith('{"predictions":[[')
     assert "already done" in lines[4]
+
+
+def test_readme_versions_example_serves_the_onnx_version_it_publishes(start_server, demo_model_path, tmp_path):
+    base = tmp_path / "digits"
+    (base / "1").mkdir(parents=True)
+    shutil.copy(demo_model_path, base / "1")
+    server = start_server(
+        MODEL_BASE_PATH=str(base), MODEL_VERSION_POLICY="all", MODEL_VERSION_LABELS="stable=1,canary=2",
+        MODEL_POLL_S="0.2", WORKERS="1", GRPC_PORT="0",
+    )  # fmt: skip
+    status = json.loads(run_block(" (versions)", server, {"/tmp/digits": str(base)})[-1])
+    states = [(s["version"], s["state"]) for s in status["model_version_status"]]
+    assert states == [("2", "AVAILABLE"), ("1", "AVAILABLE")]
+    assert requests.get(server.url + "/v2/models/digits", timeout=30).json()["platform"] == "onnxruntime_onnx"
+    for label, version in (("stable", "1"), ("canary", "2")):
+        metadata = requests.get(f"{server.url}/v1/models/digits/labels/{label}/metadata", timeout=30).json()
+        assert metadata["model_spec"]["version"] == version

@@ -210,9 +210,7 @@ def test_the_warm_up_probe_sizes_the_batcher(settings, fake_model, fake_forward,
     finally:
         app.extensions["model_server"].close()
     # Under the adaptive policy a batch is full where larger ones stop paying.
-    flat = build_batcher(
-        dataclasses.replace(settings, batch_policy="adaptive"), fake_model, {1: 0.01, 2: 0.02, 4: 0.04}
-    )
+    flat = build_batcher(dataclasses.replace(settings, batch_policy="adaptive"), {1: 0.01, 2: 0.02, 4: 0.04})
     try:
         assert (flat.max_batch_size, flat.preferred_batch_size) == (4, 1)
     finally:

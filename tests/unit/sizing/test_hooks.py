@@ -13,6 +13,7 @@ from service.sizing.footprint import Footprint
 from service.sizing.gpu import Gpu, GpuDiscovery
 from service.sizing.machine import Machine
 from service.sizing.planner import plan_workers
+from service.versions.layout import LayoutError
 
 PLAN = plan_workers(
     Settings(workers=3),
@@ -88,3 +89,16 @@ def test_a_dead_workers_live_gauge_files_are_removed(tmp_path, monkeypatch):
         (tmp_path / name).write_bytes(b"")
     hooks.forget_worker_metrics(SimpleNamespace(pid=41))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["counter_41.db", "gauge_livesum_42.db"]
+
+
+def test_the_plan_is_for_the_highest_version_the_policy_serves(tmp_path):
+    for number in (1, 2, 10):
+        (tmp_path / str(number)).mkdir()
+        (tmp_path / str(number) / "model.onnx").write_bytes(b"weights")
+    settings = Settings(model_base_path=str(tmp_path))
+    assert hooks.model_to_plan_for(settings) == str(tmp_path / "10" / "model.onnx")
+    specific = Settings(model_base_path=str(tmp_path), model_version_policy="specific:1,2")
+    assert hooks.model_to_plan_for(specific) == str(tmp_path / "2" / "model.onnx")
+    with pytest.raises(LayoutError, match=r"serves \(found: \[1, 2, 10\]\)"):
+        hooks.model_to_plan_for(Settings(model_base_path=str(tmp_path), model_version_policy="specific:3"))
+    assert hooks.model_to_plan_for(Settings(model_path="m.keras")) == "m.keras"

@@ -1,0 +1,123 @@
+"""A worker's model versions: loaded at start, then kept in line with MODEL_BASE_PATH by the poller.
+
+Every version is loaded the same way: its backend's runtime configured for this worker's slot
+(once per runtime, before its first model), the model loaded, and every padded batch size
+warmed up before it takes a request. With MODEL_PATH the worker serves that one model as
+version MODEL_VERSION, and nothing watches it.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable
+
+import psutil
+
+from service.backends import backend_for, load_served_model
+from service.backends.base import ModelLoadError, ServedModel
+from service.settings import Settings
+from service.sizing.footprint import measure_footprint
+from service.sizing.planner import WorkerPlacement
+from service.versions.layout import VersionPolicy, files_stamp, find_versions, parse_labels
+from service.versions.poller import VersionPoller
+from service.versions.registry import ModelVersion, ModelVersions, VersionState
+from service.versions.room import SwapRoom
+
+log = logging.getLogger(__name__)
+
+
+class VersionLoader:
+    """Loads model versions in this worker, configured for its placement (None outside Gunicorn)."""
+
+    def __init__(self, settings: Settings, placement: WorkerPlacement | None):
+        self._settings = settings
+        self._placement = placement
+        self._configured: set[str] = set()
+
+    @property
+    def on_gpu(self) -> bool:
+        return self._placement is not None and self._placement.gpu is not None
+
+    def load(self, path: str, version: int) -> ServedModel:
+        """The model at `path` as `version`, warmed up at every padded batch size; ModelLoadError saying why not."""
+        settings, placement = self._settings, self._placement
+        backend = backend_for(path, settings.model_backend)
+        if placement is not None and backend.name not in self._configured:
+            devices = backend.configure(
+                placement.intra_op_threads, placement.inter_op_threads, placement.gpu_memory_limit_mb
+            )
+            self._configured.add(backend.name)
+            log.info("worker slot %d: %s; %s devices %s", placement.slot, placement.device, backend.name, devices)
+        model = load_served_model(
+            path, settings.served_model_name, version, settings.padded_batch_sizes(), settings.model_backend
+        )
+        model.warm_up(repeats=5, memory_check_passes=settings.concurrent_batches if self.on_gpu else 0)
+        return model
+
+    def initial_versions(self) -> ModelVersions:
+        """The versions to serve from the start: MODEL_PATH's one, or those of MODEL_BASE_PATH the policy selects.
+
+        Raises ModelLoadError when none of them loads (each one's error in the message).
+        """
+        settings = self._settings
+        versions = ModelVersions(settings.served_model_name, parse_labels(settings.model_version_labels))
+        if not settings.model_base_path:
+            started = time.monotonic()
+            model = self.load(settings.model_path, settings.model_version)
+            versions.add(settings.model_version, settings.model_path, model, time.monotonic() - started)
+            return versions
+        found = find_versions(settings.model_base_path)
+        wanted = VersionPolicy.parse(settings.model_version_policy).select(found)
+        for number in sorted(wanted, reverse=True):
+            versions.load(number, found[number], files_stamp(found[number]), lambda path, n=number: self.load(path, n))
+        if not versions.numbers(VersionState.AVAILABLE):
+            errors = "; ".join(f"version {s['version']}: {s['status']['error_message']}" for s in versions.statuses())
+            raise ModelLoadError(
+                f"MODEL_BASE_PATH={settings.model_base_path!r} has no version to serve under "
+                f"MODEL_VERSION_POLICY={settings.model_version_policy} ({errors or 'no numeric version directory'})"
+            )
+        return versions
+
+    def poller(
+        self,
+        versions: ModelVersions,
+        on_available: Callable[[ModelVersion], None],
+        on_released: Callable[[ModelVersion], None],
+    ) -> VersionPoller:
+        """The poller of MODEL_BASE_PATH for these versions, not started."""
+        settings = self._settings
+        room = SwapRoom(
+            lock_path=os.path.join(tempfile.gettempdir(), f"tf-model-server-{settings.port}.versions.lock"),
+            workers=self._placement.workers if self._placement is not None else 1,
+            ram_headroom=settings.ram_headroom,
+            measure=lambda path: measure_footprint(
+                path, settings.padded_batch_sizes(), settings.footprint_cache, settings.model_backend
+            ),
+            available_bytes=lambda: psutil.virtual_memory().available,
+        )
+        return VersionPoller(
+            settings.model_base_path,
+            VersionPolicy.parse(settings.model_version_policy),
+            versions,
+            self.load,
+            drain_timeout_s=settings.graceful_timeout_s,
+            room=room,
+            on_available=on_available,
+            on_released=_collected(on_released),
+        )
+
+
+def _collected(on_released: Callable[[ModelVersion], None]) -> Callable[[ModelVersion], None]:
+    """After a version is released: collect its objects, which create_app's `gc.freeze()` would keep forever."""
+
+    def released(version: ModelVersion) -> None:
+        on_released(version)
+        gc.unfreeze()
+        gc.collect()
+        gc.freeze()
+
+    return released
