@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import logging
 import logging.config
 import time
@@ -80,21 +79,18 @@ def create_app(settings: Settings | None = None, model: ServedModel | None = Non
         server.poller = loader.poller(versions, partial(_version_available, server), partial(_version_released, server))
         if settings.model_poll_s > 0:
             server.poller.start(settings.model_poll_s)
-    # TensorFlow and the model leave some 365,000 long-lived objects, which every full collection
-    # of the cyclic garbage collector walked: a pause of 0.2-0.3 s for every thread that needs the
-    # GIL, several times a minute under load (BENCHMARKS.md). Frozen, the collector skips them.
-    gc.freeze()
     return app
 
 
 def _version_available(server: ModelServer, version: ModelVersion) -> None:
-    """A new version serves: its metrics and cache identity; if it is now the latest, its costs seed the batcher's."""
+    """A new version serves: its metrics, and its cache identity (its files hashed now, not on a request).
+
+    The batcher's cost model is kept: it learns the new version's passes as they run, where the
+    new version's warm-up timings were taken beside the passes of the version serving.
+    """
     model = version.model
-    server.cache_for(model)  # hashes its files now, not on a request
+    server.cache_for(model)
     metrics.version_serving(model.name, model.version, version.load_s)
-    observations = server.batcher.observations
-    if model is server.model and max(model.warm_up_seconds) >= server.batcher.max_batch_size:
-        observations.cost_model = CostModel(model.warm_up_seconds)
 
 
 def _version_released(server: ModelServer, version: ModelVersion) -> None:

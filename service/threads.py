@@ -187,6 +187,13 @@ def new_completion() -> Completion:
     return GreenletCompletion() if gevent_is_active() else ThreadCompletion()
 
 
+def lower_this_thread(niceness: int) -> None:
+    """Run the calling OS thread, and the threads and processes it starts, at `niceness` (Linux; else nothing)."""
+    if hasattr(os, "setpriority"):
+        this = _original("threading", "get_native_id")()
+        os.setpriority(os.PRIO_PROCESS, this, max(niceness, os.getpriority(os.PRIO_PROCESS, this)))
+
+
 def yield_cores_to_this_thread(niceness: int) -> int:
     """Lower every other thread of this process to `niceness` (Linux); returns how many were lowered.
 

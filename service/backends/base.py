@@ -132,14 +132,18 @@ class ServedModel:
         outputs = self._forward(inputs)
         return {name: array[:count] for name, array in outputs.items()}
 
-    def warm_up(self, repeats: int = 3, memory_check_passes: int = 0) -> dict[int, float]:
+    def warm_up(
+        self, repeats: int = 3, memory_check_passes: int = 0, pause: Callable[[float], None] | None = None
+    ) -> dict[int, float]:
         """Run every padded batch size so no shape is first built while serving; time each.
 
         Returns the median forward-pass time per batch size after the first (building) call.
         With `memory_check_passes` (on a GPU: the worker's concurrent batches), each size is
         first run that many times at once with GPU_BATCH_MARGIN more rows; the first size
         that runs out of device memory ends the warm-up, and it and larger sizes are left out
-        of the answer (the largest size that fits is then the largest key).
+        of the answer (the largest size that fits is then the largest key). With `pause`, each
+        pass is followed by `pause(seconds the pass took)`: a version warming up beside one that
+        serves leaves it half the cores.
         """
         self.warm_up_seconds = {}
         for size in self.batch_sizes:
@@ -150,13 +154,14 @@ class ServedModel:
                 )  # fmt: skip
                 break
             sample = {info.name: _sample_batch(info, size) for info in self.signature.inputs}
-            self._forward(sample)
             timings = []
-            for _ in range(repeats):
+            for _ in range(1 + repeats):  # the first call builds the size's kernels, and is not timed
                 started = time.perf_counter()
                 self._forward(sample)
                 timings.append(time.perf_counter() - started)
-            self.warm_up_seconds[size] = statistics.median(timings)
+                if pause is not None:
+                    pause(timings[-1])
+            self.warm_up_seconds[size] = statistics.median(timings[1:])
         if not self.warm_up_seconds:
             raise ModelLoadError("not even a batch of 1 fits the device's memory; lower WORKERS_PER_GPU or the model")
         log.info(

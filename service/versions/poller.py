@@ -14,11 +14,13 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 
 from service.backends.base import ServedModel
-from service.threads import OsThread, new_lock
+from service.threads import OsThread, lower_this_thread, new_lock
 from service.versions.layout import LayoutError, VersionPolicy, files_stamp, find_versions
 from service.versions.registry import ModelVersion, ModelVersions, VersionState
 
 log = logging.getLogger(__name__)
+
+LOADING_NICENESS = 19
 
 
 class VersionPoller:
@@ -68,9 +70,15 @@ class VersionPoller:
         self._retire_unwanted(wanted)
 
     def start(self, interval_s: float) -> None:
-        """Poll every `interval_s` in an OS thread (loading a model must not stop a gevent worker's requests)."""
+        """Poll every `interval_s` in an OS thread (loading a model must not stop a gevent worker's requests).
+
+        The thread runs at the lowest priority, and so do the threads and processes it starts (a
+        new session's pool, the footprint's measuring child): a load takes the cores the
+        versions serving leave idle.
+        """
 
         def run():
+            lower_this_thread(LOADING_NICENESS)
             while not self._stopped.acquire(timeout=interval_s):
                 try:
                     self.poll_once()

@@ -9,6 +9,7 @@ version MODEL_VERSION, and nothing watches it.
 from __future__ import annotations
 
 import gc
+import importlib
 import logging
 import os
 import tempfile
@@ -22,12 +23,15 @@ from service.backends.base import ModelLoadError, ServedModel
 from service.settings import Settings
 from service.sizing.footprint import measure_footprint
 from service.sizing.planner import WorkerPlacement
+from service.threads import os_sleep
 from service.versions.layout import VersionPolicy, files_stamp, find_versions, parse_labels
 from service.versions.poller import VersionPoller
 from service.versions.registry import ModelVersion, ModelVersions, VersionState
 from service.versions.room import SwapRoom
 
 log = logging.getLogger(__name__)
+
+SWAP_WARM_UP_REPEATS = 2
 
 
 class VersionLoader:
@@ -42,20 +46,31 @@ class VersionLoader:
     def on_gpu(self) -> bool:
         return self._placement is not None and self._placement.gpu is not None
 
-    def load(self, path: str, version: int) -> ServedModel:
-        """The model at `path` as `version`, warmed up at every padded batch size; ModelLoadError saying why not."""
+    def load(self, path: str, version: int, beside_others: bool = False) -> ServedModel:
+        """The model at `path` as `version`, warmed up at every padded batch size; ModelLoadError saying why not.
+
+        A version loaded `beside_others` (while others serve) warms up with fewer timed repeats,
+        which only seed the cost model, and pauses after each pass as long as the pass took: its
+        passes run on the same cores, at the same priority, as the passes of the versions serving.
+        """
         settings, placement = self._settings, self._placement
         backend = backend_for(path, settings.model_backend)
-        if placement is not None and backend.name not in self._configured:
-            devices = backend.configure(
-                placement.intra_op_threads, placement.inter_op_threads, placement.gpu_memory_limit_mb
-            )
+        if backend.name not in self._configured:
+            if placement is not None:
+                devices = backend.configure(
+                    placement.intra_op_threads, placement.inter_op_threads, placement.gpu_memory_limit_mb
+                )
+                log.info("worker slot %d: %s; %s devices %s", placement.slot, placement.device, backend.name, devices)
+            _freeze_runtime(backend.runtime_module)
             self._configured.add(backend.name)
-            log.info("worker slot %d: %s; %s devices %s", placement.slot, placement.device, backend.name, devices)
         model = load_served_model(
             path, settings.served_model_name, version, settings.padded_batch_sizes(), settings.model_backend
         )
-        model.warm_up(repeats=5, memory_check_passes=settings.concurrent_batches if self.on_gpu else 0)
+        model.warm_up(
+            SWAP_WARM_UP_REPEATS if beside_others else 5,
+            memory_check_passes=settings.concurrent_batches if self.on_gpu else 0,
+            pause=os_sleep if beside_others else None,
+        )
         return model
 
     def initial_versions(self) -> ModelVersions:
@@ -103,7 +118,7 @@ class VersionLoader:
             settings.model_base_path,
             VersionPolicy.parse(settings.model_version_policy),
             versions,
-            self.load,
+            lambda path, version: self.load(path, version, beside_others=True),
             drain_timeout_s=settings.graceful_timeout_s,
             room=room,
             on_available=on_available,
@@ -111,13 +126,24 @@ class VersionLoader:
         )
 
 
+def _freeze_runtime(module: str) -> None:
+    """Import the runtime, then freeze every object so far out of the cyclic garbage collector's walks.
+
+    TensorFlow leaves some 365,000 long-lived objects, which every full collection walked: a pause
+    of 0.2-0.3 s for every thread that needs the GIL, several times a minute under load
+    (BENCHMARKS.md). A model adds a few thousand, left unfrozen so that a released version is
+    collected: a full collection then takes about 1 ms, and the one after a release about 30 ms.
+    """
+    importlib.import_module(module)
+    gc.collect()
+    gc.freeze()
+
+
 def _collected(on_released: Callable[[ModelVersion], None]) -> Callable[[ModelVersion], None]:
-    """After a version is released: collect its objects, which create_app's `gc.freeze()` would keep forever."""
+    """After a version is released: collect the cycles its objects made, and with them its weights."""
 
     def released(version: ModelVersion) -> None:
         on_released(version)
-        gc.unfreeze()
         gc.collect()
-        gc.freeze()
 
     return released

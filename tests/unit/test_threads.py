@@ -80,3 +80,28 @@ def test_the_compute_threads_are_lowered_below_the_thread_that_serves_requests()
     assert lowered == 1 and compute == 10, "the thread that existed is lowered"
     assert serving == 0 and started_later == 0, "the serving thread and the threads it starts later keep their priority"
     assert disabled == 0, "COMPUTE_NICENESS=0 changes nothing"
+
+
+def test_a_lowered_thread_starts_its_threads_and_processes_lowered_too():
+    script = textwrap.dedent(
+        """
+        import os, subprocess, sys, threading
+        from service.threads import lower_this_thread
+        seen = []
+        def niceness():
+            seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        def loader():
+            lower_this_thread(19)
+            child = threading.Thread(target=niceness)
+            child.start(); child.join()
+            probe = "import os; print(os.getpriority(os.PRIO_PROCESS, 0))"
+            seen.append(int(subprocess.check_output([sys.executable, "-c", probe])))
+        thread = threading.Thread(target=loader)
+        thread.start(); thread.join()
+        print(*seen, os.getpriority(os.PRIO_PROCESS, 0))
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60, check=True
+    )
+    assert list(map(int, result.stdout.split())) == [19, 19, 0]  # the caller's thread, its thread and child; not main

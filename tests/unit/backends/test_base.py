@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service.backends.base import ModelLoadError, OutOfDeviceMemory, ServedModel
+from service.backends.base import ModelInputs, ModelLoadError, OutOfDeviceMemory, ServedModel, predict_each_model
 from service.backends.signature import ModelSignature, TensorInfo
 
 
@@ -70,3 +70,29 @@ def test_when_not_even_batch_1_fits_the_model_cannot_be_served(fake_model, fake_
     model = ServedModel("m", 1, fake_model.signature, out_of_memory_above(0, fake_forward), (1, 2))
     with pytest.raises(ModelLoadError, match="not even a batch of 1"):
         model.warm_up(repeats=1, memory_check_passes=1)
+
+
+def test_a_paced_warm_up_pauses_after_every_pass_as_long_as_it_took(fake_model, fake_forward):
+    pauses = []
+    timings = fake_model.warm_up(repeats=2, pause=pauses.append)
+    assert len(pauses) == 3 * len(timings) == len(fake_forward.batch_sizes)  # a building pass, then two timed
+    assert all(seconds >= 0 for seconds in pauses)
+
+
+def test_each_versions_payloads_run_through_their_own_model_in_order():
+    signature = ModelSignature((TensorInfo("x", "float32", (1,)),), (TensorInfo("y", "float32", (1,)),))
+    passes = []
+
+    def scaling(factor):
+        def forward(arrays):
+            passes.append((factor, len(arrays["x"])))
+            return {"y": arrays["x"] * factor}
+
+        return ServedModel("m", factor, signature, forward, (1, 2, 4))
+
+    one, two = scaling(1), scaling(2)
+    rows = [np.full((1, 1), value, np.float32) for value in (1, 2, 3)]
+    payloads = [ModelInputs(one, {"x": rows[0]}), ModelInputs(two, {"x": rows[1]}), ModelInputs(one, {"x": rows[2]})]
+    answers = predict_each_model(payloads)
+    assert [float(answer["y"][0, 0]) for answer in answers] == [1.0, 4.0, 3.0]
+    assert sorted(passes) == [(1, 2), (2, 1)]  # one pass per version

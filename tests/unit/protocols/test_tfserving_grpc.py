@@ -273,3 +273,18 @@ def test_one_pass_serves_tf_serving_rest_v2_and_grpc_requests_together(served, f
     assert answers["rest"].get_json()["predictions"] == [[10.0, 11.0, -10.0]]
     assert answers["v2"].get_json()["outputs"][0]["data"] == [18.0, 19.0, -18.0]
     assert tf.make_ndarray(answers["grpc"].outputs["y"]).tolist() == [[40.0, 41.0, -40.0]]
+
+
+def test_a_spec_names_its_version_by_number_or_label():
+    from service.errors import BadRequest
+    from service.protocols import tfserving_messages as messages
+    from service.protocols.tfserving_grpc import spec_target
+
+    spec = messages.ModelSpec(name="digits")
+    assert spec_target(spec) == ("digits", None, None)
+    spec.version.value = 3
+    assert spec_target(spec) == ("digits", 3, None)
+    spec.version_label = "canary"  # one of the oneof: the number is cleared
+    assert spec_target(spec) == ("digits", None, "canary")
+    with pytest.raises(BadRequest, match="signature_name"):
+        spec_target(messages.ModelSpec(signature_name="classify"))

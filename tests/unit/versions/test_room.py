@@ -58,3 +58,13 @@ def test_workers_swap_together_only_when_memory_holds_them(tmp_path, model_mib, 
     for thread in threads:
         thread.join(10)
     assert second_entered.is_set()
+
+
+def test_a_lone_worker_neither_locks_nor_measures(tmp_path):
+    def never(path):
+        raise AssertionError("measured")
+
+    swap = SwapRoom(str(tmp_path / "swap.lock"), 1, 0.2, never, lambda: 0)
+    with swap("v2"):
+        pass
+    assert not (tmp_path / "swap.lock").exists()

@@ -6,6 +6,8 @@ The versions are tiny ONNX models (version v answers v x its input), loaded by t
 from __future__ import annotations
 
 import dataclasses
+import gc
+import weakref
 from pathlib import Path
 
 import pytest
@@ -96,6 +98,21 @@ def test_a_new_version_serves_after_a_poll_and_a_broken_one_replaces_nothing(ver
         }  # fmt: skip
         assert "cannot load ONNX model" in status["4"]["status"]["error_message"]
         assert status["3"]["status"] == {"error_code": "OK", "error_message": ""}
+    finally:
+        server.close()
+
+
+def test_the_runtime_is_frozen_and_a_released_version_is_collected(versioned_settings, add_onnx_version):
+    gc.unfreeze()
+    app = create_app(dataclasses.replace(versioned_settings, model_version_policy="latest"))
+    server = app.extensions["model_server"]
+    try:
+        assert gc.get_freeze_count() > 0, "the runtime's objects are out of the collector's walks"
+        released = weakref.ref(server.model)
+        add_onnx_version(Path(versioned_settings.model_base_path), 3)
+        server.poller.poll_once()
+        assert server.model.version == 3
+        assert released() is None, "the old version's objects were collected"
     finally:
         server.close()
 
