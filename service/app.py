@@ -94,6 +94,7 @@ def _version_available(server: ModelServer, version: ModelVersion) -> None:
 
 
 def _version_released(server: ModelServer, version: ModelVersion) -> None:
+    server.forget_cache(version.number)
     metrics.version_released(server.versions.name, version.number)
 
 

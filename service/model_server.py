@@ -69,6 +69,10 @@ class ModelServer:
             self._caches[key] = self.cache.for_model(identity_of(model, self.settings.model_path))
         return self._caches[key]
 
+    def forget_cache(self, version: int) -> None:
+        """Drop the cache's view of a released version (its answers age out of the tiers)."""
+        self._caches = {key: view for key, view in self._caches.items() if key[1] != version}
+
     def check_name(self, name: str | None) -> None:
         """NotFound unless `name` (None: any) is the served model's."""
         if name is not None and name != self.versions.name:

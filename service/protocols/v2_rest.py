@@ -17,6 +17,7 @@ from service.model_server import current_server, json_response
 from service.protocols.common import InferenceTarget
 from service.protocols.inference import InferenceEndpoint
 from service.protocols.v2_codec import InferRequest, datatype_of, decode_infer_request, encode_infer_response
+from service.versions.registry import VersionState
 
 PROTOCOL = "v2_rest"
 INFERENCE_ROUTES = ("/v2/models/{name}/infer", "/v2/models/{name}/versions/{version}/infer")
@@ -74,7 +75,8 @@ def server_metadata():
 @blueprint.get("/v2/models/<name>")
 @blueprint.get("/v2/models/<name>/versions/<int:version>")
 def model_metadata(name: str, version: int | None = None):
-    model = current_server().model_for(name, version)
+    server = current_server()
+    model = server.model_for(name, version)
 
     def tensors(infos) -> list[dict]:
         return [{"name": info.name, "datatype": datatype_of(info), "shape": info.describe()["shape"]} for info in infos]
@@ -82,7 +84,7 @@ def model_metadata(name: str, version: int | None = None):
     return json_response(
         {
             "name": model.name,
-            "versions": [str(model.version)],
+            "versions": [str(number) for number in sorted(server.versions.numbers(VersionState.AVAILABLE))],
             "platform": model.platform,
             "inputs": tensors(model.signature.inputs),
             "outputs": tensors(model.signature.outputs),

@@ -107,7 +107,7 @@ def refusal_before_reading(
     if method != "POST" or target is None or not server.ready or server.settings.api_keys:
         return None
     try:
-        server.model_for(target.model_name, target.version)
+        server.model_for(target.model_name, target.version, target.label)
         timeout_s = request_timeout_s(server.settings, timeout_header)
         server.batcher.check_room(1, admission_budget_s(server.settings, timeout_s))
     except ApiError:

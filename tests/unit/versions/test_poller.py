@@ -33,6 +33,15 @@ def base(tmp_path) -> BaseDir:
     return BaseDir(tmp_path)
 
 
+@pytest.fixture
+def version_one_serving(base, make_model) -> ModelVersions:
+    """Versions whose version 1, in the base path, serves."""
+    base.add_version(1)
+    versions = ModelVersions("m")
+    versions.add(1, base.model(1), make_model(1), 0.1)
+    return versions
+
+
 class Recorder:
     """A loader of scaling models (a file reading `broken` fails to load), and what the poller told."""
 
@@ -67,11 +76,8 @@ def poller_for(base, versions, recorder, policy="latest") -> VersionPoller:
     )
 
 
-def test_a_new_version_serves_once_loaded_and_the_old_one_is_released_after(base, make_model):
-    recorder = Recorder(make_model)
-    base.add_version(1)
-    versions = ModelVersions("m")
-    versions.add(1, base.model(1), make_model(1), 0.1)
+def test_a_new_version_serves_once_loaded_and_the_old_one_is_released_after(base, make_model, version_one_serving):
+    recorder, versions = Recorder(make_model), version_one_serving
     poller = poller_for(base, versions, recorder)
     poller.poll_once()
     assert recorder.events == []  # nothing new
@@ -82,11 +88,8 @@ def test_a_new_version_serves_once_loaded_and_the_old_one_is_released_after(base
     assert [(s["version"], s["state"]) for s in versions.statuses()] == [("2", "AVAILABLE"), ("1", "END")]
 
 
-def test_a_broken_version_changes_nothing_until_its_files_change(base, make_model):
-    recorder = Recorder(make_model)
-    base.add_version(1)
-    versions = ModelVersions("m")
-    versions.add(1, base.model(1), make_model(1), 0.1)
+def test_a_broken_version_changes_nothing_until_its_files_change(base, make_model, version_one_serving):
+    recorder, versions = Recorder(make_model), version_one_serving
     poller = poller_for(base, versions, recorder)
     base.add_version(2, b"broken")
     poller.poll_once()
@@ -126,11 +129,8 @@ def test_policy_all_serves_every_version_and_releases_a_removed_one(base, make_m
     assert versions.numbers(VersionState.AVAILABLE) == {1, 2}
 
 
-def test_requests_in_flight_finish_on_the_old_version_while_new_ones_get_the_new(base, make_model):
-    recorder = Recorder(make_model)
-    base.add_version(1)
-    versions = ModelVersions("m")
-    versions.add(1, base.model(1), make_model(1), 0.1)
+def test_requests_in_flight_finish_on_the_old_version_while_new_ones_get_the_new(base, make_model, version_one_serving):
+    recorder, versions = Recorder(make_model), version_one_serving
     poller = poller_for(base, versions, recorder)
     base.add_version(2)
     with versions.lease() as in_flight:

@@ -65,6 +65,8 @@ def test_every_route_reaches_the_version_it_names(versioned_app):
     })  # fmt: skip
     assert v2.json["outputs"][0]["data"] == [1.0, 1.0] and v2.json["model_version"] == "1"
     assert client.get("/v1/models/scaler/labels/canary/metadata").json["model_spec"]["version"] == "2"
+    v2_metadata = client.get("/v2/models/scaler").json
+    assert v2_metadata["versions"] == ["1", "2"] and v2_metadata["platform"] == "onnxruntime_onnx"
 
 
 def test_the_status_lists_every_version_and_the_cache_keeps_versions_apart(versioned_app):
