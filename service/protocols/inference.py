@@ -31,6 +31,8 @@ from service.protocols.common import (
 )
 from service.web.access import BATCH_SIZE_KEY, PROTOCOL_KEY, REFUSED_KEY, ROUTE_KEY
 
+BODY_KEY = "service.request_body"
+
 
 class Decoded(Protocol):
     """What a protocol decodes a request into: arrays with a leading batch dimension of `count`."""
@@ -73,6 +75,12 @@ class InferenceEndpoint:
             status, body, headers = render(answer)
         return write_json(start_response, status, body, headers)
 
+    def body(self, environ: dict) -> bytes:
+        """The request's body, read once: `refine_target` may need it before admission, the rest of the way after."""
+        if BODY_KEY not in environ:
+            environ[BODY_KEY] = read_body(environ, self._server.settings.max_body_bytes)
+        return environ[BODY_KEY]
+
     def refine_target(self, target: InferenceTarget, environ: dict) -> InferenceTarget:
         """The target once what only the body names is known (gRPC's message names the version); default: as matched."""
         return target
@@ -93,7 +101,7 @@ class InferenceEndpoint:
             raise NotReady
         cache, body = server.cache_for(model), None
         if cache is not None:  # a repeated body needs no room in the batcher: answer it before asking for any
-            body = read_body(environ, server.settings.max_body_bytes)
+            body = self.body(environ)
             if (kept := cache.repeated_answer(self.protocol, body)) is not None:
                 environ[BATCH_SIZE_KEY] = 0
                 metrics.predicted(model.name, model.version, kept[1])
@@ -101,7 +109,7 @@ class InferenceEndpoint:
         # Before the body is decoded: a refusal under overload must cost far less than the work.
         server.batcher.check_room(1, budget_s)
         if body is None:
-            body = read_body(environ, server.settings.max_body_bytes)
+            body = self.body(environ)
         decoded = self.decode(body, environ, model)
         spent_s = time.monotonic() - received_at  # reading and decoding the body took some of the time allowed
         with forward_pass_failures():

@@ -63,7 +63,7 @@ class PredictCall(InferenceEndpoint):
         """The version the message's spec names. The message is parsed here, before admission (gRPC hands it
         over whole, and parsing costs microseconds); `decode` then takes it from the environ.
         """
-        request = _parse(messages.PredictRequest, read_body(environ, self._server.settings.max_body_bytes))
+        request = _parse(messages.PredictRequest, self.body(environ))
         environ[PARSED_REQUEST_KEY] = request
         return InferenceTarget(target.protocol, target.route, *spec_target(request.model_spec))
 

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 import requests
-from prometheus_client.parser import text_string_to_metric_families
+
+from tests.integration.test_operations import scrape
 
 pytestmark = pytest.mark.integration
 
@@ -78,11 +79,7 @@ def test_a_new_version_takes_over_under_load_with_no_request_lost(
         assert first_answer(server.url) == 2.0
     status = requests.get(server.url + "/v1/models/scaler", timeout=30).json()["model_version_status"]
     assert [(s["version"], s["state"]) for s in status] == [("2", "AVAILABLE"), ("1", "END")]
-    samples = {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(requests.get(server.url + "/metrics", timeout=30).text)
-        for sample in family.samples
-    }
+    samples = scrape(server.url)
     predictions = {
         dict(labels)["version"]: count for (name, labels), count in samples.items()
         if name == "model_server_predictions_total"

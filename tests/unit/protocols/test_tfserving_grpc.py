@@ -288,3 +288,23 @@ def test_a_spec_names_its_version_by_number_or_label():
     assert spec_target(spec) == ("digits", None, "canary")
     with pytest.raises(BadRequest, match="signature_name"):
         spec_target(messages.ModelSpec(signature_name="classify"))
+
+
+def test_with_the_result_cache_each_call_gets_its_own_answer_and_a_repeat_comes_from_the_cache(
+    grpc_settings, fake_model
+):
+    app = create_app(dataclasses.replace(grpc_settings, cache_max_bytes=1 << 20), fake_model)
+    start_grpc(app)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{grpc_settings.grpc_port}") as channel:
+            answers = []
+            for values in (rows(1), rows(1, start=5.0), rows(1, start=5.0), rows(1)):
+                response, call = predict(channel, predict_request(values))
+                answers.append((tf.make_ndarray(response.outputs["y"]).tolist(), dict(call.trailing_metadata())))
+        for (outputs, _), values in zip(
+            answers, (rows(1), rows(1, start=5.0), rows(1, start=5.0), rows(1)), strict=True
+        ):
+            assert outputs == (2 * np.array(values, np.float32)).tolist()
+        assert [trailing["x-batch-size"] for _, trailing in answers] == ["1", "1", "0", "0"]
+    finally:
+        app.extensions["model_server"].close()
