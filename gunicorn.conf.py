@@ -1,14 +1,13 @@
 """Gunicorn configuration: sized from the machine and the model, never importing TensorFlow."""
 
 from service.operations import logs
-from service.settings import load_settings
-from service.sizing import hooks
+from service.settings import current_settings
+from service.sizing import hooks, readiness, rolling
 from service.threads import yield_cores_to_this_thread
 from service.web.workers import WORKER_CLASSES
 
-settings = load_settings()
+settings, plan = hooks.configure_master()  # a mistake: one line naming the setting, and exit 1
 metrics_dir = hooks.prepare_metrics_dir(settings)  # before anything imports prometheus_client
-plan = hooks.plan_for_this_machine(settings)
 
 bind = settings.bind
 workers = plan.workers
@@ -29,20 +28,23 @@ control_socket_disable = True
 
 def on_starting(server):
     hooks.check_grpc_port(settings)
+    rolling.reload_on_hangup(server)  # SIGHUP: settings read again, workers replaced one at a time
     server.log.info(plan.describe(settings), extra={"event": "sizing_plan", "plan": plan.as_dict()})
 
 
 def pre_fork(server, worker):
     hooks.assign_slot(server, worker)
+    hooks.watch_worker(server, worker)
 
 
 def post_fork(server, worker):
-    hooks.place_worker(plan, worker)
+    hooks.place_worker(plan, server, worker)
 
 
 def post_worker_init(worker):
     yield_cores_to_this_thread(settings.compute_niceness)
-    hooks.start_grpc(settings, worker)  # after: its threads keep the request threads' priority
+    hooks.start_grpc(current_settings(), worker)  # after: its threads keep the request threads' priority
+    readiness.report_ready(worker)
 
 
 def worker_exit(server, worker):
@@ -50,7 +52,7 @@ def worker_exit(server, worker):
 
 
 def child_exit(server, worker):
-    hooks.forget_worker_metrics(worker)
+    hooks.forget_worker(server, worker)
 
 
 def on_exit(server):

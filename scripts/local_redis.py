@@ -24,9 +24,14 @@ def free_port() -> int:
 
 
 class LocalRedis:
-    """Starts `redis-server` without persistence on a free port; stops it and removes its directory on exit."""
+    """Starts `redis-server` on a free port; stops it and removes its directory on exit.
 
-    def __init__(self, executable: str = "redis-server"):
+    Without persistence by default; `persistent` keeps an append-only file synced at every write,
+    so a Redis killed and started again (`restart`) has lost nothing.
+    """
+
+    def __init__(self, executable: str = "redis-server", persistent: bool = False):
+        self.persistent = persistent
         found = shutil.which(executable)
         if found is None:
             raise RuntimeError(f"{executable} is not installed (Debian: apt-get install redis-server)")
@@ -37,20 +42,34 @@ class LocalRedis:
         self._process: subprocess.Popen | None = None
 
     def __enter__(self) -> str:
-        options = ["--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        self.start()
+        return self.url
+
+    def __exit__(self, *exc) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.terminate()
+            self._process.wait(10)
+        self._directory.cleanup()
+
+    def start(self) -> None:
+        """Start the server (again, on the same port and directory) and wait until it answers."""
+        persistence = ["--appendonly", "yes", "--appendfsync", "always"] if self.persistent else ["--appendonly", "no"]
+        options = ["--port", str(self.port), "--bind", "127.0.0.1", "--save", "", *persistence]
         self._process = subprocess.Popen(
             [self._executable, *options, "--dir", self._directory.name],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
         self._wait_until_ready()
-        return self.url
 
-    def __exit__(self, *exc) -> None:
-        if self._process is not None:
-            self._process.terminate()
-            self._process.wait(10)
-        self._directory.cleanup()
+    def kill(self) -> None:
+        """Kill the server as a crash would: it saves nothing on the way out."""
+        self._process.kill()
+        self._process.wait(10)
+
+    def restart(self) -> None:
+        self.kill()
+        self.start()
 
     def _wait_until_ready(self) -> None:
         client = redis.Redis.from_url(self.url, socket_timeout=1)

@@ -21,7 +21,7 @@ from service.model_server import ModelServer
 from service.operations import api_docs, health, logs, metrics
 from service.protocols import PROTOCOLS
 from service.protocols.common import admission_budget_s, api_error_for, request_timeout_s
-from service.settings import Settings, load_settings
+from service.settings import Settings, current_settings
 from service.sizing.placement import current_placement
 from service.threads import gevent_is_active
 from service.versions.layout import parse_labels
@@ -43,7 +43,7 @@ def create_app(settings: Settings | None = None, model: ServedModel | None = Non
     Gunicorn worker accepts no connection before it can serve at full speed. With
     MODEL_BASE_PATH, a poller then serves new versions as they appear (service/versions/).
     """
-    settings = settings or load_settings()
+    settings = settings or current_settings()  # under Gunicorn: the master's, after its last SIGHUP
     if not logging.getLogger().handlers:  # under Gunicorn the master has configured it (logconfig_dict)
         logging.config.dictConfig(logs.logging_config(settings))
     started = time.monotonic()
@@ -65,7 +65,9 @@ def create_app(settings: Settings | None = None, model: ServedModel | None = Non
     app.register_error_handler(Exception, _error_answer)
     cache = build_result_cache(settings, latest, batcher.full_pass_seconds())
     server = ModelServer(settings, versions, batcher, cache, ready=True)
-    server.jobs = build_jobs(settings, batcher, lease_model=lambda version: server.lease(None, version))
+    server.jobs = build_jobs(
+        settings, batcher, lease_model=partial(server.lease, None), on_durability=metrics.jobs_store_durability
+    )
     app.extensions["model_server"] = server
     server.jobs.runner.start()
     served = app.wsgi_app

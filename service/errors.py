@@ -93,6 +93,12 @@ class Conflict(ApiError):
     status = 409
 
 
+class Gone(ApiError):
+    """The resource existed and was lost or deleted for good (a job whose store was emptied)."""
+
+    status = 410
+
+
 class PayloadTooLarge(ApiError):
     status = 413
 

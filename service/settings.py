@@ -1,10 +1,13 @@
 """Every setting of the service, declared once and read from the environment in one place.
 
-Each field of `Settings` is one environment variable (its name upper-cased). The field
-declares its default, unit and meaning; `load_settings()` parses and validates them, and
-`settings_table()` renders the README's configuration table from the same declarations,
-so the documentation cannot drift from the code. Nothing else in the project reads
-`os.environ` for configuration.
+Each field of `Settings` is one environment variable (its name upper-cased), which the file
+`SETTINGS_FILE` may also set. The field declares its default, unit, meaning and whether a
+SIGHUP may change it; `load_settings()` parses and validates them, and `settings_table()`
+renders the README's configuration table from the same declarations, so the documentation
+cannot drift from the code. Nothing else in the project reads `os.environ` for configuration.
+
+A process's settings are `current_settings()`: the master's, resolved at start and after each
+SIGHUP (`reload_settings`), are what every worker it forks then inherits.
 """
 
 from __future__ import annotations
@@ -23,11 +26,12 @@ class SettingsError(ValueError):
     """A setting has a value the service cannot run with; the message names it."""
 
 
-def _setting(default, meaning: str, unit: str = "", choices: tuple = (), minimum=None, maximum=None):
-    return field(
-        default=default,
-        metadata={"meaning": meaning, "unit": unit, "choices": choices, "minimum": minimum, "maximum": maximum},
-    )
+def _setting(
+    default, meaning: str, unit: str = "", choices: tuple = (), minimum=None, maximum=None, reloadable: bool = False
+):
+    """One setting's declaration; `reloadable` ones take effect at a SIGHUP (in the workers it starts)."""
+    metadata = {"meaning": meaning, "unit": unit, "choices": choices, "minimum": minimum, "maximum": maximum}
+    return field(default=default, metadata={**metadata, "reloadable": reloadable})
 
 
 @dataclass(frozen=True)
@@ -57,11 +61,13 @@ class Settings:
         "latest",
         "With `MODEL_BASE_PATH`: the versions served: `latest` (the highest), `latest:N` (the N highest), `all`, "
         "or `specific:1,3`. Requests that name no version get the highest served.",
+        reloadable=True,
     )
     model_version_labels: str = _setting(
         "",
         "Version labels, e.g. `stable=1,canary=2`, routable as `/v1/models/<name>/labels/<label>:predict` and "
         "in gRPC's `version_label`; a label whose version is not served answers 404.",
+        reloadable=True,
     )
     model_poll_s: float = _setting(
         1.0,
@@ -69,6 +75,7 @@ class Settings:
         "default); 0 means only at start.",
         "s",
         minimum=0,
+        reloadable=True,
     )
 
     # Network and processes
@@ -139,8 +146,8 @@ class Settings:
     graceful_timeout_s: int = _setting(30, "Time a worker has to finish its requests after SIGTERM.", "s", minimum=1)
     max_requests: int = _setting(
         0,
-        "Recycle a worker after this many requests (it finishes them first; a new one loads meanwhile), to bound "
-        "slow leaks; 0 means never.",
+        "Recycle a worker after this many requests, to bound slow leaks: it finishes them, exits, and a new one "
+        "loads (the other workers serve meanwhile); 0 means never.",
         minimum=0,
     )
     max_requests_jitter: int = _setting(
@@ -161,7 +168,11 @@ class Settings:
         minimum=1,
     )
     batch_timeout_ms: float = _setting(
-        1.0, "`fixed` policy: longest time the oldest request of a batch waits for more to join it.", "ms", minimum=0
+        1.0,
+        "`fixed` policy: longest time the oldest request of a batch waits for more to join it.",
+        "ms",
+        minimum=0,
+        reloadable=True,
     )
     latency_slo_ms: float = _setting(
         0.0,
@@ -171,6 +182,7 @@ class Settings:
         "refuses, and `adaptive` holds a batch at most one full pass (docs/reliability.md, Overload).",
         "ms",
         minimum=0,
+        reloadable=True,
     )
     batch_sizes: str = _setting(
         "", "Padded batch sizes compiled and warmed up, comma-separated; empty means powers of two up to the maximum."
@@ -191,6 +203,7 @@ class Settings:
         "being run. A client's `X-Request-Timeout-Ms` header sets its own, at most this when set. 0 means none.",
         "ms",
         minimum=0,
+        reloadable=True,
     )
     max_body_bytes: int = _setting(10 * 1024 * 1024, "Largest request body accepted (413 beyond).", "bytes", minimum=1)
     max_request_instances: int = _setting(
@@ -206,6 +219,7 @@ class Settings:
         "Comma-separated API keys; when set, every route but the health checks (`/healthz`, `/readyz`, "
         "`/v2/health/*`) and the API docs needs one, as "
         "`Authorization: Bearer <key>` or `X-API-Key` (401 without, 403 with a wrong one). Empty means no keys.",
+        reloadable=True,
     )
 
     # Result cache and background jobs (docs/operations.md)
@@ -288,6 +302,12 @@ class Settings:
         "",
         "Directory where workers keep their Prometheus metric files, emptied at start; empty means a new "
         "temporary directory.",
+    )
+    settings_file: str = _setting(
+        "",
+        "File of `NAME=value` lines (`#` comments), read over the environment at start and again at each SIGHUP, "
+        "when the reloadable settings (marked ↻) change and the workers are replaced one at a time; a file that "
+        "does not parse or validate is logged and ignored (docs/operations.md, Reloading settings).",
     )
 
     def __post_init__(self):
@@ -377,24 +397,95 @@ def _check(spec: dataclasses.Field, value) -> None:
 
 
 _PARSERS: dict[str, Callable[[str], object]] = {"int": int, "float": float, "str": str}
+_NAMES = {spec.name.upper(): spec for spec in dataclasses.fields(Settings)}
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
-    """Read every setting from `environ` (the process environment by default).
+    """Read every setting from `environ` (the process environment by default), then from SETTINGS_FILE.
 
-    Raises SettingsError naming the variable when a value does not parse or is out of range.
+    Raises SettingsError naming the variable (and the file and line) when a value does not parse
+    or is out of range, or the file cannot be read.
     """
     environ = os.environ if environ is None else environ
     values = {}
-    for spec in dataclasses.fields(Settings):
-        raw = environ.get(spec.name.upper())
-        if raw is None or raw == "":
-            continue
-        try:
-            values[spec.name] = _PARSERS[spec.type](raw.strip())
-        except ValueError:
-            raise SettingsError(f"{spec.name.upper()}={raw!r} is not a valid {spec.type}") from None
+    for name, spec in _NAMES.items():
+        raw = environ.get(name)
+        if raw is not None and raw != "":
+            values[spec.name] = _parse(spec, raw, name)
+    settings_file = values.get("settings_file", "")
+    if settings_file:
+        values.update(_read_settings_file(settings_file))
     return Settings(**values)
+
+
+def _parse(spec: dataclasses.Field, raw: str, where: str):
+    try:
+        return _PARSERS[spec.type](raw.strip())
+    except ValueError:
+        raise SettingsError(f"{where}={raw!r} is not a valid {spec.type}") from None
+
+
+def _read_settings_file(path: str) -> dict[str, object]:
+    """The settings SETTINGS_FILE sets: `NAME=value` lines, blank lines and `#` comments; quotes around a value go.
+
+    `NAME=` sets the default, whatever the environment says.
+    """
+    try:
+        text = Path(path).expanduser().read_text()
+    except (OSError, UnicodeDecodeError) as error:
+        reason = error.strerror if isinstance(error, OSError) else "it is not UTF-8 text"
+        raise SettingsError(f"SETTINGS_FILE={path!r} cannot be read: {reason}") from None
+    values = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, equals, raw = line.partition("=")
+        name, raw = name.strip(), raw.strip()
+        where = f"{path}, line {number}"
+        if not equals or name not in _NAMES or name == "SETTINGS_FILE":
+            raise SettingsError(f"{where}: {line!r} is not `NAME=value` with NAME one of the settings")
+        if len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "\"'":
+            raw = raw[1:-1]
+        spec = _NAMES[name]
+        values[spec.name] = _parse(spec, raw, f"{where}: {name}") if raw else spec.default  # `NAME=`: the default
+    return values
+
+
+def reload_settings(current: Settings, environ: Mapping[str, str] | None = None) -> tuple[Settings, list[str]]:
+    """At a SIGHUP: `current` with the reloadable settings read again; and the names of the others that changed.
+
+    Raises SettingsError, as `load_settings` does, when what is read does not parse or validate:
+    nothing is then applied. The other settings keep their values (they take a restart).
+    """
+    read = load_settings(environ)
+    changes, ignored = {}, []
+    for spec in dataclasses.fields(Settings):
+        new, old = getattr(read, spec.name), getattr(current, spec.name)
+        if new == old:
+            continue
+        if spec.metadata["reloadable"]:
+            changes[spec.name] = new
+        else:
+            ignored.append(spec.name.upper())
+    return dataclasses.replace(current, **changes), ignored
+
+
+_current: Settings | None = None
+
+
+def current_settings() -> Settings:
+    """This process's settings: those `use_settings` set (a worker inherits its master's), else the environment's."""
+    global _current
+    if _current is None:
+        _current = load_settings()
+    return _current
+
+
+def use_settings(settings: Settings) -> None:
+    """Make `settings` this process's, and so those of every worker it forks from now on."""
+    global _current
+    _current = settings
 
 
 def settings_table() -> str:
@@ -402,7 +493,7 @@ def settings_table() -> str:
     rows = ["| Variable | Default | Unit | Meaning |", "|---|---|---|---|"]
     for spec in dataclasses.fields(Settings):
         default = f"`{spec.default}`" if spec.default != "" else "(empty)"
-        meaning = spec.metadata["meaning"]
+        meaning = ("↻ " if spec.metadata["reloadable"] else "") + spec.metadata["meaning"]
         if spec.metadata["choices"]:
             meaning += " One of: " + ", ".join(f"`{choice}`" for choice in spec.metadata["choices"]) + "."
         rows.append(f"| `{spec.name.upper()}` | {default} | {spec.metadata['unit']} | {meaning} |")

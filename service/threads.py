@@ -21,9 +21,13 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
+import signal
 import sys
+import tempfile
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 
@@ -214,3 +218,42 @@ def yield_cores_to_this_thread(niceness: int) -> int:
             except ProcessLookupError:
                 pass  # ended meanwhile
     return lowered
+
+
+@dataclass(frozen=True)
+class ProcessResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+CHILD_CHECK_S = 0.02  # how often a child's end is looked for
+
+
+def run_process(argv: Sequence[str], env: Mapping[str, str], timeout_s: float) -> ProcessResult:
+    """Run a program to its end from any thread, and its output; TimeoutError (the child killed) after `timeout_s`.
+
+    Under gevent, `subprocess` needs the child watcher of the default loop, which an OsThread has
+    not ("child watchers are only available on the default loop"): the child is spawned and waited
+    for with the unpatched `os.posix_spawn` and `os.waitpid`, its output written to files.
+    """
+    with tempfile.TemporaryFile() as stdout, tempfile.TemporaryFile() as stderr:
+        redirects = [(os.POSIX_SPAWN_DUP2, stdout.fileno(), 1), (os.POSIX_SPAWN_DUP2, stderr.fileno(), 2)]
+        pid = _original("os", "posix_spawn")(argv[0], list(argv), dict(env), file_actions=redirects)
+        waitpid, deadline = _original("os", "waitpid"), time.monotonic() + timeout_s
+        while True:
+            done_pid, status = waitpid(pid, os.WNOHANG)
+            if done_pid:
+                break
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                waitpid(pid, 0)
+                raise TimeoutError(f"{argv[0]} {' '.join(argv[1:3])} ran longer than {timeout_s:.0f} s")
+            os_sleep(CHILD_CHECK_S)
+        stdout.seek(0)
+        stderr.seek(0)
+        return ProcessResult(
+            os.waitstatus_to_exitcode(status),
+            stdout.read().decode(errors="replace"),
+            stderr.read().decode(errors="replace"),
+        )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+import zipfile
 
 from service.backends.base import Arrays, Forward, InputRejected, ModelLoadError, OutOfDeviceMemory
 from service.backends.signature import ModelSignature, TensorInfo
@@ -56,6 +57,8 @@ class TensorFlowBackend:
 
 
 def _compile_keras_file(path: str) -> tuple[ModelSignature, Forward]:
+    if path.endswith(".keras"):
+        _check_keras_archive(path)  # before importing TensorFlow: a refused file costs nothing
     import keras
     import tensorflow as tf
 
@@ -88,6 +91,24 @@ def _compile_keras_file(path: str) -> tuple[ModelSignature, Forward]:
         return dict(zip(output_names, result, strict=True))
 
     return ModelSignature(inputs, outputs), _numpy_forward(compiled, inputs, keep_alive=model)
+
+
+def _check_keras_archive(path: str) -> None:
+    """ModelLoadError with the archive's own fault: Keras says "File not found" of any file it cannot unzip.
+
+    A `.keras` file is a zip archive; one truncated or still being copied has no readable central
+    directory, and one damaged inside fails its members' checksums.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as error:
+        size = os.path.getsize(path) if os.path.exists(path) else 0
+        raise ModelLoadError(
+            f"{path!r} ({size:,} bytes) is not a readable .keras archive: {error}; truncated, or still being written?"
+        ) from None
+    if damaged is not None:
+        raise ModelLoadError(f"{path!r} is a damaged .keras archive: its member {damaged!r} fails its checksum")
 
 
 def _compile_saved_model(path: str) -> tuple[ModelSignature, Forward]:

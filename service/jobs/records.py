@@ -9,6 +9,7 @@ two workers never both claim one job and a cancel never loses to a progress upda
 from __future__ import annotations
 
 import dataclasses
+import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,10 +40,24 @@ class JobRecord:
     lease_until: float | None = None
     resumes: int = 0  # times it went back to the queue after its worker died
     keep_until: float | None = None  # once final: when it is deleted
+    pinned: bool = False  # it named its version: it runs on no other
 
     @classmethod
-    def new(cls, model: str, version: int, layout: str, total: int, chunk: int, priority: int, now: float):
-        return cls(uuid.uuid4().hex, model, version, layout, total, chunk, priority, now)
+    def new(
+        cls,
+        model: str,
+        version: int,
+        layout: str,
+        total: int,
+        chunk: int,
+        priority: int,
+        now: float,
+        generation: str = "",
+        **fields,
+    ) -> JobRecord:
+        """A queued job, its id prefixed with its store's `generation` (`generation_of` reads it back)."""
+        job_id = f"{generation}-{uuid.uuid4().hex}" if generation else uuid.uuid4().hex
+        return cls(job_id, model, version, layout, total, chunk, priority, now, **fields)
 
     @property
     def chunks(self) -> int:
@@ -59,12 +74,21 @@ class JobRecord:
     def from_bytes(cls, data: bytes) -> JobRecord:
         return cls(**orjson.loads(data))
 
-    def describe(self) -> dict:
-        """The job as `GET /v1/jobs/<id>` shows it."""
+    def describe(self, part_versions: dict[int, int] | None = None) -> dict:
+        """The job as `GET /v1/jobs/<id>` shows it; `part_versions`: the version that computed each stored part.
+
+        `version` is the one it was accepted for. When that one was retired while the job waited
+        or ran, its other parts ran on the version that replaced it: `part_versions` lists, for
+        each part of `part_instances` instances in order, the version that computed it (null: not yet).
+        """
+        computed = part_versions or {}
         return {
             "id": self.id,
             "model": self.model,
             "version": self.version,
+            "pinned": self.pinned,
+            "part_instances": self.chunk,
+            "part_versions": [computed.get(part) for part in range(self.chunks)],
             "state": self.state,
             "progress": {"done": self.done, "total": self.total},
             "priority": self.priority,
@@ -73,6 +97,15 @@ class JobRecord:
             "finished_at": self.finished_at,
             "error": self.error,
         }
+
+
+JOB_ID = re.compile(r"(?:(?P<generation>[0-9a-f]{8})-)?[0-9a-f]{32}")
+
+
+def generation_of(job_id: str) -> str | None:
+    """The generation of the store that accepted the job `job_id` (None for an id without one)."""
+    matched = JOB_ID.fullmatch(job_id)
+    return matched["generation"] if matched else None
 
 
 def claim(owner: str, now: float, lease_s: float):

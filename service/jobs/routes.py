@@ -33,7 +33,9 @@ def submit(name: str, version: int | None = None):
     settings = server.settings
     body = read_body(request.environ, settings.max_job_body_bytes)
     decoded = decode_request(body, model.signature, settings.max_job_instances, TakeTurns())
-    job = server.jobs.submit(model.name, model.version, decoded.layout, decoded.inputs, decoded.count, priority)
+    job = server.jobs.submit(
+        model.name, model.version, decoded.layout, decoded.inputs, decoded.count, priority, pinned=version is not None
+    )
     answer = json_response(job.describe(), status=202)
     answer.headers["Location"] = f"/v1/jobs/{job.id}"
     return answer
@@ -41,7 +43,8 @@ def submit(name: str, version: int | None = None):
 
 @blueprint.get("/v1/jobs/<job_id>")
 def status(job_id: str):
-    return json_response(current_server().jobs.get(job_id).describe())
+    jobs = current_server().jobs
+    return json_response(jobs.describe(jobs.get(job_id)))
 
 
 @blueprint.get("/v1/jobs/<job_id>/result")
@@ -52,7 +55,8 @@ def result(job_id: str):
 
 @blueprint.delete("/v1/jobs/<job_id>")
 def cancel(job_id: str):
-    return json_response(current_server().jobs.cancel(job_id).describe())
+    jobs = current_server().jobs
+    return json_response(jobs.describe(jobs.cancel(job_id)))
 
 
 def _priority(text: str) -> int:

@@ -9,6 +9,11 @@ shuts down, fails, or dies) resumes at its first missing part, wherever it runs 
 While a part runs, the runner renews its claim (the lease) and looks for a cancel once a pass;
 a cancel stops the part before its next batch. The same loop also resumes the jobs whose
 worker died (their lease lapsed) and deletes finished jobs kept long enough.
+
+Each part runs on the version the job was accepted for while that version serves. Once it is
+retired (a new version published under the `latest` policy), the job's other parts run on the
+version that replaced it, and each stored part keeps the version that computed it, which the
+job's status lists. A job that named its version runs on no other: it fails, saying so.
 """
 
 from __future__ import annotations
@@ -17,8 +22,8 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from functools import partial
 
 import numpy as np
@@ -30,10 +35,11 @@ from service.batching.background import JOB_PRIORITY, BackgroundWork, Cancelled
 from service.batching.batcher import Batcher
 from service.batching.bulk import unique_instances
 from service.batching.requests import BatcherClosed
+from service.errors import NotFound
 from service.jobs import records
 from service.jobs.queue import JobQueue
 from service.jobs.records import DONE, FAILED, QUEUED, RUNNING, JobRecord
-from service.jobs.stores import wall_clock
+from service.jobs.stores import Durability, store_unreachable, wall_clock
 from service.threads import spawn
 
 log = logging.getLogger(__name__)
@@ -42,12 +48,17 @@ PASSES_PER_PART = 16  # a part is this many full batches: stored at once, and lo
 IDLE_POLL_S = 0.25  # how soon a worker with nothing to do sees a new job
 
 
-ModelLease = Callable[[int], AbstractContextManager[ServedModel]]
+# version (None: the latest) -> the model version, held while a part runs; NotFound when none serves
+ModelLease = Callable[[int | None], AbstractContextManager[ServedModel]]
+
+
+class JobCannotRun(Exception):
+    """The job's model or pinned version is no longer served: it fails at once, no retry spent."""
 
 
 class JobRunner:
-    """`lease_model(version)` holds the model version a job names while one of its parts runs (None: the
-    batcher's forward pass takes plain arrays).
+    """`lease_model(version)` holds the model version a part runs on while it runs (None: the batcher's
+    forward pass takes plain arrays, and a part is said to be computed by the job's version).
     """
 
     def __init__(
@@ -59,9 +70,12 @@ class JobRunner:
         keep_s: float,
         clock=wall_clock,
         lease_model: ModelLease | None = None,
+        on_durability: Callable[[Durability], None] = lambda durability: None,
     ):
         self._store, self._queue, self._batcher = store, queue, batcher
         self._lease_model = lease_model
+        self._on_durability = on_durability
+        self._durability: Durability | None = None
         self._lease_s, self._keep_s, self._clock = lease_s, keep_s, clock
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
         self._stopping = False
@@ -90,8 +104,13 @@ class JobRunner:
                     time.sleep(IDLE_POLL_S)
                 else:
                     self._queue.execute(task)
-            except Exception:  # the store or the queue failed: log it and keep the loop alive
-                log.exception("job runner: retrying in %.0f s", self._lease_s / 3)
+            except Exception as error:  # the store or the queue failed: log it and keep the loop alive
+                unreachable = store_unreachable(error)
+                log.error(
+                    "job runner: %s; retrying in %.0f s",
+                    f"the store cannot be reached ({type(error).__name__}: {error})" if unreachable else "failed",
+                    self._lease_s / 3, exc_info=not unreachable,
+                )  # fmt: skip
                 time.sleep(self._lease_s / 3)
 
     def run(self, job_id: str, retries_left: int) -> None:
@@ -103,7 +122,13 @@ class JobRunner:
         try:
             self._run_parts(job)
         except Cancelled:
-            log.info("job %s: cancelled", job_id)
+            if self._store.get(job_id) is None:
+                log.error("job %s was lost: its record left the store while it ran (%s)", job_id, self._durability)
+            else:
+                log.info("job %s: cancelled", job_id)
+        except JobCannotRun as error:
+            log.warning("job %s failed: %s", job_id, error)
+            self._finish(job_id, FAILED, str(error))
         except BatcherClosed:  # this worker is stopping: another one resumes the job, no retry spent
             self._store.update(job_id, records.requeue(self.owner))
             raise RetryTask() from None
@@ -118,7 +143,9 @@ class JobRunner:
             self._finish(job_id, DONE)
 
     def upkeep(self) -> None:
-        """Resume the jobs whose worker died, queue again those whose task was lost, delete expired ones."""
+        """Check the store's durability; resume the jobs whose worker died, queue again those whose task was lost,
+        delete expired ones."""
+        self.check_durability()
         now = self._clock()
         self._store.purge(now)
         waiting = None
@@ -133,6 +160,18 @@ class JobRunner:
                 if job.id not in waiting:  # taken from the queue by a worker that died before claiming it
                     self._queue.enqueue(job.id, job.priority)
 
+    def check_durability(self) -> Durability:
+        """How durable the store is; logged (a warning when it keeps nothing across a restart) when it changes."""
+        durability = self._store.durability()
+        if durability != self._durability:
+            self._durability = durability
+            if durability.persistent:
+                log.info("jobs are kept in %s", durability.how)
+            else:
+                log.warning("jobs are kept in %s; accepted jobs may be lost (docs/operations.md)", durability.how)
+            self._on_durability(durability)
+        return durability
+
     def _finish(self, job_id: str, state: str, error: str | None = None) -> None:
         self._store.update(job_id, records.finish(self.owner, state, self._clock(), self._keep_s, error))
 
@@ -145,23 +184,44 @@ class JobRunner:
                 continue
             start, size = part * job.chunk, job.part_size(part)
             rows = {name: array[start : start + size] for name, array in inputs.items()}
-            result = self._serve(job, rows, size, done)
-            self._store.put_part(job.id, part, encode_arrays(_fixed_width(result)))
+            result, version = self._serve(job, rows, size, done)
+            self._store.put_part(job.id, part, encode_arrays(_fixed_width(result)), version)
             done += size
             if not self._renew(job, done):
                 raise Cancelled("cancelled")
 
-    def _serve(self, job: JobRecord, rows: Arrays, count: int, done_before: int) -> Arrays:
-        """One part through the batcher at job priority; its distinct instances computed once."""
+    def _serve(self, job: JobRecord, rows: Arrays, count: int, done_before: int) -> tuple[Arrays, int]:
+        """One part through the batcher at job priority, its distinct instances computed once; and its version."""
         unique = unique_instances(rows, count)
-        with self._lease_model(job.version) if self._lease_model else nullcontext() as model:
+        with self._lease_for(job) as model:
             payload_of = partial(ModelInputs, model) if model is not None else lambda part: part
             work = BackgroundWork(unique.inputs, unique.count, JOB_PRIORITY, payload_of=payload_of)
             self._batcher.submit_background(work)
             outcome = self._wait(job, work, count, unique.count, done_before)
+            version = model.version if model is not None else job.version
         if unique.positions is None:
-            return outcome.result
-        return {name: array[unique.positions] for name, array in outcome.result.items()}
+            return outcome.result, version
+        return {name: array[unique.positions] for name, array in outcome.result.items()}, version
+
+    @contextmanager
+    def _lease_for(self, job: JobRecord) -> Iterator[ServedModel | None]:
+        """The job's version while it serves; once retired, the latest (unless the job named its version)."""
+        if self._lease_model is None:
+            yield None
+            return
+        with ExitStack() as held:
+            try:
+                model = held.enter_context(self._lease_model(job.version))
+            except NotFound as retired:
+                if job.pinned:
+                    message = f"{retired.message}; this job named version {job.version}, and runs on no other"
+                    raise JobCannotRun(message) from None
+                try:
+                    model = held.enter_context(self._lease_model(None))
+                except NotFound as gone:
+                    raise JobCannotRun(f"{gone.message}: the job's model is no longer served") from None
+                log.debug("job %s: version %d is retired; a part runs on %d", job.id, job.version, model.version)
+            yield model
 
     def _wait(self, job: JobRecord, work: BackgroundWork, count: int, unique_count: int, done_before: int):
         while True:

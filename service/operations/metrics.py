@@ -92,6 +92,12 @@ parked_connections = Gauge(
     "summed over live workers.",
     multiprocess_mode="livesum",
 )
+jobs_store_persistent = Gauge(
+    "model_server_jobs_store_persistent",
+    "1 when the jobs' store keeps them across its restart (a SQLite file; Redis with snapshots or its append-only "
+    "file), 0 when it does not (a Redis without persistence: accepted jobs may be lost), -1 when Redis does not say.",
+    multiprocess_mode="livemin",
+)
 workers_alive = Gauge(
     "model_server_workers_alive", "Workers that have loaded the model and serve.", multiprocess_mode="livesum"
 )
@@ -251,3 +257,8 @@ def exposition() -> tuple[bytes, str]:
 
 if __name__ == "__main__":
     print(metrics_table())
+
+
+def jobs_store_durability(durability) -> None:
+    """The jobs' store's durability (service/jobs/stores.py, `Durability`) as `model_server_jobs_store_persistent`."""
+    jobs_store_persistent.set({True: 1, False: 0, None: -1}[durability.persistent])

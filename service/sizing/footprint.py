@@ -13,17 +13,23 @@ import functools
 import hashlib
 import json
 import os
-import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from service.threads import run_process
+
 MEASURE_TIMEOUT_S = 900
+PROJECT_ROOT = Path(__file__).resolve().parents[2]  # `service` is importable from there, installed or not
 
 
 class FootprintError(RuntimeError):
-    """The model could not be loaded in the measuring child; the message carries its error."""
+    """The measuring child could not load the model: the message says why in one line, `output` is all it wrote."""
+
+    def __init__(self, message: str, output: str = ""):
+        super().__init__(message)
+        self.output = output
 
 
 @dataclass(frozen=True)
@@ -81,14 +87,23 @@ def measure_footprint(
     ]
     # The child must see no GPU: it measures host RAM and must not hold GPU memory.
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "2"}
-    cwd = Path(__file__).resolve().parents[2]  # the project root: `service` is importable from there, installed or not
-    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=cwd, timeout=MEASURE_TIMEOUT_S)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, (str(PROJECT_ROOT), env.get("PYTHONPATH"))))
+    done = run_process(command, env, MEASURE_TIMEOUT_S)
     if done.returncode != 0:
-        raise FootprintError(f"loading {model_path!r} to measure it failed:\n{done.stderr.strip()[-2000:]}")
+        raise FootprintError(f"{model_path!r} cannot be loaded: {last_error_line(done.stderr)}", done.stderr)
     footprint = Footprint(**json.loads(done.stdout.strip().splitlines()[-1]))
     cache[key] = {k: v for k, v in dataclasses.asdict(footprint).items() if k != "cached"}
     _write_cache(cache_file, cache)
     return footprint
+
+
+def last_error_line(output: str) -> str:
+    """The line of a Python traceback that says what went wrong, without the exception's module path."""
+    lines = [line.strip() for line in output.strip().splitlines() if line.strip()]
+    if not lines:
+        return "it exited without a word"
+    kind, colon, message = lines[-1].partition(": ")
+    return f"{kind.rpartition('.')[2]}: {message}" if colon and " " not in kind else lines[-1]
 
 
 def _read_cache(cache_file: Path) -> dict:

@@ -1,10 +1,11 @@
 """The bodies of the Gunicorn hooks in gunicorn.conf.py: plan in the master, place each worker.
 
-The master runs `plan_for_this_machine` and `assign_slot`; neither imports TensorFlow or
-touches CUDA, since neither survives `fork()`. A worker learns its placement in `post_fork`
-(before the app, and so TensorFlow, is imported) and drains its batcher in `worker_exit`.
-The master also owns the directory of the workers' metric files: it empties it at start
-and forgets each dead worker's live gauges in `child_exit`.
+The master runs `configure_master` and `assign_slot`; neither imports TensorFlow or touches
+CUDA, since neither survives `fork()`. A worker learns its placement in `post_fork` (before the
+app, and so TensorFlow, is imported), says when it serves (service/sizing/readiness.py) and
+drains its batcher in `worker_exit`. The master also owns the directory of the workers' metric
+files: it empties it at start and forgets each dead worker's live gauges in `child_exit`. Its
+SIGHUP is service/sizing/rolling.py's.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ import socket
 import tempfile
 from pathlib import Path
 
-from service.settings import Settings
-from service.sizing.footprint import measure_footprint
+from service.settings import Settings, SettingsError, load_settings, use_settings
+from service.sizing import readiness
+from service.sizing.footprint import Footprint, FootprintError, measure_footprint
 from service.sizing.gpu import discover_gpus, pin_visible_gpu
 from service.sizing.machine import detect_machine
 from service.sizing.placement import place_this_worker
@@ -24,30 +26,77 @@ from service.sizing.planner import WorkerPlan, plan_workers
 from service.versions.layout import LayoutError, VersionPolicy, find_versions
 
 
+class CannotStart(SystemExit):
+    """A configuration mistake found at start: the master exits with its one line, without a traceback."""
+
+    def __init__(self, reason: str):
+        super().__init__(f"tf-model-server cannot start: {reason}")
+
+
+def configure_master() -> tuple[Settings, WorkerPlan]:
+    """gunicorn.conf.py, in the master at start: the settings and the plan, or CannotStart saying what to fix.
+
+    The settings become the master's, which every worker inherits (SIGHUP then changes them).
+    """
+    try:
+        settings = load_settings()
+        plan = plan_for_this_machine(settings)
+    except (SettingsError, LayoutError, FootprintError) as error:
+        raise CannotStart(str(error)) from None
+    use_settings(settings)
+    return settings, plan
+
+
 def plan_for_this_machine(settings: Settings) -> WorkerPlan:
     """Measure (or read from cache) the model's footprint, find GPUs, and plan the workers.
 
-    With MODEL_BASE_PATH the footprint is the highest version's the policy serves, measured as the
-    workers will load it; the master refuses to start when there is none.
+    With MODEL_BASE_PATH the footprint is that of the version the workers will serve: the highest
+    the policy selects, or, when it does not load, the newest older one that does. The master
+    refuses to start when MODEL_PATH cannot be read or nothing in MODEL_BASE_PATH loads.
     """
-    footprint = measure_footprint(
-        model_to_plan_for(settings), settings.padded_batch_sizes(), settings.footprint_cache, settings.model_backend
-    )
-    return plan_workers(settings, detect_machine(), footprint, discover_gpus())
+    return plan_workers(settings, detect_machine(), footprint_to_plan_for(settings), discover_gpus())
 
 
-def model_to_plan_for(settings: Settings) -> str:
-    """MODEL_PATH, or the highest version of MODEL_BASE_PATH the policy serves; LayoutError when it has none."""
+def footprint_to_plan_for(settings: Settings) -> Footprint:
+    """The footprint of the model the workers will serve; LayoutError or FootprintError naming the setting."""
+
+    def measure(path: str) -> Footprint:
+        return measure_footprint(path, settings.padded_batch_sizes(), settings.footprint_cache, settings.model_backend)
+
     if not settings.model_base_path:
-        return settings.model_path
+        check_readable("MODEL_PATH", settings.model_path)
+        try:
+            return measure(settings.model_path)
+        except FootprintError as error:
+            raise FootprintError(f"MODEL_PATH={error}", error.output) from None
+    failures = []
+    for path in models_to_plan_for(settings):
+        try:
+            return measure(path)
+        except (FootprintError, OSError) as error:  # OSError: removed while we looked
+            failures.append(str(error))
+    raise FootprintError(f"MODEL_BASE_PATH={settings.model_base_path!r}: no version loads: {'; '.join(failures)}")
+
+
+def models_to_plan_for(settings: Settings) -> list[str]:
+    """The versions of MODEL_BASE_PATH the workers would load, in the order they try them; LayoutError when none."""
     found = find_versions(settings.model_base_path)
-    wanted = VersionPolicy.parse(settings.model_version_policy).select(found)
+    policy = VersionPolicy.parse(settings.model_version_policy)
+    wanted = policy.select(found)
     if not wanted:
         raise LayoutError(
             f"MODEL_BASE_PATH={settings.model_base_path!r} has no version directory that "
             f"MODEL_VERSION_POLICY={settings.model_version_policy} serves (found: {sorted(found) or 'none'})"
         )
-    return found[max(wanted)]
+    return [found[number] for number in [max(wanted), *policy.fallbacks(found)]]
+
+
+def check_readable(setting: str, path: str) -> None:
+    """LayoutError saying which setting names a path that is missing or that this user cannot read."""
+    if not os.path.exists(path):
+        raise LayoutError(f"{setting}={path!r} does not exist (build the demo model with `make demo-model`)")
+    if not os.access(path, os.R_OK | (os.X_OK if os.path.isdir(path) else 0)):
+        raise LayoutError(f"{setting}={path!r} cannot be read by this user (uid {os.getuid()})")
 
 
 def prepare_metrics_dir(settings: Settings) -> Path:
@@ -77,25 +126,40 @@ def remove_metrics_dir(settings: Settings, path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def forget_worker_metrics(worker) -> None:
-    """child_exit: drop the dead worker's live gauges (queue depth, workers alive) from the sums."""
+def forget_worker(server, worker) -> None:
+    """child_exit: drop the dead worker's live gauges (queue depth, workers alive) from the sums, and its pipe."""
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)
+    readiness.forget(server, worker)
 
 
 def assign_slot(server, worker) -> None:
-    """pre_fork: give the new worker the lowest slot no live worker holds.
+    """pre_fork: give the new worker the lowest slot no live worker holds (at a SIGHUP, that of the one it replaces).
 
     `worker.age` only grows, so a replacement for a dead worker would otherwise land on a
     new GPU index; slots are reused, so it takes the dead worker's GPU.
     """
+    chosen = getattr(server, "slot_for_next_worker", None)
     taken = {getattr(live, "slot", None) for live in server.WORKERS.values()}
-    worker.slot = next(slot for slot in range(len(taken) + 1) if slot not in taken)
+    worker.slot = chosen if chosen is not None else next(slot for slot in range(len(taken) + 1) if slot not in taken)
 
 
-def place_worker(plan: WorkerPlan, worker) -> None:
+def watch_worker(server, worker) -> None:
+    """pre_fork: a pipe for the worker to say when it serves, and whether others serve while it boots.
+
+    A worker that fails to load while others serve must not stop them: it steps aside and is
+    replaced (service/web/workers.py, `load_app`); at the first start a failure stops the service.
+    """
+    readiness.watch(worker)
+    worker.others_serve = any(readiness.is_ready(live) for live in server.WORKERS.values())
+    worker.failed_boots = readiness.failed_boots_in_a_row(server)  # a longer pause after each
+
+
+def place_worker(plan: WorkerPlan, server, worker) -> None:
     """post_fork, in the worker: record its placement and pin its GPU before TensorFlow loads."""
+    if getattr(worker, "ready_pipe", None):
+        readiness.keep_own_end(server, worker)
     placement = plan.placement(worker.slot)
     place_this_worker(placement)
     pin_visible_gpu(placement.gpu.uuid if placement.gpu else None)
@@ -126,7 +190,7 @@ def check_grpc_port(settings: Settings) -> None:
     try:
         probe.bind((settings.host, settings.grpc_port))
     except OSError as error:
-        raise RuntimeError(f"GRPC_PORT={settings.grpc_port} on {settings.host} cannot be bound: {error}") from None
+        raise CannotStart(f"GRPC_PORT={settings.grpc_port} on {settings.host} cannot be bound: {error}") from None
     finally:
         probe.close()
 

@@ -92,8 +92,8 @@ class WorkerPlan:
             f"{_gib(machine.ram_available_bytes)} available, {_gib(usable)} usable "
             f"(RAM_HEADROOM={settings.ram_headroom:g})",
             f"  GPUs         {gpus}",
-            f"  model        {settings.model_path}: {_mib(footprint.worker_bytes)} per worker = TensorFlow runtime "
-            f"{_mib(footprint.runtime_bytes)} + model {_mib(footprint.model_bytes)} "
+            f"  model        {settings.model_base_path or settings.model_path}: {_mib(footprint.worker_bytes)} "
+            f"per worker = runtime {_mib(footprint.runtime_bytes)} + model {_mib(footprint.model_bytes)} "
             f"({'cached measurement' if footprint.cached else 'measured now'})",
             f"  worker cap   {self.cap} = {self.cap_reason}",
             f"  workers      {self.workers}: {self.reason}",

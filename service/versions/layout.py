@@ -95,6 +95,17 @@ class VersionPolicy:
             return self.versions & set(available)
         return set(sorted(available)[-self.count :])
 
+    def fallbacks(self, available: set[int] | dict[int, str]) -> list[int]:
+        """The versions to serve, newest first, while none of those selected loads: the older ones on disk.
+
+        The last good version: a newest version that fails to load must not leave a starting worker
+        (or the master's plan) with nothing to serve while an older one loads.
+        """
+        wanted = self.select(available)
+        if not wanted:
+            return []  # nothing selected is on disk: that is a configuration to fix, not a fault to ride out
+        return sorted((number for number in available if number < max(wanted) and number not in wanted), reverse=True)
+
 
 def parse_labels(text: str) -> dict[str, int]:
     """`stable=1,canary=2` -> {"stable": 1, "canary": 2}; LayoutError naming the bad part."""

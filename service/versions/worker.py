@@ -76,7 +76,10 @@ class VersionLoader:
     def initial_versions(self) -> ModelVersions:
         """The versions to serve from the start: MODEL_PATH's one, or those of MODEL_BASE_PATH the policy selects.
 
-        Raises ModelLoadError when none of them loads (each one's error in the message).
+        When none of those loads, the newest older version that does (the last good one) serves
+        until one of them loads: the poller then retires it. The failed ones are END with their
+        error, as when a running worker fails to load a version. Raises ModelLoadError when
+        nothing on disk loads (each version's error in the message).
         """
         settings = self._settings
         versions = ModelVersions(settings.served_model_name, parse_labels(settings.model_version_labels))
@@ -86,16 +89,36 @@ class VersionLoader:
             versions.add(settings.model_version, settings.model_path, model, time.monotonic() - started)
             return versions
         found = find_versions(settings.model_base_path)
-        wanted = VersionPolicy.parse(settings.model_version_policy).select(found)
-        for number in sorted(wanted, reverse=True):
-            versions.load(number, found[number], files_stamp(found[number]), lambda path, n=number: self.load(path, n))
+        policy = VersionPolicy.parse(settings.model_version_policy)
+        for number in sorted(policy.select(found), reverse=True):
+            self._load_into(versions, number, found[number])
+        for number in policy.fallbacks(found):
+            if versions.numbers(VersionState.AVAILABLE):
+                break
+            self._load_into(versions, number, found[number])
+            if versions.get(number).state == VersionState.AVAILABLE:
+                log.warning(
+                    "serving version %d, the newest that loads, until a version MODEL_VERSION_POLICY=%s selects "
+                    "loads: %s", number, settings.model_version_policy, self._failures(versions),
+                )  # fmt: skip
         if not versions.numbers(VersionState.AVAILABLE):
-            errors = "; ".join(f"version {s['version']}: {s['status']['error_message']}" for s in versions.statuses())
             raise ModelLoadError(
                 f"MODEL_BASE_PATH={settings.model_base_path!r} has no version to serve under "
-                f"MODEL_VERSION_POLICY={settings.model_version_policy} ({errors or 'no numeric version directory'})"
+                f"MODEL_VERSION_POLICY={settings.model_version_policy} "
+                f"({self._failures(versions) or 'no numeric version directory'})"
             )
         return versions
+
+    def _load_into(self, versions: ModelVersions, number: int, path: str) -> None:
+        versions.load(number, path, files_stamp(path), lambda model_path: self.load(model_path, number))
+
+    @staticmethod
+    def _failures(versions: ModelVersions) -> str:
+        return "; ".join(
+            f"version {s['version']}: {s['status']['error_message']}"
+            for s in versions.statuses()
+            if s["state"] == "END"
+        )
 
     def poller(
         self,

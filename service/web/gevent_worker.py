@@ -27,6 +27,7 @@ from service.web.workers import (
     STOP_IDLE_LINGER_S,
     IncomingRequest,
     count_stalled,
+    load_app,
     prepare_to_read,
 )
 
@@ -49,6 +50,9 @@ class GeventWorker(ggevent.GeventWorker):
             self.read_policy.read_timeout_s,
         )
         super().init_process()
+
+    def load_wsgi(self):
+        load_app(self, super().load_wsgi)
 
     def run(self):
         self._serving = BoundedSemaphore(self.cfg.worker_connections)  # after gevent's hub is set up

@@ -39,6 +39,7 @@ from service.web.workers import (
     STOP_IDLE_LINGER_S,
     IncomingRequest,
     count_stalled,
+    load_app,
     prepare_to_read,
 )
 
@@ -88,6 +89,9 @@ class ThreadWorker(gthread.ThreadWorker):
             self.read_policy.read_timeout_s,
         )
         super().init_process()
+
+    def load_wsgi(self):
+        load_app(self, super().load_wsgi)
 
     def run(self):
         self._parking: ParkingLot[Connection] | None = None

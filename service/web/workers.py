@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import logging
 import resource
-from collections.abc import Iterable
+import sys
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from gunicorn import SERVER
@@ -31,7 +33,7 @@ from gunicorn.util import http_date
 
 from service.errors import RequestTimeout, render
 from service.jobs import SUBMISSION_REQUEST_LINE
-from service.settings import Settings, load_settings
+from service.settings import Settings, current_settings
 from service.web.framing import RequestFraming, max_head_bytes
 
 log = logging.getLogger(__name__)
@@ -58,6 +60,13 @@ LINGER_S = 2.0
 # gthread STOP_KEEPALIVE_LINGER), not after their whole allowance: one may be about to send.
 STOP_IDLE_LINGER_S = 2.0
 CONTINUE_RESPONSE = b"HTTP/1.1 100 Continue\r\n\r\n"
+# A worker whose app failed to load while others serve waits this many times its failed attempt
+# before it exits to be replaced, so a load that keeps failing takes at most 1/(1 + this) of a core;
+# twice as long after each failure in a row, up to 2**STEP_ASIDE_MAX_DOUBLINGS times (as Kubernetes'
+# back-off of a crashing container), which also bounds its log lines.
+STEP_ASIDE_PAUSE_RATIO = 4
+STEP_ASIDE_MAX_DOUBLINGS = 4
+STEP_ASIDE_EXIT_CODE = 1  # Gunicorn replaces a worker that exits so; 3 (a boot error) stops the master
 
 
 def kept_alive_response(status: str, headers: Iterable[tuple[str, str]], body: bytes) -> bytes:
@@ -229,11 +238,43 @@ def prepare_to_read(worker, served_at_once: int) -> int:
     """Both worker classes' `init_process`: set the read policy, whether requests are received whole,
     and `worker_connections` (Gunicorn sizes its pool from it: every open connection, not only those
     served); return the open-file limit in force."""
-    worker.read_policy = ReadPolicy.for_worker(worker.cfg, load_settings())
+    worker.read_policy = ReadPolicy.for_worker(worker.cfg, current_settings())
     worker.reads_whole = reads_requests_whole(worker.cfg)
     open_files = raise_open_file_limit()
     worker.worker_connections = open_connection_cap(open_files, served_at_once)
     return open_files
+
+
+def load_app(worker, load: Callable[[], None]) -> None:
+    """Both worker classes' `load_wsgi`: a worker whose app fails to load while others serve steps aside.
+
+    Gunicorn stops the whole service when a worker fails to boot, which is right at the first
+    start (the configuration is wrong) and wrong later, when one restarted worker fails (a version
+    on disk broken since, a device still busy) while the others serve. Such a worker logs why,
+    waits a multiple of its failed attempt (heartbeat kept, SIGTERM heard), then exits with a code
+    that makes Gunicorn start another. `worker.others_serve` is set before fork
+    (service/sizing/hooks.py, `watch_worker`), with `worker.failed_boots`, the failures in a row before it.
+    """
+    started = time.monotonic()
+    try:
+        load()
+    except Exception as error:
+        if not getattr(worker, "others_serve", False):
+            raise  # nothing else serves: Gunicorn stops the service, with this error
+        getattr(worker, "report_failure", lambda: None)()  # the master knows at once (a SIGHUP's roll stops)
+        from service.backends.base import ModelLoadError  # in the worker: the master imports no numpy
+
+        doublings = min(getattr(worker, "failed_boots", 0), STEP_ASIDE_MAX_DOUBLINGS)
+        pause_s = STEP_ASIDE_PAUSE_RATIO * 2**doublings * (time.monotonic() - started)
+        worker.log.error(
+            "this worker cannot serve: %s: %s; the other workers keep serving, and this one is replaced in %.0f s",
+            type(error).__name__, error, pause_s, exc_info=not isinstance(error, ModelLoadError),
+        )  # fmt: skip
+        resume_at = time.monotonic() + pause_s
+        while worker.alive and time.monotonic() < resume_at:
+            worker.tmp.notify()  # the master's heartbeat check
+            time.sleep(min(1.0, worker.timeout / 2, max(0.0, resume_at - time.monotonic())))
+        sys.exit(STEP_ASIDE_EXIT_CODE)
 
 
 def count_stalled(stage: str) -> None:

@@ -91,6 +91,8 @@ def test_a_new_version_takes_over_under_load_with_no_request_lost(
         dict(labels)["version"] for (name, labels) in samples if name == "model_server_model_load_duration_seconds"
     ]
     assert Counter(loads) == {"1": 2, "2": 2}  # each worker's load of each version
+    # The new version was measured before the swap, under gevent too (a child process from an OS thread).
+    assert "could not measure" not in server.log() and "MiB more per worker" in server.log()
 
 
 def test_keras_versions_swap_inside_a_gevent_worker_and_a_broken_one_changes_nothing(start_server, tmp_path):

@@ -105,3 +105,31 @@ def test_a_lowered_thread_starts_its_threads_and_processes_lowered_too():
         [sys.executable, "-c", script], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60, check=True
     )
     assert list(map(int, result.stdout.split())) == [19, 19, 0]  # the caller's thread, its thread and child; not main
+
+
+def test_a_child_process_runs_from_an_os_thread_of_a_gevent_process_and_is_killed_past_its_time():
+    """What the version poller does before a swap: measure the new version in a child process (gevent's
+    own `subprocess` fails there: "child watchers are only available on the default loop")."""
+    script = textwrap.dedent(
+        """
+        from gevent import monkey; monkey.patch_all()
+        import os, sys, time
+        from service.threads import OsThread, run_process
+
+        outcomes = []
+
+        def run():
+            echo = "import sys; print('out'); sys.stderr.write('err'); sys.exit(3)"
+            outcomes.append(run_process([sys.executable, "-c", echo], os.environ, timeout_s=30))
+            started = time.monotonic()
+            try:
+                run_process([sys.executable, "-c", "import time; time.sleep(30)"], os.environ, timeout_s=0.5)
+            except TimeoutError as error:
+                outcomes.append((type(error).__name__, time.monotonic() - started < 10))
+
+        print(OsThread(run, "poller").join(60), outcomes, flush=True)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60)
+    expected = "True [ProcessResult(returncode=3, stdout='out\\n', stderr='err'), ('TimeoutError', True)]"
+    assert done.stdout.strip() == expected, done.stdout + done.stderr[-2000:]

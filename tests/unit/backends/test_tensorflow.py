@@ -18,6 +18,28 @@ def test_missing_model_path_says_how_to_fix_it(tmp_path):
         load_served_model(str(tmp_path / "nope.keras"), "nope", 1, (1,))
 
 
+def test_a_truncated_keras_file_is_reported_as_truncated_not_as_missing(demo_model_path, tmp_path):
+    truncated = tmp_path / "model.keras"
+    truncated.write_bytes(demo_model_path.read_bytes()[:20_000])  # a copy cut short
+    with pytest.raises(ModelLoadError, match=r"\(20,000 bytes\) is not a readable \.keras archive") as raised:
+        TensorFlowBackend().load(str(truncated))
+    assert "not found" not in str(raised.value).lower()  # Keras' own message says "File not found"
+
+
+def test_a_keras_file_damaged_inside_names_the_damaged_member(demo_model_path, tmp_path):
+    import zipfile
+
+    damaged = tmp_path / "model.keras"
+    data = bytearray(demo_model_path.read_bytes())
+    with zipfile.ZipFile(demo_model_path) as archive:
+        member = max(archive.infolist(), key=lambda info: info.compress_size)
+    middle = member.header_offset + 30 + len(member.filename) + member.compress_size // 2
+    data[middle] ^= 0xFF  # one flipped byte in the largest member's data
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(ModelLoadError, match=f"damaged .keras archive: its member '{member.filename}'"):
+        TensorFlowBackend().load(str(damaged))
+
+
 @pytest.mark.slow
 def test_keras_file_predictions_match_keras(demo_model_path, demo_holdout):
     import keras

@@ -9,6 +9,8 @@ import time
 import numpy as np
 import pytest
 
+from service.backends.base import ServedModel, predict_each_model
+from service.backends.signature import ModelSignature, TensorInfo
 from service.batching.batcher import Batcher
 from service.batching.policy import FixedTimeout
 from service.jobs import records
@@ -18,6 +20,7 @@ from service.jobs.runner import PASSES_PER_PART, JobRunner
 from service.jobs.service import Jobs
 from service.jobs.stores import SqliteJobStore
 from service.settings import Settings
+from service.versions.registry import ModelVersions, VersionState
 
 TIMEOUT_S = 10
 
@@ -171,3 +174,68 @@ def test_a_stopping_worker_puts_its_job_back_without_spending_a_retry(jobs, forw
     assert jobs.get(job_id).state == QUEUED
     task = jobs.queue.next_task()
     assert task is not None and task.retries == 1
+
+
+class PublishingStore(SqliteJobStore):
+    """A store that publishes version 2 and retires version 1 once the first part of a job is stored."""
+
+    def __init__(self, path, versions: ModelVersions):
+        super().__init__(path)
+        self.versions = versions
+
+    def put_part(self, job_id, part, data, version):
+        super().put_part(job_id, part, data, version)
+        if 1 in self.versions.numbers(VersionState.AVAILABLE):
+            self.versions.add(2, "", scaling_model(2), 0.0)
+            self.versions.retire(1, drain_timeout_s=TIMEOUT_S)
+
+
+def scaling_model(factor: int) -> ServedModel:
+    signature = ModelSignature((TensorInfo("x", "float32", (2,)),), (TensorInfo("y", "float32", (2,)),))
+    return ServedModel("m", factor, signature, lambda arrays: {"y": arrays["x"] * factor}, (1, 2, 4))
+
+
+@pytest.fixture
+def versioned_jobs(tmp_path):
+    """Jobs over a batcher that runs each queued payload on its own version, versions 1 then 2 of y = v x."""
+    settings = Settings(model_name="m", jobs_db=str(tmp_path / "jobs.sqlite3"), job_retries=1)
+    versions = ModelVersions("m")
+    versions.add(1, "", scaling_model(1), 0.0)
+    batcher = Batcher(predict_each_model, FixedTimeout(0), max_batch_size=4, max_queue=16, concurrent_batches=1)
+    store, queue = PublishingStore(settings.jobs_db_path, versions), JobQueue(settings)
+    runner = JobRunner(store, queue, batcher, lease_s=30, keep_s=60, lease_model=versions.lease)
+    yield Jobs(store, queue, runner, settings)
+    batcher.close(TIMEOUT_S)
+
+
+def test_a_job_whose_version_is_retired_finishes_on_the_one_that_replaced_it_and_says_so(versioned_jobs):
+    part = PASSES_PER_PART * 4
+    values = range(2 * part)
+    job_id = versioned_jobs.submit("m", 1, "row", {"x": np.array([[v, v] for v in values], np.float32)}, 2 * part, 0).id
+    run_next(versioned_jobs)
+    job, outputs = versioned_jobs.result(job_id)
+    assert job.state == DONE and job.version == 1
+    assert outputs["y"][:, 0].tolist() == [v for v in range(part)] + [2 * v for v in range(part, 2 * part)]
+    status = versioned_jobs.describe(job)
+    assert status["part_versions"] == [1, 2] and status["part_instances"] == part and not status["pinned"]
+
+
+def test_a_queued_job_runs_on_the_version_that_replaced_its_own(versioned_jobs):
+    versions = versioned_jobs.store.versions
+    job_id = versioned_jobs.submit("m", 1, "row", {"x": np.array([[1, 1], [2, 2]], np.float32)}, 2, 0).id
+    versions.add(2, "", scaling_model(2), 0.0)
+    versions.retire(1, drain_timeout_s=TIMEOUT_S)  # published while the job waited
+    run_next(versioned_jobs)
+    job, outputs = versioned_jobs.result(job_id)
+    assert outputs["y"][:, 0].tolist() == [2.0, 4.0] and versioned_jobs.describe(job)["part_versions"] == [2]
+
+
+def test_a_job_that_named_its_version_fails_once_that_version_is_retired(versioned_jobs):
+    part = PASSES_PER_PART * 4
+    inputs = {"x": np.ones((2 * part, 2), np.float32)}
+    job_id = versioned_jobs.submit("m", 1, "row", inputs, 2 * part, 0, pinned=True).id
+    run_next(versioned_jobs)  # its first part on version 1, then version 1 is retired
+    job = versioned_jobs.get(job_id)
+    assert job.state == FAILED and "version 1 is END" in job.error and "named version 1" in job.error
+    assert versioned_jobs.describe(job)["part_versions"] == [1, None]
+    assert versioned_jobs.queue.next_task() is None, "no retry spent on what cannot succeed"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -58,27 +59,33 @@ def test_cache_hit_needs_no_child(tmp_path):
     assert found.cached and found.worker_bytes == 120
 
 
-def test_unloadable_model_reports_the_childs_error(tmp_path):
+def test_unloadable_model_reports_the_childs_error_in_one_line(tmp_path):
     model = tmp_path / "broken.keras"
     model.write_bytes(b"not a zip file")
-    with pytest.raises(FootprintError, match=r"broken\.keras"):
+    with pytest.raises(FootprintError) as raised:
         measure_footprint(str(model), (1,), str(tmp_path / "cache.json"))
+    message = str(raised.value)
+    assert message.startswith(f"{str(model)!r} cannot be loaded: ModelLoadError: ") and "\n" not in message
+    assert "is not a readable .keras archive" in message and "Traceback" in raised.value.output
 
 
 def test_the_child_runs_where_service_is_importable_without_an_install(tmp_path, monkeypatch):
     # In the container image nothing is installed: `python -m service.sizing.footprint` finds
-    # `service` only from the directory it runs in (the dev venv's editable install hides this).
+    # `service` only through PYTHONPATH (the dev venv's editable install hides this).
     runs = []
 
-    def run(command, cwd, **options):
-        runs.append((command, Path(cwd)))
+    def run(command, env, timeout_s):
+        runs.append((command, env))
         raise FootprintError("stop here")
 
-    monkeypatch.setattr(footprint.subprocess, "run", run)
+    monkeypatch.setattr(footprint, "run_process", run)
+    monkeypatch.setenv("PYTHONPATH", "/elsewhere")
     model = tmp_path / "m.keras"
     model.write_bytes(b"weights")
     with pytest.raises(FootprintError):
         measure_footprint(str(model), (1,), str(tmp_path / "cache.json"))
-    [(command, cwd)] = runs
+    [(command, env)] = runs
     assert command[1:3] == ["-m", "service.sizing.footprint"]
-    assert (cwd / "service" / "__init__.py").is_file() and (cwd / "wsgi.py").is_file(), cwd
+    root, kept = env["PYTHONPATH"].split(os.pathsep)
+    assert (Path(root) / "service" / "__init__.py").is_file() and (Path(root) / "wsgi.py").is_file(), root
+    assert kept == "/elsewhere"

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
 from service.settings import Settings
 from service.sizing import hooks, placement
-from service.sizing.footprint import Footprint
+from service.sizing.footprint import Footprint, FootprintError
 from service.sizing.gpu import Gpu, GpuDiscovery
 from service.sizing.machine import Machine
 from service.sizing.planner import plan_workers
@@ -47,11 +48,11 @@ def restore_placement(monkeypatch):
 
 
 def test_post_fork_pins_the_slots_gpu_before_tensorflow(restore_placement):
-    hooks.place_worker(PLAN, SimpleNamespace(slot=1))
+    hooks.place_worker(PLAN, SimpleNamespace(WORKERS={}), SimpleNamespace(slot=1))
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "GPU-b"
     placed = placement.current_placement()
     assert placed.slot == 1 and placed.gpu_memory_limit_mb == PLAN.placements[1].gpu_memory_limit_mb
-    hooks.place_worker(PLAN, SimpleNamespace(slot=2))
+    hooks.place_worker(PLAN, SimpleNamespace(WORKERS={}), SimpleNamespace(slot=2))
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "GPU-a"  # slot 2 of 2 GPUs: GPU 0
 
 
@@ -87,18 +88,65 @@ def test_a_dead_workers_live_gauge_files_are_removed(tmp_path, monkeypatch):
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
     for name in ("gauge_livesum_41.db", "gauge_liveall_41.db", "counter_41.db", "gauge_livesum_42.db"):
         (tmp_path / name).write_bytes(b"")
-    hooks.forget_worker_metrics(SimpleNamespace(pid=41))
+    hooks.forget_worker(SimpleNamespace(WORKERS={}), SimpleNamespace(pid=41))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["counter_41.db", "gauge_livesum_42.db"]
 
 
-def test_the_plan_is_for_the_highest_version_the_policy_serves(tmp_path):
+def test_the_plan_is_for_the_highest_version_the_policy_serves_then_the_older_ones(tmp_path):
     for number in (1, 2, 10):
         (tmp_path / str(number)).mkdir()
         (tmp_path / str(number) / "model.onnx").write_bytes(b"weights")
     settings = Settings(model_base_path=str(tmp_path))
-    assert hooks.model_to_plan_for(settings) == str(tmp_path / "10" / "model.onnx")
+    assert hooks.models_to_plan_for(settings) == [str(tmp_path / n / "model.onnx") for n in ("10", "2", "1")]
     specific = Settings(model_base_path=str(tmp_path), model_version_policy="specific:1,2")
-    assert hooks.model_to_plan_for(specific) == str(tmp_path / "2" / "model.onnx")
+    assert hooks.models_to_plan_for(specific) == [str(tmp_path / "2" / "model.onnx")]
     with pytest.raises(LayoutError, match=r"serves \(found: \[1, 2, 10\]\)"):
-        hooks.model_to_plan_for(Settings(model_base_path=str(tmp_path), model_version_policy="specific:3"))
-    assert hooks.model_to_plan_for(Settings(model_path="m.keras")) == "m.keras"
+        hooks.models_to_plan_for(Settings(model_base_path=str(tmp_path), model_version_policy="specific:3"))
+
+
+def test_the_master_plans_for_the_newest_version_that_loads(tmp_path, monkeypatch):
+    for number in (1, 2, 3):
+        (tmp_path / str(number)).mkdir()
+        (tmp_path / str(number) / "model.onnx").write_bytes(b"weights")
+    measured = []
+
+    def measure(path, batch_sizes, cache, backend):
+        measured.append(Path(path).parent.name)
+        if path.startswith(str(tmp_path / "3")):
+            raise FootprintError(f"{path!r} cannot be loaded: ModelLoadError: truncated")
+        return Footprint(runtime_bytes=100 << 20, model_bytes=10 << 20)
+
+    monkeypatch.setattr(hooks, "measure_footprint", measure)
+    assert hooks.footprint_to_plan_for(Settings(model_base_path=str(tmp_path))).model_bytes == 10 << 20
+    assert measured == ["3", "2"]  # the broken newest, then the last good one
+    measured.clear()
+    for number in (1, 2):
+        (tmp_path / str(number) / "model.onnx").write_bytes(b"truncated")
+    monkeypatch.setattr(hooks, "measure_footprint", lambda path, *args: measure(str(tmp_path / "3"), *args))
+    with pytest.raises(FootprintError, match=r"no version loads: .*truncated; .*truncated; .*truncated"):
+        hooks.footprint_to_plan_for(Settings(model_base_path=str(tmp_path)))
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"MODEL_PATH": "/no/such/model.keras"}, "MODEL_PATH='/no/such/model.keras' does not exist"),
+        ({"MAX_BATCH_SIZE": "lots"}, "MAX_BATCH_SIZE='lots' is not a valid int"),
+        ({"MODEL_BASE_PATH": "/no/such/base"}, "MODEL_BASE_PATH='/no/such/base' cannot be read: No such file"),
+    ],
+)
+def test_a_configuration_mistake_stops_the_master_with_one_line(monkeypatch, environ, message):
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit) as stopped:
+        hooks.configure_master()
+    assert str(stopped.value.code).startswith(f"tf-model-server cannot start: {message}")
+    assert "\n" not in str(stopped.value.code)
+
+
+def test_an_unreadable_model_path_names_the_setting(tmp_path, monkeypatch):
+    model = tmp_path / "model.keras"
+    model.write_bytes(b"weights")
+    monkeypatch.setattr(hooks.os, "access", lambda path, mode: False)  # as for a user without the permission
+    with pytest.raises(LayoutError, match=r"MODEL_PATH=.* cannot be read by this user"):
+        hooks.check_readable("MODEL_PATH", str(model))

@@ -128,3 +128,25 @@ def test_a_base_path_with_no_version_that_loads_stops_the_worker_with_each_reaso
     (empty / "7" / "model.onnx").write_bytes(b"junk")
     with pytest.raises(ModelLoadError, match="version 7: ModelLoadError: cannot load ONNX model"):
         create_app(dataclasses.replace(versioned_settings, model_base_path=str(empty)))
+
+
+def test_a_worker_starting_past_a_broken_newest_version_serves_the_last_good_one(versioned_settings, add_onnx_version):
+    base = Path(versioned_settings.model_base_path)
+    for broken in (3, 4):
+        (base / str(broken)).mkdir()
+        (base / str(broken) / "model.onnx").write_bytes(b"truncated")
+    app = create_app(dataclasses.replace(versioned_settings, model_version_policy="latest"))
+    server = app.extensions["model_server"]
+    client = app.test_client()
+    try:
+        assert predicted(client, "/predict") == 2.0  # 4 and 3 do not load; 2 is the newest that does
+        status = {s["version"]: s for s in client.get("/v1/models/scaler").json["model_version_status"]}
+        assert {version: s["state"] for version, s in status.items()} == {"4": "END", "3": "END", "2": "AVAILABLE"}
+        assert "cannot load ONNX model" in status["4"]["status"]["error_message"]
+        add_onnx_version(base, 4)  # the broken newest version rewritten whole
+        server.poller.poll_once()
+        assert predicted(client, "/predict") == 4.0
+        status = {s["version"]: s["state"] for s in client.get("/v1/models/scaler").json["model_version_status"]}
+        assert status == {"4": "AVAILABLE", "3": "END", "2": "END"}  # the fallback retired once 4 serves
+    finally:
+        server.close()

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import importlib
+import logging
 import resource
 import subprocess
 import sys
+import time
 from types import SimpleNamespace
 
 import orjson
@@ -13,14 +15,18 @@ import pytest
 from gunicorn.config import Config
 
 from scripts.launcher import PROJECT_ROOT
+from service.backends.base import ModelLoadError
 from service.settings import Settings
 from service.web import workers
 from service.web.workers import (
     MAX_OPEN_CONNECTIONS,
     RESERVED_FILES,
+    STEP_ASIDE_EXIT_CODE,
+    STEP_ASIDE_PAUSE_RATIO,
     UNLIMITED_FILES_TARGET,
     WORKER_CLASSES,
     ReadPolicy,
+    load_app,
     open_connection_cap,
     raise_open_file_limit,
     reads_requests_whole,
@@ -170,3 +176,52 @@ def test_the_master_loads_the_worker_classes_without_metrics_numpy_or_tensorflow
     code = f"{imports}; print([m for m in {loaded!r} if m in sys.modules])"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=PROJECT_ROOT)
     assert done.stdout.strip() == "[]"
+
+
+class BootingWorker:
+    """A stand-in for a Gunicorn worker loading its app: its heartbeat counted, alive until told otherwise."""
+
+    def __init__(self, others_serve: bool, failed_boots: int = 0):
+        self.others_serve, self.failed_boots = others_serve, failed_boots
+        self.alive, self.timeout, self.beats, self.failures_reported = True, 2, 0, 0
+        self.tmp = SimpleNamespace(notify=self._beat)
+        self.log = logging.getLogger("test.worker")
+
+    def _beat(self):
+        self.beats += 1
+
+    def report_failure(self):
+        self.failures_reported += 1
+
+
+def failing_load(seconds: float):
+    def load():
+        time.sleep(seconds)
+        raise ModelLoadError("no version loads")
+
+    return load
+
+
+def test_a_worker_that_cannot_load_while_others_serve_steps_aside_after_a_pause_with_its_heartbeat(caplog):
+    worker = BootingWorker(others_serve=True)
+    started = time.monotonic()
+    with pytest.raises(SystemExit) as exited:
+        load_app(worker, failing_load(0.05))
+    assert exited.value.code == STEP_ASIDE_EXIT_CODE != 3  # 3 would stop the master
+    assert time.monotonic() - started >= 0.05 * (1 + STEP_ASIDE_PAUSE_RATIO) and worker.beats >= 1
+    assert worker.failures_reported == 1  # the master knew at once
+    assert "the other workers keep serving" in caplog.text and "no version loads" in caplog.text
+
+
+def test_the_pause_doubles_with_each_failure_in_a_row_and_a_stop_ends_it():
+    worker = BootingWorker(others_serve=True, failed_boots=3)
+    worker.tmp = SimpleNamespace(notify=lambda: setattr(worker, "alive", False))  # SIGTERM during the pause
+    started = time.monotonic()
+    with pytest.raises(SystemExit):
+        load_app(worker, failing_load(0.2))  # would pause 0.2 x 4 x 2**3 = 6.4 s
+    assert time.monotonic() - started < 2
+
+
+def test_a_worker_that_cannot_load_at_the_first_start_stops_the_service_with_its_error():
+    with pytest.raises(ModelLoadError, match="no version loads"):
+        load_app(BootingWorker(others_serve=False), failing_load(0))
