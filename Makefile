@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO_MODEL := models/digits.keras
 
-.PHONY: serve test lint format venv tools demo-model heavy-model compare-workers clean
+.PHONY: serve test fuzz lint format venv tools demo-model heavy-model compare-workers clean
 
 # Programs the tests run beside Python: wrk (bench.py's client) and redis-server (the cache's and jobs' Redis).
 # Debian's packages of the same names; installed with apt when missing.
@@ -53,6 +53,12 @@ format: venv
 
 test: tools lint $(DEMO_MODEL)
 	$(PY) -m pytest
+
+# The hostile-input property tests and fuzz harness, longer than `make test` runs them (docs/reliability.md).
+HOSTILE_EXAMPLES ?= 5000
+fuzz: venv
+	HOSTILE_EXAMPLES=$(HOSTILE_EXAMPLES) $(PY) -m pytest -p no:cacheprovider \
+		tests/unit/protocols/test_decoding_bounds.py tests/integration/test_hostile.py
 
 compare-workers: venv heavy-model
 	$(PY) scripts/compare_workers.py --model models/heavy.keras

@@ -135,7 +135,8 @@ def codec_cpu_us(bodies: Bodies, repeats: int = 5, requests: int = 2000) -> dict
 
     def grpc():
         request = predict_pb2.PredictRequest.FromString(bodies.grpc)
-        tfserving_grpc.encode_predict(tfserving_grpc.decode_predict(request, signature, 1000), result, model)
+        decoded = tfserving_grpc.decode_predict(request, signature, 1000, 1 << 30)
+        tfserving_grpc.encode_predict(decoded, result, model)
 
     codecs = (rest_json, v2(bodies.v2_json, None), v2(bodies.v2_binary, header_length), grpc)
     codecs = dict(zip(PROTOCOLS, codecs, strict=True))

@@ -103,6 +103,12 @@ class PayloadTooLarge(ApiError):
     status = 413
 
 
+class UnsupportedMediaType(ApiError):
+    """A body in an encoding (or type) the server does not read."""
+
+    status = 415
+
+
 class UnprocessableContent(ApiError):
     """Well-formed input the model itself refused (for example a value outside what it accepts)."""
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import orjson
 from flask import Blueprint, Response, request
 
+from service.client_numbers import whole_number
 from service.errors import BadRequest
 from service.model_server import current_server, json_response
 from service.protocols.common import TakeTurns, read_body
@@ -60,6 +61,7 @@ def cancel(job_id: str):
 
 
 def _priority(text: str) -> int:
-    if not (text.isascii() and text.isdigit()) or int(text) > MAX_PRIORITY:
-        raise BadRequest(f"priority must be an integer from 0 to {MAX_PRIORITY}, got {text!r}")
-    return int(text)
+    priority = whole_number(text, MAX_PRIORITY)
+    if priority is None:
+        raise BadRequest(f"priority must be an integer from 0 to {MAX_PRIORITY}, got {text[:40]!r}")
+    return priority

@@ -20,6 +20,7 @@ from werkzeug.exceptions import HTTPException
 from service.backends.base import InputRejected
 from service.batching.admission import DeadlineUnreachable
 from service.batching.requests import BatcherClosed, DeadlineExceeded, QueueFull
+from service.client_numbers import whole_number
 from service.errors import (
     ApiError,
     BadRequest,
@@ -31,6 +32,7 @@ from service.errors import (
 )
 from service.model_server import ModelServer
 from service.operations import metrics
+from service.protocols.compressed import decompressed
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -126,21 +128,28 @@ def admission_budget_s(settings: Settings, timeout_s: float | None) -> float | N
 
 
 def read_body(environ: dict, max_body_bytes: int) -> bytes:
-    """The whole body, refused with 413 before it is read when it declares more than `max_body_bytes`.
+    """The whole body, refused with 413 before it is read when it declares more than `max_body_bytes`;
+    decompressed when its `Content-Encoding` says it is (service/protocols/compressed.py), to at most as much.
 
     408 when the client stops sending it: the workers receive a request whole before the
     app sees it (service/web/workers.py), so this happens only where they fall back to
     Gunicorn's reading, whose socket then times out after READ_TIMEOUT_S without a byte.
     """
+    sent = _read_sent_body(environ, max_body_bytes)
+    return decompressed(sent, environ.get("HTTP_CONTENT_ENCODING"), max_body_bytes)
+
+
+def _read_sent_body(environ: dict, max_body_bytes: int) -> bytes:
     declared = environ.get("CONTENT_LENGTH") or ""
     if declared:
         if not (declared.isascii() and declared.isdigit()):
-            raise BadRequest(f"Content-Length {declared!r} is not a byte count")
-        if int(declared) > max_body_bytes:
+            raise BadRequest(f"Content-Length {declared[:40]!r} is not a byte count")
+        length = whole_number(declared, max_body_bytes)
+        if length is None:
             raise PayloadTooLarge(
-                f"the body has {declared} bytes; at most {max_body_bytes} are accepted (MAX_BODY_BYTES)"
+                f"the body has {declared[:40]} bytes; at most {max_body_bytes} are accepted (MAX_BODY_BYTES)"
             )
-        return _read_input(environ, int(declared))
+        return _read_input(environ, length)
     body = _read_input(environ, max_body_bytes + 1)  # chunked: read at most one byte past the limit
     if len(body) > max_body_bytes:
         raise PayloadTooLarge(f"the body exceeds {max_body_bytes} bytes (MAX_BODY_BYTES)")

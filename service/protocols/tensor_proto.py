@@ -6,6 +6,11 @@ the typed field of the dtype (`float_val`, `int_val`, ...; a lone value stands f
 element, as `tf.make_ndarray` reads it). Inputs are checked as the REST protocols check them:
 the dtype the model takes (no silent casts: TF Serving refuses `DT_DOUBLE` for a float input
 too), its instance shape, finite numbers.
+
+The declared shape is checked before anything is allocated: its batch dimension against
+MAX_REQUEST_INSTANCES, and the data it declares against MAX_BODY_BYTES (a lone value standing
+for every element may not stand for more than a body could carry). So a message of a few bytes
+declaring a billion elements is refused in microseconds, not after expanding them.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import numpy as np
 
 from service.backends.signature import TF_DTYPE_ENUMS, TensorInfo
 from service.errors import BadRequest
+from service.protocols.tfserving_codec import check_count
 from service.protocols.tfserving_messages import DataType, TensorProto
 
 # TF's dtype enum for each dtype the server takes, and the typed field its values may be listed in.
@@ -38,14 +44,25 @@ _VALUE_FIELDS = {
 }
 
 
-def to_array(tensor: TensorProto, info: TensorInfo) -> np.ndarray:
-    """One input's TensorProto as an array of shape (batch, *instance shape); BadRequest saying what is wrong."""
+def to_array(tensor: TensorProto, info: TensorInfo, max_instances: int, max_bytes: int) -> np.ndarray:
+    """One input's TensorProto as an array of shape (batch, *instance shape); BadRequest saying what is wrong.
+
+    Refused before anything is allocated: a batch dimension over `max_instances`, or a shape that
+    declares more than `max_bytes` of data (strings count a byte an element).
+    """
     dtype = _DTYPE_OF.get(tensor.dtype)
     if dtype != info.dtype:
         given = DataType.Name(tensor.dtype) if tensor.dtype in DataType.values() else tensor.dtype
         raise BadRequest(f"input {info.name!r} is {given}; the model takes {TF_DTYPE_ENUMS[info.dtype]}")
     shape = _shape(tensor, info)
-    size = math.prod(shape)
+    check_count(shape[0], max_instances, f"the batch dimension of input {info.name!r}")
+    size = math.prod(shape)  # a Python int: exact however large the dimensions
+    declared_bytes = size * (1 if dtype == "string" else np.dtype(dtype).itemsize)
+    if declared_bytes > max_bytes:
+        raise BadRequest(
+            f"input {info.name!r}: shape {list(shape)} of {dtype} declares {declared_bytes:,} bytes of data; "
+            f"a request carries at most {max_bytes:,} (MAX_BODY_BYTES)"
+        )
     if dtype == "string":
         array = np.empty(size, dtype=object)
         array[:] = _listed(tensor.string_val, size, info)
@@ -102,10 +119,10 @@ def _shape(tensor: TensorProto, info: TensorInfo) -> tuple[int, ...]:
     return shape
 
 
-def _listed(values, size: int, info: TensorInfo) -> list:
-    """A typed field's values: exactly `size` of them, or one that stands for every element."""
+def _listed(values, size: int, info: TensorInfo) -> list | np.ndarray:
+    """A typed field's values: exactly `size` of them, or one that stands for every element (filled, not copied)."""
     if len(values) == size:
         return list(values)
     if len(values) == 1:
-        return list(values) * size
+        return np.full(size, values[0], dtype=object if isinstance(values[0], bytes) else None)
     raise BadRequest(f"input {info.name!r} lists {len(values)} values; its tensor_shape needs {size}")

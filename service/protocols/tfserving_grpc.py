@@ -69,19 +69,27 @@ class PredictCall(InferenceEndpoint):
 
     def decode(self, body: bytes, environ: dict, model: ServedModel) -> DecodedPredict:
         request = environ[PARSED_REQUEST_KEY]
-        return decode_predict(request, model.signature, self._server.settings.max_request_instances)
+        settings = self._server.settings
+        return decode_predict(request, model.signature, settings.max_request_instances, settings.max_body_bytes)
 
     def encode(self, decoded: DecodedPredict, result: Arrays, model: ServedModel) -> tuple[bytes, dict[str, str]]:
         return encode_predict(decoded, result, model), {}
 
 
-def decode_predict(request: messages.PredictRequest, signature: ModelSignature, max_instances: int) -> DecodedPredict:
-    """A PredictRequest's inputs as arrays checked against the model's signature; BadRequest saying what is wrong."""
+def decode_predict(
+    request: messages.PredictRequest, signature: ModelSignature, max_instances: int, max_bytes: int
+) -> DecodedPredict:
+    """A PredictRequest's inputs as arrays checked against the model's signature; BadRequest saying what is wrong.
+
+    Each input's declared shape is checked against `max_instances` and `max_bytes` before it is read.
+    """
     if set(request.inputs) != set(signature.input_names):
         raise BadRequest(
             f"inputs must be exactly the model's {sorted(signature.input_names)}, got {sorted(request.inputs)}"
         )
-    inputs = {info.name: to_array(request.inputs[info.name], info) for info in signature.inputs}
+    inputs = {
+        info.name: to_array(request.inputs[info.name], info, max_instances, max_bytes) for info in signature.inputs
+    }
     counts = {len(array) for array in inputs.values()}
     if len(counts) > 1:
         raise BadRequest(f"all inputs must have the same batch dimension, got {sorted(counts)}")

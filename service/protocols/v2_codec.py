@@ -24,6 +24,7 @@ import numpy as np
 import orjson
 
 from service.backends.signature import ModelSignature, TensorInfo
+from service.client_numbers import whole_number
 from service.errors import BadRequest
 from service.protocols.tfserving_codec import check_count, checked_input, json_values, parse_json
 
@@ -139,11 +140,12 @@ def encode_infer_response(
 def _split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     if header_length is None:
         return body, b""
-    if not (header_length.isascii() and header_length.isdigit()) or int(header_length) > len(body):
+    length = whole_number(header_length, len(body))
+    if length is None:
         raise BadRequest(
-            f"Inference-Header-Content-Length {header_length!r} is not a byte count within the body's {len(body)}"
+            f"Inference-Header-Content-Length {header_length[:40]!r} is not a byte count within the body's {len(body)}"
         )
-    return body[: int(header_length)], body[int(header_length) :]
+    return body[:length], body[length:]
 
 
 def _parameters(document: dict, what: str) -> dict:

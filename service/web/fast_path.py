@@ -25,6 +25,7 @@ from typing import Any
 
 from gunicorn import SERVER
 
+from service.client_numbers import whole_number
 from service.protocols import match_inference
 from service.web.workers import IncomingRequest, kept_alive_response
 
@@ -54,7 +55,7 @@ class FastPath:
         if match_inference(target.decode("ascii")) is None:
             return None
         received = incoming.take()
-        length = int(framing.field(b"content-length"))
+        length = whole_number(framing.field(b"content-length"))  # checked by the framing already
         body = received[framing.request_end - length : framing.request_end]
         environ = _environ(framing.target.decode("latin-1"), framing.fields, body, server_address, client_address)
         return self._respond(environ), received[framing.request_end :]

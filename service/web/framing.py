@@ -11,8 +11,13 @@ once, so the parser answers it (400, 413, 431, 501) instead of the client waitin
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable
+
+from service.client_numbers import whole_number
+
+log = logging.getLogger(__name__)
 
 CRLF = b"\r\n"
 HEAD_END = b"\r\n\r\n"
@@ -115,14 +120,23 @@ class RequestFraming:
         return len(self._received)
 
     def receive(self, data: bytes) -> None:
-        """Add bytes from the connection; `ready` may become True (it never goes back)."""
+        """Add bytes from the connection; `ready` may become True (it never goes back).
+
+        Never raises: bytes this class fails to judge, through a defect of its own, are handed to the
+        parser at once (which answers them) rather than ending the worker that reads them.
+        """
         self._received += data
         if self.ready:
             return
-        if self._head_end is None:
-            self._scan_head()
-        if self._head_end is not None and not self.ready:
-            self.ready = self._body.receive(self._received, self._head_end)
+        try:
+            if self._head_end is None:
+                self._scan_head()
+            if self._head_end is not None and not self.ready:
+                self.ready = self._body.receive(self._received, self._head_end)
+        except Exception:
+            log.exception("framing a request failed; Gunicorn's parser judges its %d bytes", len(self._received))
+            self.ready = True
+            self.request_line = self.request_end = self.fields = None  # no shortcut past the parser
 
     def take(self) -> bytes:
         """Everything received, for the parser; the framing is finished with."""
@@ -178,9 +192,9 @@ class RequestFraming:
                 return None  # 501 (or 400) from the parser
             body = _ChunkedBody(self._body_limit(lines[0]))
         elif lengths is not None:
-            if len(set(lengths)) != 1 or not lengths[0].isdigit():
-                return None
-            length = int(lengths[0])
+            length = whole_number(lengths[0]) if len(set(lengths)) == 1 else None
+            if length is None:
+                return None  # not one byte count this server could hold: the parser refuses it
             if length > self._body_limit(lines[0]):
                 return None  # refused (413) before the body is read
             self._known_end(lines[0], length, keeps_open, fields)

@@ -26,6 +26,7 @@ from service.web.workers import (
     RECV_BYTES,
     STOP_IDLE_LINGER_S,
     IncomingRequest,
+    answer_in_json,
     count_stalled,
     load_app,
     prepare_to_read,
@@ -53,6 +54,9 @@ class GeventWorker(ggevent.GeventWorker):
 
     def load_wsgi(self):
         load_app(self, super().load_wsgi)
+
+    def handle_error(self, req, client, addr, exc):
+        answer_in_json(super().handle_error, req, client, addr, exc)
 
     def run(self):
         self._serving = BoundedSemaphore(self.cfg.worker_connections)  # after gevent's hub is set up

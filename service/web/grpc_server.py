@@ -11,7 +11,8 @@ first), so a long-lived channel reconnects and lands on a worker picked again
 A call is served as a WSGI request through the same layers as HTTP ones (`serve_call`): its
 method is the path, its serialized message the body, its metadata the headers (`authorization`,
 `x-api-key`, `x-request-id`), its deadline the `X-Request-Timeout-Ms`; the HTTP status of the
-answer becomes the call's gRPC status (STATUS_CODES) and the error's message its details.
+answer becomes the call's gRPC status (STATUS_CODES; REFUSAL_CODES for refusals gRPC names otherwise)
+and the error's message its details.
 
 Under the gevent worker class, `grpc.experimental.gevent.init_gevent()` runs first (after
 Gunicorn has patched the standard library, before any gRPC object exists), so gRPC's polling
@@ -31,7 +32,7 @@ import orjson
 from service.errors import WsgiApp
 from service.settings import Settings
 from service.threads import gevent_is_active
-from service.web.access import PROTOCOL_KEY
+from service.web.access import PROTOCOL_KEY, REFUSED_KEY
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,9 @@ STATUS_CODES = {
     503: "UNAVAILABLE",  # a refusal: the details say why, `retry-after` and `grpc-retry-pushback-ms` when to retry
     504: "DEADLINE_EXCEEDED",
 }
+# Refusals (503 over HTTP) that retrying elsewhere cannot help, which gRPC's clients expect by their own code:
+# a deadline that cannot be met is DEADLINE_EXCEEDED (TF Serving's and gRPC's convention), not UNAVAILABLE.
+REFUSAL_CODES = {"deadline_unreachable": "DEADLINE_EXCEEDED"}
 # Call metadata read as request headers, and answer headers sent back as trailing metadata.
 REQUEST_HEADERS = {
     "authorization": "HTTP_AUTHORIZATION",
@@ -90,7 +94,8 @@ def serve_call(app: WsgiApp, method: str, body: bytes, context: Any, protocol: s
         return answer
     import grpc
 
-    code = getattr(grpc.StatusCode, STATUS_CODES.get(answered["status"], "INTERNAL"))
+    name = REFUSAL_CODES.get(environ.get(REFUSED_KEY)) or STATUS_CODES.get(answered["status"], "INTERNAL")
+    code = getattr(grpc.StatusCode, name)
     context.abort(code, orjson.loads(answer)["error"])
     raise AssertionError("context.abort raises")  # pragma: no cover
 

@@ -38,6 +38,7 @@ from service.web.workers import (
     RECV_BYTES,
     STOP_IDLE_LINGER_S,
     IncomingRequest,
+    answer_in_json,
     count_stalled,
     load_app,
     prepare_to_read,
@@ -92,6 +93,9 @@ class ThreadWorker(gthread.ThreadWorker):
 
     def load_wsgi(self):
         load_app(self, super().load_wsgi)
+
+    def handle_error(self, req, client, addr, exc):
+        answer_in_json(super().handle_error, req, client, addr, exc)
 
     def run(self):
         self._parking: ParkingLot[Connection] | None = None

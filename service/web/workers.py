@@ -28,10 +28,10 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from gunicorn import SERVER
+from gunicorn import SERVER, util
 from gunicorn.util import http_date
 
-from service.errors import RequestTimeout, render
+from service.errors import RequestTimeout, error_body, render
 from service.jobs import SUBMISSION_REQUEST_LINE
 from service.settings import Settings, current_settings
 from service.web.framing import RequestFraming, max_head_bytes
@@ -275,6 +275,40 @@ def load_app(worker, load: Callable[[], None]) -> None:
             worker.tmp.notify()  # the master's heartbeat check
             time.sleep(min(1.0, worker.timeout / 2, max(0.0, resume_at - time.monotonic())))
         sys.exit(STEP_ASIDE_EXIT_CODE)
+
+
+class _KeptAnswer:
+    """Stands for the client's socket while Gunicorn writes an error answer: what it writes is kept, not sent."""
+
+    def __init__(self):
+        self.data = b""
+
+    def gettimeout(self) -> float:
+        return 0.0  # non-blocking already: Gunicorn's `write_nonblock` then writes straight away
+
+    def sendall(self, data: bytes) -> None:
+        self.data += data
+
+
+def answer_in_json(handle_error: Callable, req, client, addr, error: BaseException) -> None:
+    """Both worker classes' `handle_error`: Gunicorn's answer to what its parser refused, with a JSON body.
+
+    Gunicorn picks the status (400, 414, 417, 431, 501, or 500 for a fault of ours), logs and writes
+    the access line; its body is HTML or plain text. The client gets the same status with
+    `{"error": ...}`, as every other error of this server, and the connection closes.
+    """
+    kept = _KeptAnswer()
+    handle_error(req, kept, addr, error)
+    status = kept.data.split(b"\r\n", 1)[0].decode("latin-1").partition(" ")[2] or "500 Internal Server Error"
+    client_error = status[:1] == "4" or status.startswith("501")
+    message = f"{status[4:]}: {error}" if client_error else "internal error: the request could not be handled"
+    body = error_body(message)
+    head = f"HTTP/1.1 {status}\r\nConnection: close\r\nContent-Type: application/json\r\n"
+    head += f"Content-Length: {len(body)}\r\n\r\n"
+    try:
+        util.write_nonblock(client, head.encode("latin-1") + body)
+    except Exception:  # the client has gone: nothing to answer
+        log.debug("could not send the answer to a refused request")
 
 
 def count_stalled(stage: str) -> None:

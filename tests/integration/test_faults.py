@@ -132,13 +132,18 @@ def test_workers_recycled_by_max_requests_serve_past_a_broken_version_then_past_
         MAX_REQUESTS="300", MAX_REQUESTS_JITTER="100",
     )  # fmt: skip
     master = server.process.pid
+
+    def replaced(before: set[int]) -> set[int] | None:
+        """The two workers now, once neither is one of `before` (a recycled worker's successor may not be up yet)."""
+        now = worker_pids(master)
+        return now if len(now) == 2 and not now & before else None
+
     with Clients(server.url + "/v1/models/scaler:predict", ONE_ROW, read=first_value) as clients:
-        started = worker_pids(master)
-        wait_until(lambda: not worker_pids(master) & started, what="both workers recycled")
+        started = wait_until(lambda: replaced(set()), what="both workers up")
+        recycled = wait_until(lambda: replaced(started), what="both workers recycled")
         assert set(clients.answers) == {2.0}  # every new worker went past broken version 3 to version 2
         shutil.rmtree(scaler / "2")  # the serving version's directory deleted
-        recycled = worker_pids(master)
-        wait_until(lambda: not worker_pids(master) & recycled, what="both workers recycled again")
+        wait_until(lambda: replaced(recycled), what="both workers recycled again")
         wait_until(lambda: clients.answers[1.0] > 100, what="answers of version 1, the newest on disk that loads")
     assert set(clients.statuses) == {200}, clients.statuses  # a recycled worker answers what it accepted
     assert server.log().count("Autorestarting worker") >= 4 and server.process.poll() is None

@@ -23,7 +23,9 @@ def test_each_protocol_sends_the_same_instance_and_every_run_is_answered(demo_mo
         tfserving_codec.decode_request(bodies.rest_json, signature, 10).inputs,
         v2_codec.decode_infer_request(bodies.v2_json, None, signature, 10).inputs,
         v2_codec.decode_infer_request(bodies.v2_binary, str(len(bodies.v2_header)), signature, 10).inputs,
-        tfserving_grpc.decode_predict(predict_pb2.PredictRequest.FromString(bodies.grpc), signature, 10).inputs,
+        tfserving_grpc.decode_predict(
+            predict_pb2.PredictRequest.FromString(bodies.grpc), signature, 10, 1 << 20
+        ).inputs,
     ]
     for inputs in decoded[1:]:
         np.testing.assert_array_equal(inputs["image"], decoded[0]["image"])

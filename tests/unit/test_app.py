@@ -130,6 +130,54 @@ def test_body_over_the_limit_gets_413(client):
     error_of(client.post("/predict", data=b"[" + b"0," * 4096 + b"0]"), 413)
 
 
+def v2_binary(instances: list) -> tuple[bytes, dict[str, str]]:
+    """An Open Inference Protocol request with its tensor in binary after the JSON header."""
+    import numpy as np
+
+    data = np.asarray(instances, np.float32).tobytes()
+    tensor = {
+        "name": "x",
+        "shape": [len(instances), 3],
+        "datatype": "FP32",
+        "parameters": {"binary_data_size": len(data)},
+    }
+    header = json.dumps({"inputs": [tensor]}).encode()
+    return header + data, {"Inference-Header-Content-Length": str(len(header))}
+
+
+@pytest.mark.parametrize("coding", ["gzip", "deflate"])
+def test_compressed_bodies_are_taken_on_every_inference_route(client, make_rows, coding):
+    import gzip
+    import zlib
+
+    compress = gzip.compress if coding == "gzip" else zlib.compress
+    rows = make_rows(2)
+    flat = [value for row in rows for value in row]
+    binary, binary_headers = v2_binary(rows)
+    v2_json = {"inputs": [{"name": "x", "shape": [2, 3], "datatype": "FP32", "data": flat}]}
+    for path, body, headers, status in [
+        ("/predict", json.dumps({"instances": rows}).encode(), {}, 200),
+        ("/v1/models/fake:predict", json.dumps({"inputs": {"x": rows}}).encode(), {}, 200),
+        ("/v2/models/fake/infer", json.dumps(v2_json).encode(), {}, 200),
+        ("/v2/models/fake/infer", binary, binary_headers, 200),
+        ("/v1/models/fake/jobs", json.dumps({"instances": rows}).encode(), {}, 202),
+    ]:
+        answer = client.post(path, data=compress(body), headers={"Content-Encoding": coding, **headers})
+        assert answer.status_code == status, (path, answer.json)
+        if path.startswith("/v2"):
+            assert answer.json["outputs"][0]["data"] == [2 * value for value in flat]
+        elif status == 200:
+            assert [row[0] for row in answer.json.get("predictions") or answer.json["outputs"]] == [0.0, 2.0]
+
+
+def test_a_body_in_another_coding_gets_415_and_a_bad_one_400(client, make_rows):
+    body = json.dumps({"instances": make_rows(1)}).encode()
+    assert "send gzip, deflate or none" in error_of(
+        client.post("/predict", data=body, headers={"Content-Encoding": "br"}), 415
+    )
+    assert "not valid gzip" in error_of(client.post("/predict", data=body, headers={"Content-Encoding": "gzip"}), 400)
+
+
 class BackgroundPost(threading.Thread):
     """A POST /predict from its own thread (it blocks while the fake model is held); `answer` once joined."""
 

@@ -11,6 +11,14 @@ from service.backends.signature import TensorInfo
 from service.errors import BadRequest
 from service.protocols.tensor_proto import ENUM_OF, from_array, to_array
 
+MAX_INSTANCES, MAX_BYTES = 100, 1 << 20
+
+
+def read(tensor, info: TensorInfo) -> np.ndarray:
+    """`to_array` within a request's limits (MAX_REQUEST_INSTANCES, MAX_BODY_BYTES)."""
+    return to_array(tensor, info, MAX_INSTANCES, MAX_BYTES)
+
+
 NUMERIC = ["float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64"]
 
 
@@ -26,7 +34,7 @@ def sample(dtype: str, shape=(3, 2)) -> np.ndarray:
 def test_every_dtype_reads_what_tensorflow_writes_and_writes_what_it_reads(dtype):
     array = sample(dtype)
     info = TensorInfo("x", dtype, (2,))
-    decoded = to_array(tf.make_tensor_proto(array), info)
+    decoded = read(tf.make_tensor_proto(array), info)
     assert decoded.shape == (3, 2) and decoded.dtype == (object if dtype == "string" else np.dtype(dtype))
     assert decoded.tolist() == array.tolist()
     proto = tensor_pb2.TensorProto()
@@ -54,13 +62,13 @@ def test_values_listed_in_the_typed_fields_are_read_too(dtype):
     listed.ClearField(field)
     getattr(listed, field).extend(values)
     for tensor in (proto, listed):
-        assert to_array(tensor, TensorInfo("x", dtype, (2,))).tolist() == array.tolist()
+        assert read(tensor, TensorInfo("x", dtype, (2,))).tolist() == array.tolist()
 
 
 def test_one_listed_value_stands_for_every_element_as_in_tensorflow():
     tensor = tf.make_tensor_proto(7.5, dtype=tf.float32, shape=[2, 3])
     assert tensor.float_val == [7.5] and not tensor.tensor_content
-    assert to_array(tensor, TensorInfo("x", "float32", (3,))).tolist() == [[7.5] * 3] * 2
+    assert read(tensor, TensorInfo("x", "float32", (3,))).tolist() == [[7.5] * 3] * 2
 
 
 def listed(values: list[float], shape: list[int]) -> tensor_pb2.TensorProto:
@@ -86,30 +94,49 @@ def listed(values: list[float], shape: list[int]) -> tensor_pb2.TensorProto:
 )
 def test_what_the_model_cannot_take_is_a_client_mistake_that_says_what(tensor, info, message):
     if message is None:  # in range: accepted
-        assert to_array(tensor, info).tolist() == [[300, 1]]
+        assert read(tensor, info).tolist() == [[300, 1]]
         return
     with pytest.raises(BadRequest, match=message.replace("[", r"\[").replace("]", r"\]")):
-        to_array(tensor, info)
+        read(tensor, info)
 
 
 def test_packed_bytes_must_fill_the_shape_and_booleans_be_0_or_1():
     short = tf.make_tensor_proto(np.zeros((2, 2), np.float32))
     short.tensor_content = short.tensor_content[:-1]
     with pytest.raises(BadRequest, match="tensor_content has 15 bytes"):
-        to_array(short, TensorInfo("x", "float32", (2,)))
+        read(short, TensorInfo("x", "float32", (2,)))
     flags = tf.make_tensor_proto(np.array([[True, False]]))
     flags.tensor_content = b"\x01\x02"
     with pytest.raises(BadRequest, match="bool bytes must be 0 or 1"):
-        to_array(flags, TensorInfo("x", "bool", (2,)))
+        read(flags, TensorInfo("x", "bool", (2,)))
 
 
 def test_narrow_integers_outside_their_range_are_refused():
     tensor = tensor_pb2.TensorProto(dtype=types_pb2.DT_INT8, int_val=[200])
     tensor.tensor_shape.dim.add(size=1)
     with pytest.raises(BadRequest, match="outside the range of int8"):
-        to_array(tensor, TensorInfo("x", "int8", ()))
+        read(tensor, TensorInfo("x", "int8", ()))
 
 
 def test_dimensions_of_any_size_take_every_size():
     info = TensorInfo("x", "float32", (None, 2))
-    assert to_array(tf.make_tensor_proto(np.ones((1, 5, 2), np.float32)), info).shape == (1, 5, 2)
+    assert read(tf.make_tensor_proto(np.ones((1, 5, 2), np.float32)), info).shape == (1, 5, 2)
+
+
+@pytest.mark.parametrize(
+    ("shape", "info", "message"),
+    [
+        ([200_000, 8, 8, 1], TensorInfo("x", "float32", (8, 8, 1)), "input .x. holds 200000 instances"),
+        ([2**62, 8, 8, 1], TensorInfo("x", "float32", (8, 8, 1)), f"holds {2**62} instances"),
+        ([1, 2**40], TensorInfo("x", "float32", (None,)), "declares 4,398,046,511,104 bytes of data"),
+        ([100, 2**20], TensorInfo("x", "string", (None,)), "declares 104,857,600 bytes"),
+    ],
+)
+def test_a_few_bytes_declaring_a_huge_tensor_are_refused_before_anything_is_allocated(shape, info, message):
+    tensor = tensor_pb2.TensorProto(dtype=ENUM_OF.get(info.dtype, types_pb2.DT_STRING))
+    tensor.float_val.append(1.0)  # one value "stands for all", as tf.make_ndarray reads it
+    tensor.string_val.append(b"x")
+    tensor.tensor_shape.dim.extend(tensor.tensor_shape.Dim(size=size) for size in shape)
+    assert tensor.ByteSize() < 100
+    with pytest.raises(BadRequest, match=message):
+        read(tensor, info)

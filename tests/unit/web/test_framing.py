@@ -102,6 +102,7 @@ def test_the_head_end_is_found_across_pieces():
         b"POST / HTTP/1.1\r\nNo-Colon\r\nContent-Length: 5\r\n\r\n",
         b"POST / HTTP/1.1\r\nContent-Length: 5\r\n folded\r\n\r\n",
         b"POST / HTTP/1.1\r\nContent-Length : 5\r\n\r\n",
+        b"POST / HTTP/1.1\r\nContent-Length: " + b"9" * 5000 + b"\r\n\r\n",  # int() would raise: a worker ended
     ],
     ids=[
         "empty body",
@@ -114,6 +115,7 @@ def test_the_head_end_is_found_across_pieces():
         "no colon",
         "obsolete folding",
         "space before colon",
+        "5,000 digits",
     ],
 )
 def test_ready_at_the_end_of_a_head_the_parser_answers_without_a_body(head):
@@ -225,3 +227,15 @@ def test_a_job_submission_may_carry_a_larger_body_than_predict(request_line, wai
     if waits_for_body:
         incoming.receive(b"x" * large)
         assert incoming.ready
+
+
+def test_a_defect_of_the_framing_hands_the_bytes_to_the_parser_instead_of_raising(monkeypatch, caplog):
+    incoming = framing()
+
+    def broken(head):
+        raise RuntimeError("a defect")
+
+    monkeypatch.setattr(incoming, "_framing_of", broken)
+    incoming.receive(COMPLETE_REQUESTS["content-length"])
+    assert incoming.ready and incoming.request_line is None  # ready for the parser, and no fast path past it
+    assert "framing a request failed" in caplog.text
