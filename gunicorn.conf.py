@@ -1,8 +1,8 @@
 """Gunicorn configuration: sized from the machine and the model, never importing TensorFlow."""
 
-from service.operations import logs
 from service.settings import current_settings
 from service.sizing import hooks, readiness, rolling
+from service.telemetry import logs
 from service.threads import yield_cores_to_this_thread
 from service.web.workers import WORKER_CLASSES
 

@@ -18,11 +18,12 @@ from service.errors import WsgiApp, render
 from service.jobs import routes as jobs_routes
 from service.jobs.service import build_jobs
 from service.model_server import ModelServer
-from service.operations import api_docs, health, logs, metrics
+from service.operations import api_docs, health
 from service.protocols import PROTOCOLS
 from service.protocols.common import admission_budget_s, api_error_for, request_timeout_s
 from service.settings import Settings, current_settings
 from service.sizing.placement import current_placement
+from service.telemetry import logs, metrics
 from service.threads import gevent_is_active
 from service.versions.layout import parse_labels
 from service.versions.registry import ModelVersion, ModelVersions, VersionState

@@ -27,7 +27,7 @@ def render(error: ApiError) -> tuple[int, bytes, dict[str, str]]:
     """Every error answer, whichever protocol or layer gives it: status, body and headers.
 
     Server faults are logged here; refusals (503) and expiries (504) are counted and summarised
-    instead (service/operations/refusals.py), since under overload there are thousands a second.
+    instead (service/telemetry/refusals.py), since under overload there are thousands a second.
     """
     if error.status >= 500 and error.status not in (503, 504):
         log.error("answering %d: %s", error.status, error.message)

@@ -14,8 +14,8 @@ from service.batching.batcher import Batcher
 from service.caching.result_cache import ResultCache, identity_of
 from service.errors import NotFound
 from service.jobs.service import Jobs
-from service.operations.refusals import RefusalSummary
 from service.settings import Settings
+from service.telemetry.refusals import RefusalSummary
 from service.versions.poller import VersionPoller
 from service.versions.registry import ModelVersions
 from service.web.grpc_server import GrpcServer

@@ -50,7 +50,7 @@ class PendingRequest:
 
 
 class BatcherObserver(Protocol):
-    """Told of the queue and of every forward pass, for metrics (service.operations.metrics.BatchMetrics)."""
+    """Told of the queue and of every forward pass, for metrics (service.telemetry.metrics.BatchMetrics)."""
 
     def queue_changed(self, queued_instances: int, in_flight_instances: int) -> None: ...
 

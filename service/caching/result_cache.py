@@ -2,7 +2,7 @@
 
 The local tier is asked first; what it misses is asked of Redis in one round trip, and Redis's
 hits are copied into the local tier. Computed answers go into both (into Redis by its writer, off
-the request's path). Every lookup and store is counted by tier (service.operations.metrics), in
+the request's path). Every lookup and store is counted by tier (service.telemetry.metrics), in
 instances.
 
 Once a request of up to a batch has been answered wholly from the cache, the local tier also keeps
@@ -23,9 +23,9 @@ from service.array_bytes import decode_arrays, encode_arrays
 from service.backends.base import Arrays, ServedModel
 from service.caching.keys import DIGEST_BYTES, instance_keys, model_identity
 from service.caching.tiers import LocalTier, RedisFigures, RedisTier, redis_client
-from service.operations import metrics
 from service.settings import Settings
 from service.sizing.footprint import model_digest
+from service.telemetry import metrics
 
 # A Redis read or write may take this many full passes before it counts as failed: beyond that, computing is cheaper.
 REDIS_TIMEOUT_PASSES = 4

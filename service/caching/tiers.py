@@ -21,7 +21,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from service.operations import metrics
+from service.telemetry import metrics
 
 log = logging.getLogger(__name__)
 

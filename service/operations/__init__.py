@@ -1,1 +1,1 @@
-"""Operations: metrics, logs, the refusal summary, health routes and the API document."""
+"""Operations: the health routes, the stats and metrics routes, and the API document."""

@@ -31,9 +31,9 @@ from service.errors import (
     UnprocessableContent,
 )
 from service.model_server import ModelServer
-from service.operations import metrics
 from service.protocols.compressed import decompressed
 from service.settings import Settings
+from service.telemetry import metrics
 
 log = logging.getLogger(__name__)
 

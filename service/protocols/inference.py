@@ -19,7 +19,6 @@ from service.backends.base import Arrays, ModelInputs, ServedModel
 from service.batching.bulk import predict_instances
 from service.errors import MethodNotAllowed, WsgiApp, render, write_json
 from service.model_server import ModelServer
-from service.operations import metrics
 from service.protocols.common import (
     InferenceTarget,
     NotReady,
@@ -29,6 +28,7 @@ from service.protocols.common import (
     read_body,
     request_timeout_s,
 )
+from service.telemetry import metrics
 from service.web.access import BATCH_SIZE_KEY, PROTOCOL_KEY, REFUSED_KEY, ROUTE_KEY
 
 BODY_KEY = "service.request_body"

@@ -18,8 +18,8 @@ import time
 from collections.abc import Callable, Iterable
 
 from service.errors import WsgiApp
-from service.operations import metrics
-from service.operations.logs import request_id_var
+from service.telemetry import metrics
+from service.telemetry.logs import request_id_var
 
 log = logging.getLogger("model_server.access")
 

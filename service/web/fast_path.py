@@ -12,7 +12,7 @@ are the usual ones), and the answer leaves in one send. Every other request, and
 answers of a worker that stops (they say `Connection: close`), go the usual way.
 
 Not run for these requests: Gunicorn's `pre_request`/`post_request` hooks and its access log
-(this service configures neither; service/operations/logs.py writes the access log).
+(this service configures neither; service/telemetry/logs.py writes the access log).
 """
 
 from __future__ import annotations

@@ -313,6 +313,6 @@ def answer_in_json(handle_error: Callable, req, client, addr, error: BaseExcepti
 
 def count_stalled(stage: str) -> None:
     """Count a connection closed because its client stopped sending (metric `model_server_stalled_connections`)."""
-    from service.operations import metrics  # in the worker only: the master must not create metric files
+    from service.telemetry import metrics  # in the worker only: the master must not create metric files
 
     metrics.stalled_connections.labels(stage).inc()

@@ -171,7 +171,7 @@ def test_each_worker_class_setting_names_a_subclass_of_gunicorns_worker(name):
 
 def test_the_master_loads_the_worker_classes_without_metrics_numpy_or_tensorflow():
     """Gunicorn imports the worker class in the master: metrics there would give it metric files of its own."""
-    loaded = "service.operations.metrics", "prometheus_client", "numpy", "tensorflow"
+    loaded = "service.telemetry.metrics", "prometheus_client", "numpy", "tensorflow"
     imports = "import sys, service.web.gevent_worker, service.web.gthread_worker"
     code = f"{imports}; print([m for m in {loaded!r} if m in sys.modules])"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=PROJECT_ROOT)

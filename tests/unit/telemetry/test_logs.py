@@ -14,7 +14,7 @@ from scripts.launcher import PROJECT_ROOT
 
 EMIT = """
 import logging, logging.config, sys
-from service.operations import logs
+from service.telemetry import logs
 from service.settings import load_settings
 logging.config.dictConfig(logs.logging_config(load_settings(dict(a.split("=", 1) for a in sys.argv[1:]))))
 logging.getLogger("service.app").info("outside a request")
@@ -61,7 +61,7 @@ def test_log_file_rotates_at_midnight_and_keeps_a_week(tmp_path):
     assert [json.loads(line)["message"] for line in log_file.read_text().splitlines()][-1] == "from gunicorn"
     check = textwrap.dedent(f"""
         import logging, logging.config
-        from service.operations import logs
+        from service.telemetry import logs
         from service.settings import load_settings
         logging.config.dictConfig(logs.logging_config(load_settings({{"LOG_FILE": "{log_file}"}})))
         handler = logging.getLogger().handlers[0]

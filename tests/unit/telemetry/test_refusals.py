@@ -6,7 +6,7 @@ import logging
 
 from prometheus_client import REGISTRY
 
-from service.operations.refusals import RefusalSummary
+from service.telemetry.refusals import RefusalSummary
 
 
 class Clock:

@@ -227,7 +227,7 @@ def add_scrape_collector(collector) -> None:
 
 
 def metrics_table() -> str:
-    """docs/operations.md's table of metrics, from the declarations above: `python -m service.operations.metrics`."""
+    """docs/operations.md's table of metrics, from the declarations above: `python -m service.telemetry.metrics`."""
     rows = ["| Metric | Type | What it counts |", "|---|---|---|"]
     for metric in _declared():
         kind = type(metric).__name__.lower()

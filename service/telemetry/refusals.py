@@ -13,7 +13,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
-from service.operations import metrics
+from service.telemetry import metrics
 from service.threads import new_lock
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,1 @@
+"""Telemetry: the Prometheus metrics of every worker, the logs, and the summary of refusals."""
