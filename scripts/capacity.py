@@ -24,8 +24,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from service.backends.footprint import measure_footprint
 from service.settings import load_settings
-from service.sizing.footprint import measure_footprint
 from service.sizing.planner import CPU_CORES_PER_WORKER
 
 SECONDS_PER_DAY = 86_400

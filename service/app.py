@@ -25,7 +25,7 @@ from service.settings import Settings, current_settings
 from service.sizing.placement import current_placement
 from service.telemetry import logs, metrics
 from service.threads import gevent_is_active
-from service.versions.layout import parse_labels
+from service.version_policy import parse_labels
 from service.versions.registry import ModelVersion, ModelVersions, VersionState
 from service.versions.worker import VersionLoader
 from service.web.access import PROTOCOL_KEY, ROUTE_KEY, AccessLayer, route_template

@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from service.versions.layout import LayoutError, VersionPolicy, parse_labels
+from service.version_policy import LayoutError, VersionPolicy, parse_labels
 
 
 class SettingsError(ValueError):

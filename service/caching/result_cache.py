@@ -21,10 +21,10 @@ import numpy as np
 
 from service.array_bytes import decode_arrays, encode_arrays
 from service.backends.base import Arrays, ServedModel
+from service.backends.footprint import model_digest
 from service.caching.keys import DIGEST_BYTES, instance_keys, model_identity
 from service.caching.tiers import LocalTier, RedisFigures, RedisTier, redis_client
 from service.settings import Settings
-from service.sizing.footprint import model_digest
 from service.telemetry import metrics
 
 # A Redis read or write may take this many full passes before it counts as failed: beyond that, computing is cheaper.

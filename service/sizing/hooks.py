@@ -16,14 +16,15 @@ import socket
 import tempfile
 from pathlib import Path
 
+from service.backends.footprint import Footprint, FootprintError, measure_footprint
 from service.settings import Settings, SettingsError, load_settings, use_settings
 from service.sizing import readiness
-from service.sizing.footprint import Footprint, FootprintError, measure_footprint
 from service.sizing.gpu import discover_gpus, pin_visible_gpu
 from service.sizing.machine import detect_machine
 from service.sizing.placement import place_this_worker
 from service.sizing.planner import WorkerPlan, plan_workers
-from service.versions.layout import LayoutError, VersionPolicy, find_versions
+from service.version_policy import LayoutError, VersionPolicy
+from service.versions.layout import find_versions
 
 
 class CannotStart(SystemExit):

@@ -19,8 +19,8 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
+from service.backends.footprint import Footprint
 from service.settings import Settings
-from service.sizing.footprint import Footprint
 from service.sizing.gpu import Gpu, GpuDiscovery
 from service.sizing.machine import Machine
 

@@ -15,7 +15,8 @@ from contextlib import AbstractContextManager, nullcontext
 
 from service.backends.base import ServedModel
 from service.threads import OsThread, lower_this_thread, new_lock
-from service.versions.layout import LayoutError, VersionPolicy, files_stamp, find_versions
+from service.version_policy import LayoutError, VersionPolicy
+from service.versions.layout import files_stamp, find_versions
 from service.versions.registry import ModelVersion, ModelVersions, VersionState
 
 log = logging.getLogger(__name__)

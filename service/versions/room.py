@@ -4,7 +4,7 @@ When the machine's available memory holds a copy of the new version for every wo
 workers swap at once. Otherwise they take turns, through a lock file the service's workers
 share: one worker loads, switches and releases the old version before the next one starts, so
 the service keeps serving and memory never holds more than one extra copy. The new version's
-footprint is measured as at start (service/sizing/footprint.py), by the first worker to take
+footprint is measured as at start (service/backends/footprint.py), by the first worker to take
 the lock; the others read it from the footprint cache.
 """
 
@@ -15,7 +15,7 @@ import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from service.sizing.footprint import Footprint
+from service.backends.footprint import Footprint
 
 log = logging.getLogger(__name__)
 

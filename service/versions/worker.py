@@ -15,16 +15,17 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 import psutil
 
 from service.backends import backend_for, load_served_model
 from service.backends.base import ModelLoadError, ServedModel
+from service.backends.footprint import measure_footprint
 from service.settings import Settings
-from service.sizing.footprint import measure_footprint
-from service.sizing.planner import WorkerPlacement
 from service.threads import os_sleep
-from service.versions.layout import VersionPolicy, files_stamp, find_versions, parse_labels
+from service.version_policy import VersionPolicy, parse_labels
+from service.versions.layout import files_stamp, find_versions
 from service.versions.poller import VersionPoller
 from service.versions.registry import ModelVersion, ModelVersions, VersionState
 from service.versions.room import SwapRoom
@@ -34,10 +35,24 @@ log = logging.getLogger(__name__)
 SWAP_WARM_UP_REPEATS = 2
 
 
+class Placement(Protocol):
+    """What the master's plan gives this worker (service/sizing/planner.py, `WorkerPlacement`)."""
+
+    slot: int
+    gpu: object | None
+    gpu_memory_limit_mb: int | None
+    intra_op_threads: int
+    inter_op_threads: int
+    workers: int  # in the whole plan: how many may swap a version at once
+
+    @property
+    def device(self) -> str: ...
+
+
 class VersionLoader:
     """Loads model versions in this worker, configured for its placement (None outside Gunicorn)."""
 
-    def __init__(self, settings: Settings, placement: WorkerPlacement | None):
+    def __init__(self, settings: Settings, placement: Placement | None):
         self._settings = settings
         self._placement = placement
         self._configured: set[str] = set()

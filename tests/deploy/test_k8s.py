@@ -16,8 +16,8 @@ import yaml
 
 from scripts import capacity
 from scripts.launcher import PROJECT_ROOT
+from service.backends.footprint import measure_footprint
 from service.settings import load_settings
-from service.sizing.footprint import measure_footprint
 
 MANIFESTS = PROJECT_ROOT / "deploy" / "k8s"
 KUBERNETES_VERSION = "1.30"

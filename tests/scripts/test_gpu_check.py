@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from scripts.gpu_check import check_workers, parse_worker_reports
+from service.backends.footprint import Footprint
 from service.settings import Settings
-from service.sizing.footprint import Footprint
 from service.sizing.gpu import Gpu, GpuDiscovery
 from service.sizing.machine import Machine
 from service.sizing.planner import plan_workers

@@ -8,13 +8,13 @@ from types import SimpleNamespace
 
 import pytest
 
+from service.backends.footprint import Footprint, FootprintError
 from service.settings import Settings
 from service.sizing import hooks, placement
-from service.sizing.footprint import Footprint, FootprintError
 from service.sizing.gpu import Gpu, GpuDiscovery
 from service.sizing.machine import Machine
 from service.sizing.planner import plan_workers
-from service.versions.layout import LayoutError
+from service.version_policy import LayoutError
 
 PLAN = plan_workers(
     Settings(workers=3),

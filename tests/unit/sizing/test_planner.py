@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from service.backends.footprint import Footprint
 from service.settings import Settings
-from service.sizing.footprint import Footprint
 from service.sizing.gpu import Gpu, GpuDiscovery
 from service.sizing.machine import Machine
 from service.sizing.planner import PlanError, plan_workers

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from service.versions.layout import VersionPolicy
+from service.version_policy import VersionPolicy
 from service.versions.poller import VersionPoller
 from service.versions.registry import ModelVersions, VersionState
 

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from service.sizing.footprint import Footprint
+from service.backends.footprint import Footprint
 from service.versions.room import SwapRoom
 
 MIB = 2**20

@@ -1,6 +1,6 @@
 """Measure how much RAM one worker needs for the model, without TensorFlow in the master.
 
-The master runs `python -m service.sizing.footprint` as a child process: it imports the model's
+The master runs `python -m service.backends.footprint` as a child process: it imports the model's
 runtime (TensorFlow or onnxruntime), loads the model, warms up every batch size and reports its
 resident memory at each step.
 The figure is cached under the model files' SHA-256, so only the first start pays for it.
@@ -80,7 +80,7 @@ def measure_footprint(
     command = [
         sys.executable,
         "-m",
-        "service.sizing.footprint",
+        "service.backends.footprint",
         os.path.abspath(model_path),
         ",".join(map(str, batch_sizes)),
         backend_choice,

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from service.sizing import footprint
-from service.sizing.footprint import FootprintError, measure_footprint, model_digest
+from service.backends import footprint
+from service.backends.footprint import FootprintError, measure_footprint, model_digest
 
 
 def test_digest_follows_the_content(tmp_path):
@@ -70,7 +70,7 @@ def test_unloadable_model_reports_the_childs_error_in_one_line(tmp_path):
 
 
 def test_the_child_runs_where_service_is_importable_without_an_install(tmp_path, monkeypatch):
-    # In the container image nothing is installed: `python -m service.sizing.footprint` finds
+    # In the container image nothing is installed: `python -m service.backends.footprint` finds
     # `service` only through PYTHONPATH (the dev venv's editable install hides this).
     runs = []
 
@@ -85,7 +85,7 @@ def test_the_child_runs_where_service_is_importable_without_an_install(tmp_path,
     with pytest.raises(FootprintError):
         measure_footprint(str(model), (1,), str(tmp_path / "cache.json"))
     [(command, env)] = runs
-    assert command[1:3] == ["-m", "service.sizing.footprint"]
+    assert command[1:3] == ["-m", "service.backends.footprint"]
     root, kept = env["PYTHONPATH"].split(os.pathsep)
     assert (Path(root) / "service" / "__init__.py").is_file() and (Path(root) / "wsgi.py").is_file(), root
     assert kept == "/elsewhere"
