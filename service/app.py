@@ -15,12 +15,12 @@ from service.batching.cost_model import CostModel, largest_paying_size
 from service.batching.policy import AdaptivePolicy, FixedTimeout, Observations
 from service.caching.result_cache import build_result_cache
 from service.errors import WsgiApp, render
-from service.jobs import routes as jobs_routes
 from service.jobs.service import build_jobs
-from service.model_server import ModelServer
 from service.operations import api_docs, health
-from service.protocols import PROTOCOLS
-from service.protocols.common import admission_budget_s, api_error_for, request_timeout_s
+from service.pipeline.answers import api_error_for
+from service.pipeline.inference import PROTOCOL_KEY, ROUTE_KEY, admission_budget_s, request_timeout_s
+from service.pipeline.model_server import ModelServer
+from service.protocols import PROTOCOLS, jobs_rest
 from service.settings import Settings, current_settings
 from service.sizing.placement import current_placement
 from service.telemetry import logs, metrics
@@ -28,7 +28,7 @@ from service.threads import gevent_is_active
 from service.version_policy import parse_labels
 from service.versions.registry import ModelVersion, ModelVersions, VersionState
 from service.versions.worker import VersionLoader
-from service.web.access import PROTOCOL_KEY, ROUTE_KEY, AccessLayer, route_template
+from service.web.access import AccessLayer, route_template
 from service.web.auth import ApiKeyGuard, parse_api_keys
 from service.web.grpc_server import GrpcServer
 
@@ -60,7 +60,7 @@ def create_app(settings: Settings | None = None, model: ServedModel | None = Non
     batcher = build_batcher(settings, warm_up_seconds)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
-    for blueprint in (*(p.blueprint for p in PROTOCOLS), jobs_routes.blueprint, health.blueprint, api_docs.blueprint):
+    for blueprint in (*(p.blueprint for p in PROTOCOLS), jobs_rest.blueprint, health.blueprint, api_docs.blueprint):
         app.register_blueprint(blueprint)
     app.before_request(_label_route)
     app.register_error_handler(Exception, _error_answer)
@@ -162,6 +162,6 @@ def _label_route() -> None:
 
 
 def _error_answer(error: Exception) -> Response:
-    """Flask's routes' errors, answered as every protocol's are (service/protocols/common.py)."""
+    """Flask's routes' errors, answered as every protocol's are (service/pipeline/answers.py)."""
     status, body, headers = render(api_error_for(error))
     return Response(body, status=status, mimetype="application/json", headers=headers)

@@ -8,7 +8,7 @@ from flask import Blueprint, Response
 
 from service.batching.admission import DeadlineUnreachable
 from service.batching.requests import QueueFull
-from service.model_server import current_server, json_response
+from service.pipeline.model_server import current_server, json_response
 from service.telemetry import metrics
 
 blueprint = Blueprint("health", __name__)

@@ -7,14 +7,15 @@ A protocol module provides:
 - `match_inference(path)`: the `InferenceTarget` an inference path names, else None; the
   workers ask it which requests the fast path and the early refusal may take;
 - `INFERENCE_ROUTES`: the templates of its inference paths (metrics' route label, the API document).
-Everything between decoding and encoding is shared (service/protocols/inference.py and
-common.py). Adding a protocol is one module and one line in PROTOCOLS.
+Everything between decoding and encoding is the way every request goes (service/pipeline/inference.py).
+Adding a protocol is one module and one line in PROTOCOLS. `jobs_rest` is the jobs API: a predict body
+as a background job.
 """
 
 from __future__ import annotations
 
+from service.pipeline.inference import InferenceTarget
 from service.protocols import tfserving_rest, v2_rest
-from service.protocols.common import InferenceTarget
 
 PROTOCOLS = (tfserving_rest, v2_rest)
 

@@ -20,14 +20,14 @@ from google.protobuf.message import DecodeError, Message
 from service.backends.base import Arrays, ServedModel
 from service.backends.signature import ModelSignature
 from service.errors import BadRequest, NotFound, WsgiApp, render, write_json
-from service.model_server import ModelServer
+from service.pipeline.answers import api_error_for
+from service.pipeline.body import read_body
+from service.pipeline.inference import PROTOCOL_KEY, ROUTE_KEY, InferenceEndpoint, InferenceTarget
+from service.pipeline.model_server import ModelServer
 from service.protocols import tfserving_messages as messages
-from service.protocols.common import InferenceTarget, api_error_for, read_body
-from service.protocols.inference import InferenceEndpoint
 from service.protocols.tensor_proto import from_array, to_array
 from service.protocols.tfserving_codec import check_count
 from service.protocols.tfserving_rest import describe_status
-from service.web.access import PROTOCOL_KEY, ROUTE_KEY
 
 PROTOCOL = "tfserving_grpc"
 PREDICTION_SERVICE = "tensorflow.serving.PredictionService"

@@ -18,9 +18,9 @@ from flask import Blueprint
 from werkzeug.routing import BaseConverter
 
 from service.backends.base import Arrays, ServedModel
-from service.model_server import ModelServer, current_server, json_response
-from service.protocols.common import InferenceTarget, TakeTurns
-from service.protocols.inference import InferenceEndpoint
+from service.pipeline.body import TakeTurns
+from service.pipeline.inference import InferenceEndpoint, InferenceTarget
+from service.pipeline.model_server import ModelServer, current_server, json_response
 from service.protocols.tfserving_codec import DecodedRequest, decode_request, encode_response
 
 PROTOCOL = "tfserving_rest"

@@ -13,9 +13,8 @@ from flask import Blueprint, Response
 
 from service import __version__
 from service.backends.base import Arrays, ServedModel
-from service.model_server import current_server, json_response
-from service.protocols.common import InferenceTarget
-from service.protocols.inference import InferenceEndpoint
+from service.pipeline.inference import InferenceEndpoint, InferenceTarget
+from service.pipeline.model_server import current_server, json_response
 from service.protocols.v2_codec import InferRequest, datatype_of, decode_infer_request, encode_infer_response
 from service.versions.registry import VersionState
 

@@ -18,16 +18,13 @@ import time
 from collections.abc import Callable, Iterable
 
 from service.errors import WsgiApp
+from service.pipeline.inference import BATCH_SIZE_KEY, PROTOCOL_KEY, REFUSED_KEY, ROUTE_KEY
 from service.telemetry import metrics
 from service.telemetry.logs import request_id_var
 
 log = logging.getLogger("model_server.access")
 
 
-ROUTE_KEY = "model_server.route"  # environ key: the route template, set by whoever matched the path
-PROTOCOL_KEY = "model_server.protocol"  # environ key: the protocol of the route matched; else OTHER_PROTOCOL
-BATCH_SIZE_KEY = "model_server.batch_size"  # environ key: instances in the request's forward pass
-REFUSED_KEY = "model_server.refused"  # environ key: why it was refused unrun; refusals get no access line
 UNMATCHED_ROUTE = "unmatched"
 OTHER_PROTOCOL = "http"  # the service's own routes (health, metrics, jobs, docs) and unmatched paths
 LOGGED_PATH_CHARS = 256  # a hostile path must not make a line long enough to interleave with others

@@ -35,8 +35,9 @@ from typing import Any, Generic, TypeVar
 from service.batching.admission import DeadlineUnreachable
 from service.batching.requests import QueueFull
 from service.errors import ApiError, ServiceUnavailable, render
+from service.pipeline.answers import refused
+from service.pipeline.inference import InferenceTarget, admission_budget_s, request_timeout_s
 from service.protocols import match_inference
-from service.protocols.common import InferenceTarget, admission_budget_s, refused, request_timeout_s
 from service.telemetry import metrics
 from service.web.access import count_request, request_id_for
 from service.web.workers import IncomingRequest, kept_alive_response

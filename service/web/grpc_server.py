@@ -30,9 +30,9 @@ from typing import Any
 import orjson
 
 from service.errors import WsgiApp
+from service.pipeline.inference import PROTOCOL_KEY, REFUSED_KEY
 from service.settings import Settings
 from service.threads import gevent_is_active
-from service.web.access import PROTOCOL_KEY, REFUSED_KEY
 
 log = logging.getLogger(__name__)
 

@@ -297,7 +297,7 @@ def test_a_request_past_its_deadline_in_the_queue_gets_504_and_is_not_run(
 
 
 def test_the_servers_request_timeout_caps_the_clients_and_is_the_batchers_default_budget(settings, fake_model):
-    from service.protocols.common import request_timeout_s
+    from service.pipeline.inference import request_timeout_s
 
     timed = dataclasses.replace(settings, request_timeout_ms=500)
     assert request_timeout_s(timed, None) == 0.5

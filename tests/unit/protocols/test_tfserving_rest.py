@@ -11,7 +11,7 @@ import pytest
 
 from service import protocols
 from service.app import create_app
-from service.protocols.common import InferenceTarget
+from service.pipeline.inference import InferenceTarget
 from service.protocols.tfserving_rest import PROTOCOL as REST
 from service.protocols.tfserving_rest import match_inference
 from tests.conftest import rows

@@ -7,7 +7,7 @@ import orjson
 import pytest
 
 from service.errors import ServiceUnavailable, render, write_json
-from service.web.access import REFUSED_KEY
+from service.pipeline.inference import REFUSED_KEY
 from service.web.grpc_server import serve_call
 
 

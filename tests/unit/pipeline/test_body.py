@@ -10,7 +10,7 @@ import zlib
 import pytest
 
 from service.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
-from service.protocols.compressed import decompressed
+from service.pipeline.body import decompressed
 
 BODY = b'{"instances": [[1.0, 2.0, 3.0]]}' * 1000
 

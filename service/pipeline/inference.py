@@ -10,28 +10,58 @@ batch and predict (in the batcher's thread), then encode (back on the request's 
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, Protocol
 
 from service.backends.base import Arrays, ModelInputs, ServedModel
 from service.batching.bulk import predict_instances
-from service.errors import MethodNotAllowed, WsgiApp, render, write_json
-from service.model_server import ModelServer
-from service.protocols.common import (
-    InferenceTarget,
-    NotReady,
-    admission_budget_s,
-    api_error_for,
-    forward_pass_failures,
-    read_body,
-    request_timeout_s,
-)
+from service.errors import BadRequest, MethodNotAllowed, WsgiApp, render, write_json
+from service.pipeline.answers import NotReady, api_error_for, forward_pass_failures
+from service.pipeline.body import read_body
+from service.pipeline.model_server import ModelServer
+from service.settings import Settings
 from service.telemetry import metrics
-from service.web.access import BATCH_SIZE_KEY, PROTOCOL_KEY, REFUSED_KEY, ROUTE_KEY
 
-BODY_KEY = "service.request_body"
+# What the way records in the request's WSGI environ, for the access layer (service/web/access.py).
+ROUTE_KEY = "model_server.route"  # the route template, set by whoever matched the path
+PROTOCOL_KEY = "model_server.protocol"  # the protocol of the route matched
+BATCH_SIZE_KEY = "model_server.batch_size"  # instances in the request's forward pass
+REFUSED_KEY = "model_server.refused"  # why it was refused unrun; refusals get no access line
+BODY_KEY = "service.request_body"  # the body, once read
+
+
+@dataclass(frozen=True)
+class InferenceTarget:
+    """An inference request's path, understood: its protocol, route template (for metrics) and the model it names."""
+
+    protocol: str
+    route: str
+    model_name: str | None  # None: the one model served
+    version: int | None  # None: the latest version served (or the label's)
+    label: str | None = None  # a version label (MODEL_VERSION_LABELS)
+
+
+def request_timeout_s(settings: Settings, header: str | None) -> float | None:
+    """The client's `X-Request-Timeout-Ms`, at most REQUEST_TIMEOUT_MS; else that; None for no deadline."""
+    server_ms = settings.request_timeout_ms or None
+    if header is None:
+        return server_ms / 1000 if server_ms else None
+    try:
+        client_ms = float(header)
+    except ValueError:
+        client_ms = math.nan
+    if not (math.isfinite(client_ms) and client_ms > 0):
+        raise BadRequest(f"X-Request-Timeout-Ms {header!r} is not a positive number of milliseconds")
+    return min(client_ms, server_ms or client_ms) / 1000
+
+
+def admission_budget_s(settings: Settings, timeout_s: float | None) -> float | None:
+    """The time a request is admitted for: its deadline (`request_timeout_s`), else LATENCY_SLO_MS, else none."""
+    return timeout_s if timeout_s is not None else settings.latency_slo_s
 
 
 class Decoded(Protocol):

@@ -16,8 +16,8 @@ from flask import Blueprint, Response, request
 
 from service.client_numbers import whole_number
 from service.errors import BadRequest
-from service.model_server import current_server, json_response
-from service.protocols.common import TakeTurns, read_body
+from service.pipeline.body import TakeTurns, read_body
+from service.pipeline.model_server import current_server, json_response
 from service.protocols.tfserving_codec import decode_request, encode_response
 
 MAX_PRIORITY = 9  # priorities 0 (the default) to 9; a higher one is taken from the queue first

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from types import SimpleNamespace
 
 import pytest
@@ -12,7 +11,7 @@ from service.backends.base import InputRejected
 from service.batching.admission import DeadlineUnreachable
 from service.batching.requests import BatcherClosed, DeadlineExceeded, QueueFull
 from service.errors import ApiError, BadRequest, render
-from service.protocols.common import NotReady, api_error_for, forward_pass_failures, request_timeout_s
+from service.pipeline.answers import NotReady, api_error_for, forward_pass_failures
 
 
 @pytest.mark.parametrize(
@@ -63,11 +62,3 @@ def test_a_failed_pass_is_a_500_naming_its_cause_and_table_errors_pass_through()
 def test_the_renderer_writes_every_error_as_json():
     status, body, headers = render(BadRequest("send 'instances' or 'inputs'"))
     assert (status, body, headers) == (400, b"{\"error\":\"send 'instances' or 'inputs'\"}", {})
-
-
-def test_a_client_deadline_is_capped_by_the_servers(settings):
-    assert request_timeout_s(settings, None) is None
-    assert request_timeout_s(settings, "250") == 0.25
-    assert request_timeout_s(dataclasses.replace(settings, request_timeout_ms=200), "250") == 0.2
-    with pytest.raises(BadRequest, match="positive number"):
-        request_timeout_s(settings, "-1")

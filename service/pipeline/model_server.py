@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import orjson
 from flask import Response, current_app
@@ -18,7 +19,13 @@ from service.settings import Settings
 from service.telemetry.refusals import RefusalSummary
 from service.versions.poller import VersionPoller
 from service.versions.registry import ModelVersions
-from service.web.grpc_server import GrpcServer
+
+
+class CallServer(Protocol):
+    """A server of calls beside HTTP (service/web/grpc_server.py, GrpcServer): stopped first when the worker stops."""
+
+    def stop(self, grace_s: float) -> Callable[[float | None], bool]:
+        """Refuse new calls now and end the ones in flight within `grace_s`; returns a wait for that."""
 
 
 @dataclass
@@ -34,7 +41,7 @@ class ModelServer:
     batcher: Batcher
     cache: ResultCache | None = None
     jobs: Jobs | None = None
-    grpc: GrpcServer | None = None  # started in the worker after the app (service/web/grpc_server.py)
+    grpc: CallServer | None = None  # started in the worker after the app (service/web/grpc_server.py)
     poller: VersionPoller | None = None  # with MODEL_BASE_PATH: new versions without a restart
     ready: bool = False
     refusals: RefusalSummary = field(default_factory=RefusalSummary)
