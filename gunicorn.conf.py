@@ -1,6 +1,5 @@
 """Gunicorn configuration: sized from the machine and the model, never importing TensorFlow."""
 
-from service.settings import current_settings
 from service.sizing import hooks, readiness, rolling
 from service.telemetry import logs
 from service.threads import yield_cores_to_this_thread
@@ -43,7 +42,10 @@ def post_fork(server, worker):
 
 def post_worker_init(worker):
     yield_cores_to_this_thread(settings.compute_niceness)
-    hooks.start_grpc(current_settings(), worker)  # after: its threads keep the request threads' priority
+    if "model_server" in getattr(worker.wsgi, "extensions", {}):  # not a baseline app of scripts/
+        from service.app import serve_grpc  # in the worker: the master never imports the app
+
+        serve_grpc(worker.wsgi)  # after: its threads keep the request threads' priority
     readiness.report_ready(worker)
 
 

@@ -107,6 +107,11 @@ def outer_layers(settings: Settings, app: WsgiApp) -> WsgiApp:
     return AccessLayer(ApiKeyGuard(app, keys) if keys else app)
 
 
+def serve_grpc(app: Flask) -> GrpcServer | None:
+    """gunicorn.conf.py's `post_worker_init`, in the worker: gRPC on GRPC_PORT, unless GRPC_PORT is 0."""
+    return start_grpc(app) if app.extensions["model_server"].settings.grpc_port else None
+
+
 def start_grpc(app: Flask) -> GrpcServer:
     """In a worker, after `create_app`: serve TF Serving's gRPC API on GRPC_PORT through the app's model server.
 

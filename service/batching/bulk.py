@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -24,7 +24,20 @@ from service.backends.base import Arrays
 from service.batching.background import BULK_PRIORITY, BackgroundWork
 from service.batching.batcher import Batcher
 from service.batching.requests import BatchOutcome, DeadlineExceeded
-from service.caching.result_cache import ResultCache
+
+
+class Lookup(Protocol):
+    missing: np.ndarray  # the rows of the instances looked up that the cache does not hold
+
+    def merge(self, computed: Arrays | None) -> Arrays: ...
+
+
+class InstanceCache(Protocol):
+    """Answers kept per instance (service/caching/result_cache.py, ResultCache's view of one model version)."""
+
+    def lookup(self, inputs: Arrays, count: int) -> Lookup: ...
+
+    def store(self, lookup: Lookup, computed: Arrays) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -82,7 +95,7 @@ def _unique_by_value(arrays: list[np.ndarray], count: int) -> tuple[np.ndarray, 
 
 def predict_instances(
     batcher: Batcher,
-    cache: ResultCache | None,
+    cache: InstanceCache | None,
     inputs: Arrays,
     count: int,
     timeout_s: float | None = None,

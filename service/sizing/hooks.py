@@ -166,17 +166,6 @@ def place_worker(plan: WorkerPlan, server, worker) -> None:
     pin_visible_gpu(placement.gpu.uuid if placement.gpu else None)
 
 
-def start_grpc(settings: Settings, worker) -> None:
-    """post_worker_init, in the worker: its gRPC server, once its model is warmed up (never in the master).
-
-    Only for the model server's app: a baseline app run with this configuration (scripts/) has none.
-    """
-    if settings.grpc_port and "model_server" in getattr(worker.wsgi, "extensions", {}):
-        from service.app import start_grpc
-
-        start_grpc(worker.wsgi)
-
-
 def check_grpc_port(settings: Settings) -> None:
     """on_starting, in the master: refuse to start when another process already listens on GRPC_PORT.
 
