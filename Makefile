@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO_MODEL := models/digits.keras
 
-.PHONY: serve test fuzz lint format venv tools demo-model heavy-model compare-workers clean
+.PHONY: serve test unit fuzz lint format venv tools demo-model heavy-model compare-workers clean
 
 # Programs the tests run beside Python: wrk (bench.py's client) and redis-server (the cache's and jobs' Redis).
 # Debian's packages of the same names; installed with apt when missing.
@@ -53,6 +53,10 @@ format: venv
 
 test: tools lint $(DEMO_MODEL)
 	$(PY) -m pytest
+
+# The fast inner loop: the unit tests that load no model and no TensorFlow (under a minute and a half).
+unit: venv
+	$(PY) -m pytest -q tests/unit -m "not slow"
 
 # The hostile-input property tests and fuzz harness, longer than `make test` runs them (docs/reliability.md).
 HOSTILE_EXAMPLES ?= 5000

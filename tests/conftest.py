@@ -14,6 +14,7 @@ from service.app import create_app
 from service.backends.base import ServedModel
 from service.backends.signature import ModelSignature, TensorInfo
 from service.settings import Settings
+from tests.support import rows, write_scaling_onnx
 
 
 class RecordingForward:
@@ -70,10 +71,6 @@ def app(settings, fake_model):
 @pytest.fixture
 def client(app):
     return app.test_client()
-
-
-def rows(count: int, start: float = 0.0) -> list[list[float]]:
-    return [[start + i, start + i + 0.5, -(start + i)] for i in range(count)]
 
 
 @pytest.fixture
@@ -139,24 +136,6 @@ def redis_client(redis_url):
     client.flushdb()
     yield client
     client.close()
-
-
-def write_scaling_onnx(path: Path, factor: float) -> None:
-    """A tiny ONNX model, y = factor * x over rows of 2 floats: versions that answer differently, loaded in ms."""
-    import onnx
-    from onnx import TensorProto, helper
-
-    graph = helper.make_graph(
-        [helper.make_node("Mul", ["x", "factor"], ["y"])],
-        "scaling",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 2])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2])],
-        initializer=[helper.make_tensor("factor", TensorProto.FLOAT, [], [factor])],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(path))
 
 
 @pytest.fixture

@@ -6,10 +6,22 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 
 import psutil
 import pytest
 import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+DEMO_SERVER_SETTINGS = {
+    "WORKERS": "2",
+    "MAX_BATCH_SIZE": "16",
+    "BATCH_POLICY": "fixed",  # a long timeout, so the tests see batches form
+    "BATCH_TIMEOUT_MS": "20",
+    "MAX_BODY_BYTES": "100000",
+    "MAX_REQUEST_INSTANCES": "200",
+    "LOG_FORMAT": "json",
+}
 
 POLL_S = 0.05  # how often a condition is looked at: polling with a deadline, never a wait for something to happen
 
@@ -68,3 +80,58 @@ class Clients:
         self._stop.set()
         for thread in self._threads:
             thread.join(90)
+
+
+def rows(count: int, start: float = 0.0) -> list[list[float]]:
+    return [[start + i, start + i + 0.5, -(start + i)] for i in range(count)]
+
+
+def infer_document(values: list[list[float]], **extra) -> dict:
+    return {"inputs": [{"name": "x", "datatype": "FP32", "shape": [len(values), 3], "data": values}], **extra}
+
+
+def write_scaling_onnx(path: Path, factor: float) -> None:
+    """A tiny ONNX model, y = factor * x over rows of 2 floats: versions that answer differently, loaded in ms."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "factor"], ["y"])],
+        "scaling",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2])],
+        initializer=[helper.make_tensor("factor", TensorProto.FLOAT, [], [factor])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+
+
+def scrape(url: str) -> dict[tuple[str, frozenset], float]:
+    """Every sample of /metrics, keyed by (name, labels)."""
+    text = requests.get(url + "/metrics", timeout=30).text
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def value(samples: dict, metric: str, **labels) -> float:
+    return samples.get((metric, frozenset(labels.items())), 0.0)
+
+
+def total(samples: dict, metric: str) -> float:
+    return sum(v for (name, _), v in samples.items() if name == metric)
+
+
+def wait_for_serving_workers(url: str, count: int, timeout_s: float = 120.0) -> dict:
+    """Poll /metrics until `count` workers serve (/readyz answers as soon as one does); the last scrape."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        samples = scrape(url)
+        if value(samples, "model_server_workers_alive") == count:
+            return samples
+        time.sleep(0.2)  # polling interval
+    pytest.fail(f"{count} workers were not serving within {timeout_s:.0f} s")

@@ -5,16 +5,7 @@ from __future__ import annotations
 import pytest
 
 from scripts.launcher import LiveServer
-
-DEMO_SERVER_SETTINGS = {
-    "WORKERS": "2",
-    "MAX_BATCH_SIZE": "16",
-    "BATCH_POLICY": "fixed",  # a long timeout, so the tests see batches form
-    "BATCH_TIMEOUT_MS": "20",
-    "MAX_BODY_BYTES": "100000",
-    "MAX_REQUEST_INSTANCES": "200",
-    "LOG_FORMAT": "json",
-}
+from tests.support import DEMO_SERVER_SETTINGS
 
 
 @pytest.fixture(scope="session")

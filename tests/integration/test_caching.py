@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import requests
 
-from tests.integration.conftest import DEMO_SERVER_SETTINGS
+from tests.support import DEMO_SERVER_SETTINGS
 
 pytestmark = pytest.mark.integration
 

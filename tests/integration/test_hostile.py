@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 from service.protocols.tfserving_messages import DataType, PredictRequest, PredictResponse
 from tests.strategies import predict_requests
-from tests.support import worker_pids
+from tests.support import worker_pids, write_scaling_onnx
 
 pytestmark = pytest.mark.integration
 
@@ -47,8 +47,6 @@ GRPC_CLIENT_ERRORS = {
 @pytest.fixture(scope="module", params=["gthread", "gevent"])
 def hostile_server(request, start_server, tmp_path_factory):
     """One worker (every connection on it) serving version 1 of the scaling model, y = x, over HTTP and gRPC."""
-    from tests.conftest import write_scaling_onnx
-
     base = tmp_path_factory.mktemp("hostile") / "scaler"
     write_scaling_onnx(base / "1" / "model.onnx", 1.0)
     server = start_server(

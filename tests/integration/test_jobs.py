@@ -12,7 +12,7 @@ import pytest
 import requests
 
 from scripts.launcher import LiveServer, free_port
-from tests.integration.conftest import DEMO_SERVER_SETTINGS
+from tests.support import DEMO_SERVER_SETTINGS
 
 pytestmark = pytest.mark.integration
 

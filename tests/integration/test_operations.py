@@ -14,41 +14,13 @@ import pytest
 import requests
 from openapi_core import OpenAPI
 from openapi_core.contrib.requests import RequestsOpenAPIRequest, RequestsOpenAPIResponse
-from prometheus_client.parser import text_string_to_metric_families
+
+from tests.support import scrape, total, value, wait_for_serving_workers
 
 pytestmark = pytest.mark.integration
 
 PREDICT_ROUTE = "/v1/models/{name}:predict"
 LOAD_DURATION = "model_server_model_load_duration_seconds"
-
-
-def scrape(url: str) -> dict[tuple[str, frozenset], float]:
-    """Every sample of /metrics, keyed by (name, labels)."""
-    text = requests.get(url + "/metrics", timeout=30).text
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
-def value(samples: dict, metric: str, **labels) -> float:
-    return samples.get((metric, frozenset(labels.items())), 0.0)
-
-
-def total(samples: dict, metric: str) -> float:
-    return sum(v for (name, _), v in samples.items() if name == metric)
-
-
-def wait_for_serving_workers(url: str, count: int, timeout_s: float = 120.0) -> dict:
-    """Poll /metrics until `count` workers serve (/readyz answers as soon as one does); the last scrape."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        samples = scrape(url)
-        if value(samples, "model_server_workers_alive") == count:
-            return samples
-        time.sleep(0.2)  # polling interval
-    pytest.fail(f"{count} workers were not serving within {timeout_s:.0f} s")
 
 
 def json_events(log: str) -> list[dict]:

@@ -24,6 +24,7 @@ import pytest
 import requests
 
 from scripts.launcher import PROJECT_ROOT
+from tests.support import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -89,13 +90,6 @@ class LoadClients:
                 self.outcomes.answered[request_id] = answer.status_code
                 if "Retry-After" in answer.headers:
                     self.outcomes.retry_after[request_id] = answer.headers["Retry-After"]
-
-
-def wait_until(condition, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"{what} within {timeout_s:.0f} s"
-        time.sleep(0.05)  # polling interval
 
 
 def _root_cause(error: BaseException) -> str:

@@ -20,6 +20,8 @@ from pathlib import Path
 import orjson
 import pytest
 
+from tests.support import wait_until
+
 pytestmark = pytest.mark.integration
 
 STALLED_CONNECTIONS = 2_000
@@ -142,12 +144,10 @@ def server_has_read_everything(port: int) -> bool:
     return True
 
 
-def wait_until(condition, timeout_s: float, what: str) -> float:
-    """Poll `condition` until it holds; return how long that took."""
+def seconds_until(condition, timeout_s: float, what: str) -> float:
+    """How long `condition` took to hold (polled with a deadline)."""
     started = time.monotonic()
-    while not condition():
-        assert time.monotonic() - started < timeout_s, f"{what} not within {timeout_s} s"
-        time.sleep(0.05)  # polling interval, not a wait for the server
+    wait_until(condition, timeout_s, what)
     return time.monotonic() - started
 
 
@@ -159,7 +159,7 @@ def test_stalled_connections_do_not_delay_a_normal_request(launch, worker_class)
     opening_s = time.monotonic() - opened_at
     try:
         first_status, first_s = timed_predict(server.port)
-        absorbed_s = wait_until(lambda: server_has_read_everything(server.port), 30, "the server reading every byte")
+        absorbed_s = seconds_until(lambda: server_has_read_everything(server.port), 30, "the server reading every byte")
         answers = [timed_predict(server.port) for _ in range(NORMAL_REQUESTS)]
         held = still_open(stalled)
     finally:

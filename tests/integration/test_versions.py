@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
 import requests
 
-from tests.integration.test_operations import scrape
+from tests.support import scrape, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -23,15 +22,6 @@ def publish(base: Path, number: int, write) -> None:
     staging = base / f"{number}.partial"
     write(staging)
     os.rename(staging, base / str(number))
-
-
-def wait_until(condition, timeout_s: float = 120.0, what: str = "the condition") -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)  # polling interval
-    pytest.fail(f"{what} did not happen within {timeout_s:.0f} s")
 
 
 def first_answer(url: str, path: str = "/predict") -> float:

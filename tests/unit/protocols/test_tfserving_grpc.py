@@ -1,4 +1,5 @@
-"""TF Serving's gRPC API, served in-process on a free port and called with tensorflow-serving-api's own stubs."""
+"""TF Serving's gRPC API, served in-process on a free port; its messages built without TensorFlow, as the server
+builds them (tensorflow-serving-api's own stubs call live servers: tests/integration/test_grpc_protocol.py)."""
 
 from __future__ import annotations
 
@@ -11,22 +12,14 @@ import grpc
 import numpy as np
 import orjson
 import pytest
-import tensorflow as tf
 from prometheus_client import REGISTRY
-from tensorflow_serving.apis import (
-    classification_pb2,
-    get_model_metadata_pb2,
-    get_model_status_pb2,
-    model_service_pb2_grpc,
-    predict_pb2,
-    prediction_service_pb2_grpc,
-)
 
 from scripts.launcher import free_port
 from service.app import create_app, start_grpc
-from service.protocols.tfserving_grpc import PREDICT
-from tests.conftest import rows
-from tests.unit.protocols.test_v2_rest import infer_document
+from service.protocols import tfserving_messages as messages
+from service.protocols.tensor_proto import from_array
+from service.protocols.tfserving_grpc import GET_MODEL_METADATA, GET_MODEL_STATUS, PREDICT
+from tests.support import infer_document, rows
 
 
 @pytest.fixture
@@ -45,15 +38,33 @@ def served(grpc_settings, fake_model):
     app.extensions["model_server"].close()
 
 
-def predict_request(values: list[list[float]], name: str = "fake", dtype=tf.float32) -> predict_pb2.PredictRequest:
-    request = predict_pb2.PredictRequest()
+def tensor_proto(array: np.ndarray) -> messages.TensorProto:
+    tensor = messages.TensorProto()
+    from_array(array, tensor)
+    return tensor
+
+
+def array_of(tensor: messages.TensorProto) -> np.ndarray:
+    """A float32 output as TensorFlow's `make_ndarray` reads it."""
+    shape = [dim.size for dim in tensor.tensor_shape.dim]
+    return np.frombuffer(tensor.tensor_content, np.dtype("<f4")).reshape(shape)
+
+
+def predict_request(values: list[list[float]], name: str = "fake") -> messages.PredictRequest:
+    request = messages.PredictRequest()
     request.model_spec.name = name
-    request.inputs["x"].CopyFrom(tf.make_tensor_proto(np.array(values), dtype=dtype))
+    request.inputs["x"].CopyFrom(tensor_proto(np.array(values, np.float32)))
     return request
 
 
+def method(channel, path: str, response: type):
+    return channel.unary_unary(
+        path, request_serializer=lambda m: m.SerializeToString(), response_deserializer=response.FromString
+    )
+
+
 def predict(channel, request, **options):
-    return prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict.with_call(request, timeout=10, **options)
+    return method(channel, PREDICT, messages.PredictResponse).with_call(request, timeout=10, **options)
 
 
 def failure(call) -> grpc.RpcError:
@@ -70,7 +81,7 @@ def counted(status: str, route: str = PREDICT) -> float:
 def test_predict_answers_with_the_models_outputs_and_its_spec(served):
     _, channel = served
     response, call = predict(channel, predict_request(rows(2)), metadata=[("x-request-id", "checkout-9")])
-    assert tf.make_ndarray(response.outputs["y"]).tolist() == (2 * np.array(rows(2), np.float32)).tolist()
+    assert array_of(response.outputs["y"]).tolist() == (2 * np.array(rows(2), np.float32)).tolist()
     spec = response.model_spec
     assert (spec.name, spec.version.value, spec.signature_name) == ("fake", 1, "serving_default")
     trailing = dict(call.trailing_metadata())
@@ -96,7 +107,7 @@ def test_an_empty_model_name_means_the_model_served_and_output_filter_selects(se
         (lambda r: setattr(r.model_spec, "version_label", "stable"), grpc.StatusCode.NOT_FOUND, "labelled 'stable'"),
         (lambda r: setattr(r.model_spec, "signature_name", "other"), grpc.StatusCode.INVALID_ARGUMENT, "signature"),
         (
-            lambda r: r.inputs["x"].CopyFrom(tf.make_tensor_proto(np.zeros((1, 3)))),
+            lambda r: r.inputs["x"].CopyFrom(tensor_proto(np.zeros((1, 3)))),
             grpc.StatusCode.INVALID_ARGUMENT,
             "DT_DOUBLE",
         ),
@@ -106,7 +117,7 @@ def test_an_empty_model_name_means_the_model_served_and_output_filter_selects(se
             "exactly the model's ['x']",
         ),
         (
-            lambda r: r.inputs["x"].CopyFrom(tf.make_tensor_proto(np.zeros((101, 3), np.float32))),
+            lambda r: r.inputs["x"].CopyFrom(tensor_proto(np.zeros((101, 3), np.float32))),
             grpc.StatusCode.INVALID_ARGUMENT,
             "at most 100",
         ),
@@ -131,38 +142,38 @@ def test_a_message_that_is_not_a_predict_request_is_invalid_argument_not_interna
 
 def test_methods_not_served_are_unimplemented(served):
     _, channel = served
-    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
-    error = failure(lambda: stub.Classify(classification_pb2.ClassificationRequest(), timeout=10))
+    classify = channel.unary_unary("/tensorflow.serving.PredictionService/Classify")  # bytes in, bytes out
+    error = failure(lambda: classify(b"", timeout=10))
     assert error.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
 def test_model_metadata_is_the_signature_def_map_of_serving_default(served):
     _, channel = served
-    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
-    request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+    get_metadata = method(channel, GET_MODEL_METADATA, messages.GetModelMetadataResponse)
+    request = messages.GetModelMetadataRequest(metadata_field=["signature_def"])
     request.model_spec.name = "fake"
-    response = stub.GetModelMetadata(request, timeout=10)
-    signatures = get_model_metadata_pb2.SignatureDefMap()
+    response = get_metadata(request, timeout=10)
+    signatures = messages.SignatureDefMap()
     assert response.metadata["signature_def"].Unpack(signatures)
     default = signatures.signature_def["serving_default"]
     assert default.method_name == "tensorflow/serving/predict"
-    assert default.inputs["x"].dtype == tf.float32.as_datatype_enum
+    assert default.inputs["x"].dtype == messages.DataType.Value("DT_FLOAT")
     assert [dim.size for dim in default.inputs["x"].tensor_shape.dim] == [-1, 3]
     assert [dim.size for dim in default.outputs["y"].tensor_shape.dim] == [-1, 3]
     request.metadata_field[:] = ["graph"]
-    error = failure(lambda: stub.GetModelMetadata(request, timeout=10))
+    error = failure(lambda: get_metadata(request, timeout=10))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "signature_def" in error.details()
 
 
 def test_model_status_reports_the_version_available(served):
     _, channel = served
-    stub = model_service_pb2_grpc.ModelServiceStub(channel)
-    request = get_model_status_pb2.GetModelStatusRequest()
+    get_status = method(channel, GET_MODEL_STATUS, messages.GetModelStatusResponse)
+    request = messages.GetModelStatusRequest()
     request.model_spec.name = "fake"
-    (status,) = stub.GetModelStatus(request, timeout=10).model_version_status
-    assert (status.version, get_model_status_pb2.ModelVersionStatus.State.Name(status.state)) == (1, "AVAILABLE")
+    (status,) = get_status(request, timeout=10).model_version_status
+    assert (status.version, type(status).State.Name(status.state)) == (1, "AVAILABLE")
     request.model_spec.name = "other"
-    assert failure(lambda: stub.GetModelStatus(request, timeout=10)).code() == grpc.StatusCode.NOT_FOUND
+    assert failure(lambda: get_status(request, timeout=10)).code() == grpc.StatusCode.NOT_FOUND
 
 
 def test_a_full_queue_is_unavailable_with_the_reason_and_when_to_retry(served):
@@ -189,8 +200,8 @@ def test_the_clients_deadline_is_the_requests_deadline(served, fake_forward):
     blocker.start()
     assert fake_forward.entered.wait(10)
     expired_before = counted("504") + counted("503")
-    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
-    error = failure(lambda: stub.Predict(predict_request(rows(1, start=40)), timeout=0.3))
+    call = method(channel, PREDICT, messages.PredictResponse)
+    error = failure(lambda: call(predict_request(rows(1, start=40)), timeout=0.3))
     assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     deadline = time.monotonic() + 10
     while counted("504") + counted("503") == expired_before:  # the server answers its own copy of the call
@@ -272,7 +283,7 @@ def test_one_pass_serves_tf_serving_rest_v2_and_grpc_requests_together(served, f
     assert dict(answers["grpc_call"].trailing_metadata())["x-batch-size"] == "3"
     assert answers["rest"].get_json()["predictions"] == [[10.0, 11.0, -10.0]]
     assert answers["v2"].get_json()["outputs"][0]["data"] == [18.0, 19.0, -18.0]
-    assert tf.make_ndarray(answers["grpc"].outputs["y"]).tolist() == [[40.0, 41.0, -40.0]]
+    assert array_of(answers["grpc"].outputs["y"]).tolist() == [[40.0, 41.0, -40.0]]
 
 
 def test_a_spec_names_its_version_by_number_or_label():
@@ -300,7 +311,7 @@ def test_with_the_result_cache_each_call_gets_its_own_answer_and_a_repeat_comes_
             answers = []
             for values in (rows(1), rows(1, start=5.0), rows(1, start=5.0), rows(1)):
                 response, call = predict(channel, predict_request(values))
-                answers.append((tf.make_ndarray(response.outputs["y"]).tolist(), dict(call.trailing_metadata())))
+                answers.append((array_of(response.outputs["y"]).tolist(), dict(call.trailing_metadata())))
         for (outputs, _), values in zip(
             answers, (rows(1), rows(1, start=5.0), rows(1, start=5.0), rows(1)), strict=True
         ):

@@ -14,7 +14,7 @@ from service.app import create_app
 from service.pipeline.inference import InferenceTarget
 from service.protocols.tfserving_rest import PROTOCOL as REST
 from service.protocols.tfserving_rest import match_inference
-from tests.conftest import rows
+from tests.support import rows
 
 
 def call(app, path: str, body: bytes = b"", method: str = "POST", content_length: str | None = None, body_stream=None):

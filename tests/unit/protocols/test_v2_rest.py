@@ -6,11 +6,7 @@ import numpy as np
 import orjson
 import pytest
 
-from tests.conftest import rows
-
-
-def infer_document(values: list[list[float]], **extra) -> dict:
-    return {"inputs": [{"name": "x", "datatype": "FP32", "shape": [len(values), 3], "data": values}], **extra}
+from tests.support import infer_document, rows
 
 
 def test_health_server_metadata_and_model_readiness(client, app):
