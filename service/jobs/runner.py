@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager
@@ -45,7 +46,9 @@ from service.threads import spawn
 log = logging.getLogger(__name__)
 
 PASSES_PER_PART = 16  # a part is this many full batches: stored at once, and lost at most when a worker dies
-IDLE_POLL_S = 0.25  # how soon a worker with nothing to do sees a new job
+# How soon a worker with nothing to do looks at the queue again: at first, then twice as long each time it
+# finds nothing, up to the upkeep's interval (JOB_LEASE_S / 3). A job submitted to this worker wakes it at once.
+IDLE_POLL_S = 0.25
 
 
 # version (None: the latest) -> the model version, held while a part runs; NotFound when none serves
@@ -79,6 +82,7 @@ class JobRunner:
         self._lease_s, self._keep_s, self._clock = lease_s, keep_s, clock
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
         self._stopping = False
+        self._woken = threading.Event()  # made in the worker, so a greenlet's event under gevent
         queue.handler = self.run
 
     @property
@@ -91,9 +95,14 @@ class JobRunner:
     def stop(self) -> None:
         """Take no more tasks; the part under way finishes (the batcher runs it), then its job is queued again."""
         self._stopping = True
+        self._woken.set()
+
+    def wake(self) -> None:
+        """A job was queued here: look at the queue now, however long the runner meant to wait."""
+        self._woken.set()
 
     def _loop(self) -> None:
-        next_upkeep = 0.0
+        next_upkeep, idle_s = 0.0, IDLE_POLL_S
         while not self._stopping:
             try:
                 if self._clock() >= next_upkeep:
@@ -101,8 +110,11 @@ class JobRunner:
                     next_upkeep = self._clock() + self._lease_s / 3
                 task = self._queue.next_task()
                 if task is None:
-                    time.sleep(IDLE_POLL_S)
+                    self._woken.wait(idle_s)
+                    idle_s = IDLE_POLL_S if self._woken.is_set() else min(2 * idle_s, self._lease_s / 3)
+                    self._woken.clear()
                 else:
+                    idle_s = IDLE_POLL_S
                     self._queue.execute(task)
             except Exception as error:  # the store or the queue failed: log it and keep the loop alive
                 unreachable = store_unreachable(error)

@@ -52,6 +52,7 @@ class Jobs:
             )  # fmt: skip
             self.store.add(job, encode_arrays(inputs))
             self.queue.enqueue(job.id, priority)
+        self.runner.wake()
         return job
 
     def get(self, job_id: str) -> JobRecord:

@@ -15,12 +15,14 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module", params=["gthread", "gevent"])
-def cached_server(request, start_server, demo_model_path, redis_url):
-    return start_server(
+def cached_server(request, launch_server, demo_model_path, redis_url):
+    server = launch_server(
         MODEL_PATH=str(demo_model_path),
         WORKER_CLASS=request.param,
         **{**DEMO_SERVER_SETTINGS, "CACHE_MAX_BYTES": str(1 << 20), "REDIS_URL": redis_url},
     )
+    yield server
+    server.stop()
 
 
 def predict(server, instances, **headers) -> requests.Response:

@@ -81,12 +81,11 @@ def send_burst(url: str, body: bytes) -> list[Outcome]:
         return list(clients.map(lambda _: send_predict(url, body), range(REQUESTS_PER_BURST)))
 
 
+# Refusals by a latency objective under overload are tested with deadlines in test_resilience.py.
 CASES = {
-    "gevent-refusals-no-objective": ("gevent", "0", REFUSING_QUEUE),
-    "gevent-refusals-objective-100ms": ("gevent", "100", REFUSING_QUEUE),
+    "gevent-refusals": ("gevent", "0", REFUSING_QUEUE),
     "gevent-no-refusals": ("gevent", "0", QUEUE_FOR_EVERY_CLIENT),
-    "gthread-refusals-no-objective": ("gthread", "0", REFUSING_QUEUE),
-    "gthread-refusals-objective-100ms": ("gthread", "100", REFUSING_QUEUE),
+    "gthread-refusals": ("gthread", "0", REFUSING_QUEUE),
     "gthread-no-refusals": ("gthread", "0", QUEUE_FOR_EVERY_CLIENT),
 }
 

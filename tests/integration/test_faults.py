@@ -126,9 +126,12 @@ def test_restarted_workers_serve_past_broken_and_deleted_versions_and_sighup_rep
     assert server.process.poll() is None
 
 
-def test_workers_recycled_by_max_requests_serve_past_a_broken_version_then_past_a_deleted_one(start_server, scaler):
+@pytest.mark.parametrize("worker_class", ["gthread", "gevent"])
+def test_workers_recycled_by_max_requests_serve_past_a_broken_version_then_past_a_deleted_one(
+    worker_class, start_server, scaler
+):
     server = start_server(
-        MODEL_BASE_PATH=str(scaler), WORKERS="2", WORKER_CLASS="gthread", MODEL_POLL_S="0.2", GRPC_PORT="0",
+        MODEL_BASE_PATH=str(scaler), WORKERS="2", WORKER_CLASS=worker_class, MODEL_POLL_S="0.2", GRPC_PORT="0",
         MAX_REQUESTS="300", MAX_REQUESTS_JITTER="100",
     )  # fmt: skip
     master = server.process.pid
@@ -145,7 +148,9 @@ def test_workers_recycled_by_max_requests_serve_past_a_broken_version_then_past_
         shutil.rmtree(scaler / "2")  # the serving version's directory deleted
         wait_until(lambda: replaced(recycled), what="both workers recycled again")
         wait_until(lambda: clients.answers[1.0] > 100, what="answers of version 1, the newest on disk that loads")
-    assert set(clients.statuses) == {200}, clients.statuses  # a recycled worker answers what it accepted
+    assert set(clients.statuses) == {200}, (
+        clients.statuses
+    )  # a recycled worker answers what it accepted, no request lost
     assert server.log().count("Autorestarting worker") >= 4 and server.process.poll() is None
 
 

@@ -45,11 +45,11 @@ GRPC_CLIENT_ERRORS = {
 
 
 @pytest.fixture(scope="module", params=["gthread", "gevent"])
-def hostile_server(request, start_server, tmp_path_factory):
+def hostile_server(request, launch_server, tmp_path_factory):
     """One worker (every connection on it) serving version 1 of the scaling model, y = x, over HTTP and gRPC."""
     base = tmp_path_factory.mktemp("hostile") / "scaler"
     write_scaling_onnx(base / "1" / "model.onnx", 1.0)
-    server = start_server(
+    server = launch_server(
         MODEL_BASE_PATH=str(base), WORKERS="1", WORKER_CLASS=request.param, READ_TIMEOUT_S=str(READ_TIMEOUT_S),
         MAX_BODY_BYTES=str(1 << 20), MODEL_POLL_S="0",
     )  # fmt: skip

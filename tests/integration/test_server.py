@@ -113,8 +113,8 @@ def test_master_never_loads_tensorflow_nor_grpc_and_logs_its_plan(demo_server):
 
 
 @pytest.fixture(scope="module")
-def tiny_queue_server(start_server, demo_model_path):
-    return start_server(
+def tiny_queue_server(launch_server, demo_model_path):
+    server = launch_server(
         MODEL_PATH=str(demo_model_path),
         WORKERS="1",
         MAX_BATCH_SIZE="1",
@@ -122,6 +122,8 @@ def tiny_queue_server(start_server, demo_model_path):
         BATCH_POLICY="fixed",
         BATCH_TIMEOUT_MS="0",
     )
+    yield server
+    server.stop()
 
 
 def test_full_queue_answers_503_with_retry_after_and_loses_nothing(tiny_queue_server, demo_holdout):

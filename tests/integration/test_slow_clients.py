@@ -70,16 +70,9 @@ def worker_class(request) -> str:
 @pytest.fixture
 def launch(start_server, demo_model_path, worker_class):
     """Start a one-worker demo server with extra settings; it is stopped when the test ends."""
-    started = []
-
-    def launch_server(**settings):
-        server = start_server(MODEL_PATH=str(demo_model_path), WORKER_CLASS=worker_class, WORKERS="1", **settings)
-        started.append(server)
-        return server
-
-    yield launch_server
-    for server in started:
-        server.stop()  # frees the worker now; the session's cleanup skips a stopped server
+    return lambda **settings: start_server(
+        MODEL_PATH=str(demo_model_path), WORKER_CLASS=worker_class, WORKERS="1", **settings
+    )
 
 
 @dataclass

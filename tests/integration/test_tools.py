@@ -23,8 +23,10 @@ def run(*command: str, timeout_s: float = 300) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def one_worker_server(start_server, demo_model_path):
-    return start_server(MODEL_PATH=str(demo_model_path), WORKERS="1", BATCH_TIMEOUT_MS="2")
+def one_worker_server(launch_server, demo_model_path):
+    server = launch_server(MODEL_PATH=str(demo_model_path), WORKERS="1", BATCH_TIMEOUT_MS="2")
+    yield server
+    server.stop()
 
 
 def test_checkout_locustfile_scans_without_failures(one_worker_server, tmp_path):
@@ -41,10 +43,10 @@ def test_checkout_locustfile_scans_without_failures(one_worker_server, tmp_path)
     assert batches["responses"] >= 10 and batches["mean_batch_size"] >= 1
 
 
-def test_timeout_sweep_reports_and_recommends(demo_model_path, tmp_path, footprint_cache):
+def test_timeout_sweep_reports_and_recommends(demo_onnx_path, tmp_path, footprint_cache):
     out = tmp_path / "sweep"
     done = run(
-        "scripts/tune_timeout.py", "sweep", "--model", str(demo_model_path), "--timeouts", "0", "5",
+        "scripts/tune_timeout.py", "sweep", "--model", str(demo_onnx_path), "--timeouts", "0", "5",
         "--users", "4", "--duration", "3", "--policies", "fixed", "adaptive",
         "--env", f"FOOTPRINT_CACHE={footprint_cache}", "WORKERS=1",
         "--out", str(out),
@@ -82,9 +84,9 @@ def test_bench_measures_ours_and_the_baseline(demo_model_path, tmp_path, footpri
     assert "In-process limit, measured around each row: batch 1 takes" in table
 
 
-def test_soak_reports_each_workers_memory_growth(demo_model_path, footprint_cache):
+def test_soak_reports_each_workers_memory_growth(demo_onnx_path, footprint_cache):
     done = subprocess.run(
-        [sys.executable, "scripts/soak.py", "--model", str(demo_model_path), "--requests", "1000",
+        [sys.executable, "scripts/soak.py", "--model", str(demo_onnx_path), "--requests", "1000",
          "--max-growth", "0.5", "--env", f"FOOTPRINT_CACHE={footprint_cache}"],
         cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300,
     )  # fmt: skip

@@ -239,3 +239,35 @@ def test_a_job_that_named_its_version_fails_once_that_version_is_retired(version
     assert job.state == FAILED and "version 1 is END" in job.error and "named version 1" in job.error
     assert versioned_jobs.describe(job)["part_versions"] == [1, None]
     assert versioned_jobs.queue.next_task() is None, "no retry spent on what cannot succeed"
+
+
+def test_a_job_queued_here_wakes_an_idle_runner_at_once(tmp_path, forward, monkeypatch):
+    from service.jobs import runner as runner_module
+
+    idle_s = 20.0
+    monkeypatch.setattr(runner_module, "IDLE_POLL_S", idle_s)  # an idle runner would look again in 20 s
+    settings = Settings(model_name="m", jobs_db=str(tmp_path / "jobs.sqlite3"))
+    batcher = Batcher(forward, FixedTimeout(0), max_batch_size=4, max_queue=16, concurrent_batches=1)
+    store, queue = SqliteJobStore(settings.jobs_db_path), JobQueue(settings)
+    jobs = Jobs(store, queue, JobRunner(store, queue, batcher, lease_s=300, keep_s=60), settings)
+    polled = threading.Event()
+    next_task = queue.next_task
+
+    def noting_an_empty_queue():
+        task = next_task()
+        if task is None:
+            polled.set()
+        return task
+
+    monkeypatch.setattr(queue, "next_task", noting_an_empty_queue)
+    jobs.runner.start()
+    try:
+        assert polled.wait(TIMEOUT_S)  # it found the queue empty, and waits
+        started = time.monotonic()
+        job_id = submit(jobs, range(3))
+        while jobs.get(job_id).state != DONE:
+            assert time.monotonic() - started < idle_s / 4, "the runner waited out its idle time"
+            time.sleep(0.01)  # polling the job's state
+    finally:
+        jobs.runner.stop()
+        batcher.close(TIMEOUT_S)
