@@ -15,9 +15,9 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module", params=["gthread", "gevent"])
-def cached_server(request, launch_server, demo_model_path, redis_url):
+def cached_server(request, launch_server, demo_onnx_path, redis_url):
     server = launch_server(
-        MODEL_PATH=str(demo_model_path),
+        MODEL_PATH=str(demo_onnx_path),
         WORKER_CLASS=request.param,
         **{**DEMO_SERVER_SETTINGS, "CACHE_MAX_BYTES": str(1 << 20), "REDIS_URL": redis_url},
     )

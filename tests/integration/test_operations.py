@@ -130,9 +130,9 @@ def metrics_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def churn_server(launch_server, demo_model_path, metrics_dir):
+def churn_server(launch_server, demo_onnx_path, metrics_dir):
     server = launch_server(
-        MODEL_PATH=str(demo_model_path), WORKERS="2", WORKER_CLASS="gthread", METRICS_DIR=str(metrics_dir)
+        MODEL_PATH=str(demo_onnx_path), WORKERS="2", WORKER_CLASS="gthread", METRICS_DIR=str(metrics_dir)
     )
     yield server
     server.stop()

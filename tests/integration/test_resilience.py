@@ -282,7 +282,7 @@ def test_clients_that_retry_at_once_at_four_times_the_queue_are_served_or_refuse
     capacity = run_loadgen(server.url, answers, MAX_QUEUE, 3)
     assert set(capacity["by_status"]) == {"200"}, capacity["error_kinds"]
     before = log_lines(server)
-    overload = run_loadgen(server.url, answers, 4 * MAX_QUEUE, 10)  # retrying at once, ignoring Retry-After
+    overload = run_loadgen(server.url, answers, 4 * MAX_QUEUE, 6)  # retrying at once, ignoring Retry-After
     pass_s, served_ms = full_pass_s(server.url), served_p99_ms(server, before)
     by_status = overload["by_status"]
     print(f"{worker_class}: capacity {capacity['throughput_rps']} req/s; {4 * MAX_QUEUE} clients retrying at once: "

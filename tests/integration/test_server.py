@@ -113,9 +113,9 @@ def test_master_never_loads_tensorflow_nor_grpc_and_logs_its_plan(demo_server):
 
 
 @pytest.fixture(scope="module")
-def tiny_queue_server(launch_server, demo_model_path):
+def tiny_queue_server(launch_server, demo_onnx_path):
     server = launch_server(
-        MODEL_PATH=str(demo_model_path),
+        MODEL_PATH=str(demo_onnx_path),
         WORKERS="1",
         MAX_BATCH_SIZE="1",
         MAX_QUEUE="1",

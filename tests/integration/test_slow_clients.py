@@ -68,10 +68,10 @@ def worker_class(request) -> str:
 
 
 @pytest.fixture
-def launch(start_server, demo_model_path, worker_class):
-    """Start a one-worker demo server with extra settings; it is stopped when the test ends."""
+def launch(start_server, demo_onnx_path, worker_class):
+    """Start a one-worker server of the demo model (as ONNX: it boots in a second) with extra settings."""
     return lambda **settings: start_server(
-        MODEL_PATH=str(demo_model_path), WORKER_CLASS=worker_class, WORKERS="1", **settings
+        MODEL_PATH=str(demo_onnx_path), WORKER_CLASS=worker_class, WORKERS="1", **settings
     )
 
 

@@ -23,8 +23,8 @@ def run(*command: str, timeout_s: float = 300) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def one_worker_server(launch_server, demo_model_path):
-    server = launch_server(MODEL_PATH=str(demo_model_path), WORKERS="1", BATCH_TIMEOUT_MS="2")
+def one_worker_server(launch_server, demo_onnx_path):
+    server = launch_server(MODEL_PATH=str(demo_onnx_path), WORKERS="1", BATCH_TIMEOUT_MS="2")
     yield server
     server.stop()
 
@@ -47,7 +47,7 @@ def test_timeout_sweep_reports_and_recommends(demo_onnx_path, tmp_path, footprin
     out = tmp_path / "sweep"
     done = run(
         "scripts/tune_timeout.py", "sweep", "--model", str(demo_onnx_path), "--timeouts", "0", "5",
-        "--users", "4", "--duration", "3", "--policies", "fixed", "adaptive",
+        "--users", "4", "--duration", "2", "--policies", "fixed", "adaptive",
         "--env", f"FOOTPRINT_CACHE={footprint_cache}", "WORKERS=1",
         "--out", str(out),
     )  # fmt: skip
