@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import tempfile
 from pathlib import Path
@@ -158,7 +159,14 @@ def watch_worker(server, worker) -> None:
 
 
 def place_worker(plan: WorkerPlan, server, worker) -> None:
-    """post_fork, in the worker: record its placement and pin its GPU before TensorFlow loads."""
+    """post_fork, in the worker: record its placement and pin its GPU before TensorFlow loads.
+
+    Until the worker sets its own signal handlers (Gunicorn's `init_signals`, after gevent has patched
+    the standard library), it has the master's, which only queue a signal in the master's queue, here
+    a copy nobody reads: a SIGTERM then was lost, and the master waited GRACEFUL_TIMEOUT_S for a worker
+    that never heard it. A worker still booting has accepted nothing: SIGTERM ends it at once.
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if getattr(worker, "ready_pipe", None):
         readiness.keep_own_end(server, worker)
     placement = plan.placement(worker.slot)

@@ -2,8 +2,9 @@
 
 `start_server` is a test's own: its servers stop when the test ends. Fixtures that share a
 server across tests start it with `launch_server` and stop it at their own end. What a test of the
-app needs is one worker class, the default (`demo_server`); what a test of the worker needs is
-both (`demo_servers`).
+app needs is one worker class, the default (`demo_server`, TensorFlow); what a test of the worker
+needs is both (`onnx_server`: the same model as ONNX, whose workers boot in a second and hold a
+quarter of the memory).
 """
 
 from __future__ import annotations
@@ -63,20 +64,8 @@ def demo_server(launch_server, demo_model_path):
 
 
 @pytest.fixture(scope="package", params=["gevent", "gthread"])
-def demo_servers(request, demo_server, launch_server, demo_model_path):
-    """The demo model under each worker class: for tests of what the worker does (gevent's is `demo_server`)."""
-    if request.param == "gevent":
-        yield demo_server
-        return
-    settings = {**DEMO_SERVER_SETTINGS, "WORKER_CLASS": request.param}
-    server = serving_grpc(launch_server(MODEL_PATH=str(demo_model_path), **settings))
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="package", params=["gevent", "gthread"])
 def onnx_server(request, launch_server, demo_onnx_path):
-    """The demo model converted to ONNX, served as the demo server is: each worker class, HTTP and gRPC."""
+    """The demo model converted to ONNX, served as the demo server is, under each worker class: HTTP and gRPC."""
     settings = {**DEMO_SERVER_SETTINGS, "WORKER_CLASS": request.param}
     server = serving_grpc(launch_server(MODEL_PATH=str(demo_onnx_path), **settings))
     yield server

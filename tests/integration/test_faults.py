@@ -132,7 +132,7 @@ def test_workers_recycled_by_max_requests_serve_past_a_broken_version_then_past_
 ):
     server = start_server(
         MODEL_BASE_PATH=str(scaler), WORKERS="2", WORKER_CLASS=worker_class, MODEL_POLL_S="0.2", GRPC_PORT="0",
-        MAX_REQUESTS="300", MAX_REQUESTS_JITTER="100", GRACEFUL_TIMEOUT_S="5",
+        MAX_REQUESTS="300", MAX_REQUESTS_JITTER="100",
     )  # fmt: skip
     master = server.process.pid
 

@@ -22,7 +22,7 @@ import pytest
 pytestmark = pytest.mark.integration
 
 SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
-EXAMPLES_PER_OPERATION = 30  # under the default worker class: test_hostile.py fuzzes both workers
+EXAMPLES_PER_OPERATION = 20  # under the default worker class: test_hostile.py fuzzes both workers
 CONFIG = Path(__file__).with_name("schemathesis.toml")  # per-operation exceptions, each with its reason
 
 
@@ -39,7 +39,7 @@ def test_fuzzed_requests_get_no_500_and_json_errors(demo_server, tmp_path):
     assert done.returncode == 0, done.stdout[-6000:]
     entries = json.loads(har.read_text())["log"]["entries"]
     statuses = Counter(entry["response"]["status"] for entry in entries)
-    assert len(entries) >= 300, statuses
+    assert len(entries) >= 200, statuses
     assert statuses[500] == 0
     assert set(statuses) <= {200, 202, 400, 404, 405, 409, 410, 413, 415, 422, 503, 504}, statuses
     for entry in entries:

@@ -69,11 +69,11 @@ def test_metadata_and_status_answer_as_tf_serving_does(demo_server):
     assert version.state == get_model_status_pb2.ModelVersionStatus.AVAILABLE
 
 
-def test_concurrent_calls_are_batched_and_connections_spread_over_the_workers(demo_servers, demo_holdout):
+def test_concurrent_calls_are_batched_and_connections_spread_over_the_workers(onnx_server, demo_holdout):
     """16 channels of 6 calls each: every call answered, several calls per pass, and both workers serve."""
     images = demo_holdout[0][:1]
     outcomes: list[tuple[str, int]] = []
-    channels = [channel_to(demo_servers) for _ in range(16)]
+    channels = [channel_to(onnx_server) for _ in range(16)]
 
     def calls(channel: grpc.Channel, number: int) -> None:
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
@@ -94,7 +94,7 @@ def test_concurrent_calls_are_batched_and_connections_spread_over_the_workers(de
     assert len(outcomes) == 96
     assert max(size for _, size in outcomes) > 1, "concurrent calls share forward passes"
     served_by = set()
-    for line in demo_servers.log().splitlines():
+    for line in onnx_server.log().splitlines():
         if '"spread-' in line and PREDICT in line:
             event = json.loads(line)
             served_by.add(event["pid"])

@@ -33,16 +33,16 @@ def predict_instances(url: str, images, count: int, request_id: str) -> requests
     return requests.post(f"{url}/v1/models/digits:predict", json=body, headers={"X-Request-ID": request_id}, timeout=60)
 
 
-def test_metrics_add_up_across_workers(demo_servers, demo_holdout):
+def test_metrics_add_up_across_workers(onnx_server, demo_holdout):
     images, _ = demo_holdout
     sizes = [1 + i % 3 for i in range(60)]
-    before = wait_for_serving_workers(demo_servers.url, 2)
+    before = wait_for_serving_workers(onnx_server.url, 2)
     with ThreadPoolExecutor(8) as pool:
         answers = list(
-            pool.map(lambda i: predict_instances(demo_servers.url, images, sizes[i], f"sum-{i}"), range(len(sizes)))
+            pool.map(lambda i: predict_instances(onnx_server.url, images, sizes[i], f"sum-{i}"), range(len(sizes)))
         )
     assert [a.status_code for a in answers] == [200] * len(sizes)
-    after = scrape(demo_servers.url)
+    after = scrape(onnx_server.url)
 
     def delta(metric, **labels):
         return value(after, metric, **labels) - value(before, metric, **labels)
@@ -66,7 +66,7 @@ def test_metrics_add_up_across_workers(demo_servers, demo_holdout):
     assert value(after, "model_server_queue_depth_instances") == 0
     assert value(after, "model_server_instances_in_flight") == 0
     assert value(after, "model_server_model_info", name="digits", version="1") == 1
-    workers = {str(p.pid) for p in psutil.Process(demo_servers.process.pid).children()}
+    workers = {str(p.pid) for p in psutil.Process(onnx_server.process.pid).children()}
     load_durations = {
         dict(labels)["pid"]: seconds for (name, labels), seconds in after.items() if name == LOAD_DURATION
     }
@@ -74,7 +74,7 @@ def test_metrics_add_up_across_workers(demo_servers, demo_holdout):
 
     # Per worker, from the JSON access log: each worker served some, and they add up to the metrics' total.
     served_by = Counter(
-        event["pid"] for event in json_events(demo_servers.log()) if str(event.get("request_id")).startswith("sum-")
+        event["pid"] for event in json_events(onnx_server.log()) if str(event.get("request_id")).startswith("sum-")
     )
     assert len(served_by) == 2 and sum(served_by.values()) == len(sizes)
 

@@ -308,7 +308,7 @@ def test_explicit_deadlines_under_overload_get_answers_refusals_or_expiries_only
     deadline_s = 3 * full_pass_s(server.url)
     header = f"X-Request-Timeout-Ms: {1000 * deadline_s:.0f}"
     before = log_lines(server)
-    overload = run_loadgen(server.url, answers, 4 * MAX_QUEUE, 15, "--header", header)
+    overload = run_loadgen(server.url, answers, 4 * MAX_QUEUE, 8, "--header", header)
     served_ms = served_p99_ms(server, before)
     by_status = overload["by_status"]
     print(f"deadline {1000 * deadline_s:.0f} ms, {4 * MAX_QUEUE} clients retrying at once: {overload}; "

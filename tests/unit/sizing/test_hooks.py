@@ -47,6 +47,17 @@ def restore_placement(monkeypatch):
     placement._this_worker_placement = None
 
 
+def test_post_fork_lets_a_sigterm_end_a_worker_still_booting(restore_placement):
+    import signal
+
+    previous = signal.signal(signal.SIGTERM, lambda *_: None)  # as the master's handler, inherited by the fork
+    try:
+        hooks.place_worker(PLAN, SimpleNamespace(WORKERS={}), SimpleNamespace(slot=0))
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def test_post_fork_pins_the_slots_gpu_before_tensorflow(restore_placement):
     hooks.place_worker(PLAN, SimpleNamespace(WORKERS={}), SimpleNamespace(slot=1))
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "GPU-b"
