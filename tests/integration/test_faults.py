@@ -148,22 +148,22 @@ def test_workers_recycled_by_max_requests_serve_past_a_broken_version_then_past_
         shutil.rmtree(scaler / "2")  # the serving version's directory deleted
         wait_until(lambda: replaced(recycled), what="both workers recycled again")
         wait_until(lambda: clients.answers[1.0] > 100, what="answers of version 1, the newest on disk that loads")
-    assert set(clients.statuses) == {200}, (
-        clients.statuses
-    )  # a recycled worker answers what it accepted, no request lost
+    # A recycled worker answers what it accepted: no request lost.
+    assert set(clients.statuses) == {200}, clients.statuses
     assert server.log().count("Autorestarting worker") >= 4 and server.process.poll() is None
 
 
 def test_jobs_running_and_queued_across_a_version_publish_finish_on_the_version_that_replaced_theirs(
-    start_server, demo_model_path, tmp_path
+    start_server, demo_model_path, demo_onnx_path, tmp_path
 ):
+    """Version 2 is the same model as ONNX: it loads in a fraction of the time the first job takes, on any machine."""
     import numpy as np
 
     base = tmp_path / "digits"
     (base / "1").mkdir(parents=True)
     shutil.copy(demo_model_path, base / "1" / "model.keras")
     server = start_server(MODEL_BASE_PATH=str(base), WORKERS="1", MODEL_POLL_S="0.2", GRPC_PORT="0")
-    images = np.random.default_rng(3).random((8_000, 8, 8, 1)).round(2)
+    images = np.random.default_rng(3).random((5_000, 8, 8, 1)).round(2)
 
     def submit(instances, path="/v1/models/digits/jobs") -> str:
         answer = requests.post(server.url + path, json={"instances": instances.tolist()}, timeout=120)
@@ -174,14 +174,14 @@ def test_jobs_running_and_queued_across_a_version_publish_finish_on_the_version_
         return requests.get(f"{server.url}/v1/jobs/{job_id}", timeout=30).json()
 
     with Clients(server.url + "/v1/models/digits:predict", {"instances": images[:1].tolist()}, count=2) as clients:
-        running, queued = submit(images), submit(images[:3000])
+        running, queued = submit(images), submit(images[:2000])
         pinned = submit(images[:100], "/v1/models/digits/versions/1/jobs")
         part = status(running)["part_instances"]
         wait_until(lambda: status(running)["progress"]["done"] >= part, what="the first job's first part")
         assert status(queued)["state"] == "queued" and status(pinned)["state"] == "queued"
         staging = base / "2.partial"
         staging.mkdir()
-        shutil.copy(demo_model_path, staging / "model.keras")
+        shutil.copy(demo_onnx_path, staging / "model.onnx")
         os.rename(staging, base / "2")  # version 2 published; under `latest`, version 1 retires
         final = ("done", "failed", "cancelled")
         for job_id in (running, queued, pinned):
@@ -193,12 +193,12 @@ def test_jobs_running_and_queued_across_a_version_publish_finish_on_the_version_
     assert second["state"] == "done" and set(second["part_versions"]) == {2}  # queued when version 1 retired
     assert third["state"] == "failed" and "named version 1, and runs on no other" in third["error"], third
     result = requests.get(f"{server.url}/v1/jobs/{running}/result", timeout=120).json()["predictions"]
-    sample = list(range(0, 8_000, 997))
+    sample = list(range(0, 5_000, 499))
     online = requests.post(
         server.url + "/v1/models/digits:predict", json={"instances": images[sample].tolist()}, timeout=60
     ).json()["predictions"]
-    assert len(result) == 8_000
-    np.testing.assert_allclose(np.array(result)[sample], np.array(online), rtol=1e-5, atol=1e-6)
+    assert len(result) == 5_000
+    np.testing.assert_allclose(np.array(result)[sample], np.array(online), rtol=1e-5, atol=1e-5)  # TF and ONNX
 
 
 @pytest.mark.parametrize("persistent", [False, True], ids=["redis-without-persistence", "redis-append-only"])

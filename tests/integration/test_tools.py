@@ -68,7 +68,7 @@ def test_timeout_sweep_reports_and_recommends(demo_onnx_path, tmp_path, footprin
 def test_bench_measures_ours_and_the_baseline(demo_model_path, tmp_path, footprint_cache):
     markdown = tmp_path / "bench.md"
     done = run(
-        "scripts/bench.py", "--model", str(demo_model_path), "--duration", "2", "--concurrency", "4",
+        "scripts/bench.py", "--model", str(demo_model_path), "--duration", "1", "--concurrency", "4",
         "--rates", "20", "--env", f"FOOTPRINT_CACHE={footprint_cache}", "WORKERS=1", "--markdown", str(markdown),
     )  # fmt: skip
     table = markdown.read_text()

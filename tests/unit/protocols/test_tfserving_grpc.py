@@ -203,11 +203,11 @@ def test_the_clients_deadline_is_the_requests_deadline(served, fake_forward):
     call = method(channel, PREDICT, messages.PredictResponse)
     error = failure(lambda: call(predict_request(rows(1, start=40)), timeout=0.3))
     assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    fake_forward.gate.set()  # the model is free again: the call, still queued, is past its deadline
     deadline = time.monotonic() + 10
     while counted("504") + counted("503") == expired_before:  # the server answers its own copy of the call
         assert time.monotonic() < deadline, "the server never gave up on the call"
         time.sleep(0.01)
-    fake_forward.gate.set()
     blocker.join(10)
     assert fake_forward.batch_sizes[before:] == [1], "the expired call was never run"
 
