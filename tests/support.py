@@ -42,21 +42,41 @@ def worker_pids(master_pid: int) -> set[int]:
     return {child.pid for child in psutil.Process(master_pid).children() if child.status() != psutil.STATUS_ZOMBIE}
 
 
-class Clients:
+class ClientThreads:
+    """`count` threads, each running `_run(its index)` until `_stop` is set. A context manager: they start on
+    entry, and are stopped and joined on exit."""
+
+    def __init__(self, count: int):
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=(index,), daemon=True) for index in range(count)]
+
+    def _run(self, index: int) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(90)
+
+
+class Clients(ClientThreads):
     """`count` clients posting `body` to `url` in a loop, counting each answer by status and by what `read` says of it.
 
-    A connection error is counted as the status "error". Use as a context manager: the clients
-    stop, and are joined, on exit.
+    A connection error is counted as the status "error".
     """
 
     def __init__(self, url: str, body: dict, count: int = 4, read: Callable[[dict], object] = lambda answer: None):
+        super().__init__(count)
         self._url, self._body, self._read = url, body, read
         self.statuses: Counter = Counter()
         self.answers: Counter = Counter()
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._loop, daemon=True) for _ in range(count)]
 
-    def _loop(self) -> None:
+    def _run(self, index: int) -> None:
         with requests.Session() as session:
             while not self._stop.is_set():
                 try:
@@ -70,16 +90,6 @@ class Clients:
 
     def total(self) -> int:
         return sum(self.statuses.values())
-
-    def __enter__(self) -> Clients:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(90)
 
 
 def rows(count: int, start: float = 0.0) -> list[list[float]]:

@@ -24,7 +24,7 @@ import pytest
 import requests
 
 from scripts.launcher import PROJECT_ROOT
-from tests.support import wait_until
+from tests.support import ClientThreads, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -40,26 +40,16 @@ class Outcomes:
     retried: int = 0
 
 
-class LoadClients:
-    """`clients` threads posting one instance each in a loop until stopped; with `retry_once`, a
-    request that fails with a connection error is sent once more (a new id), as a careful client would."""
+class LoadClients(ClientThreads):
+    """`clients` threads posting one instance each in a loop until stopped, each request on a connection and
+    with an id of its own; with `retry_once`, a request that fails with a connection error is sent once more
+    (a new id), as a careful client would."""
 
     def __init__(self, url: str, body: dict, clients: int, retry_once: bool = False):
+        super().__init__(clients)
         self.outcomes = Outcomes()
         self._url, self._body, self._retry_once = url, json.dumps(body), retry_once
-        self._stop = threading.Event()
         self._lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._run, args=(i,)) for i in range(clients)]
-
-    def __enter__(self) -> LoadClients:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(60)
 
     def _send(self, request_id: str) -> requests.Response:
         headers = {"X-Request-ID": request_id, "Connection": "close", "Content-Type": "application/json"}
