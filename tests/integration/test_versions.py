@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.support import scrape, wait_until
+from tests.support import scrape, wait_for_serving_workers, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -37,6 +37,7 @@ def test_a_new_version_takes_over_under_load_with_no_request_lost(
     server = start_server(
         MODEL_BASE_PATH=str(base), WORKERS="2", WORKER_CLASS=worker_class, MODEL_POLL_S="0.2", GRPC_PORT="0"
     )
+    wait_for_serving_workers(server.url, 2)  # both serve version 1 before version 2 is published
     statuses: Counter = Counter()
     answers: Counter = Counter()
     stop = threading.Event()
