@@ -1,7 +1,7 @@
-"""Write service/protocols/tfserving_apis.binpb: TF Serving's message descriptors, from the installed packages.
+"""Write service/tfserving_apis.binpb: TF Serving's message descriptors, from the installed packages.
 
 The server builds TF Serving's gRPC messages from this file without importing TensorFlow
-(service/protocols/tfserving_messages.py). Run again after upgrading tensorflow-serving-api;
+(service/tfserving_messages.py). Run again after upgrading tensorflow-serving-api;
 tests/scripts/test_write_tfserving_descriptors.py fails while the file is stale.
 """
 
@@ -14,12 +14,13 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-DESCRIPTORS_FILE = Path(__file__).resolve().parents[1] / "service" / "protocols" / "tfserving_apis.binpb"
+DESCRIPTORS_FILE = Path(__file__).resolve().parents[1] / "service" / "tfserving_apis.binpb"
 # The generated modules whose files, with every file they import, the set holds.
 SOURCE_MODULES = (
     "tensorflow_serving.apis.predict_pb2",
     "tensorflow_serving.apis.get_model_metadata_pb2",
     "tensorflow_serving.apis.get_model_status_pb2",
+    "tensorflow_serving.apis.model_service_pb2",  # HandleReloadConfigRequest holds a ModelServerConfig
 )
 
 

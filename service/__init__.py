@@ -6,8 +6,9 @@ __version__ = "0.1.0"
 # and no two parts import each other (tests/unit/test_layers.py). What a lower layer needs from a
 # higher one goes in as an argument, a callback or a Protocol, never as an import. docs/architecture.md.
 LAYERS = (
-    ("service", "errors", "threads", "client_numbers", "version_policy"),  # the ground: no service imports
+    ("service", "errors", "threads", "client_numbers", "version_policy", "tfserving_messages"),  # no service imports
     ("settings",),
+    ("catalog",),  # the models served, each with its settings
     ("backends",),  # a model file into a forward pass, and its footprint
     ("array_bytes",),
     ("batching",),

@@ -13,13 +13,15 @@ from service.backends.base import ServedModel, predict_each_model
 from service.batching.batcher import Batcher
 from service.batching.cost_model import CostModel, largest_paying_size
 from service.batching.policy import AdaptivePolicy, FixedTimeout, Observations
+from service.batching.turns import PassTurns
 from service.caching.result_cache import build_result_cache
+from service.catalog import served_models
 from service.errors import WsgiApp, render
 from service.jobs.service import build_jobs
 from service.operations import api_docs, health
 from service.pipeline.answers import api_error_for
 from service.pipeline.inference import PROTOCOL_KEY, ROUTE_KEY, admission_budget_s, request_timeout_s
-from service.pipeline.model_server import ModelServer
+from service.pipeline.model_server import HostedModel, ModelServer
 from service.protocols import PROTOCOLS, jobs_rest
 from service.settings import Settings, current_settings
 from service.sizing.placement import current_placement
@@ -38,36 +40,42 @@ _PROTOCOL_BLUEPRINTS = frozenset(protocol.blueprint.name for protocol in PROTOCO
 
 
 def create_app(settings: Settings | None = None, model: ServedModel | None = None) -> Flask:
-    """Build the app; without `model`, configure the model's runtime for this worker and load its versions.
+    """Build the app; without `model`, configure the runtime for this worker and load every served model's versions.
 
     Every version is warmed up at every padded batch size before the app is returned, so a
-    Gunicorn worker accepts no connection before it can serve at full speed. With
-    MODEL_BASE_PATH, a poller then serves new versions as they appear (service/versions/).
+    Gunicorn worker accepts no connection before it can serve at full speed. Each model has its
+    own batcher; with several, their passes take turns (service/batching/turns.py). A model with a
+    base path then serves its new versions as they appear (service/versions/).
     """
     settings = settings or current_settings()  # under Gunicorn: the master's, after its last SIGHUP
     if not logging.getLogger().handlers:  # under Gunicorn the master has configured it (logconfig_dict)
         logging.config.dictConfig(logs.logging_config(settings))
-    started = time.monotonic()
-    loader = VersionLoader(settings, current_placement())
-    if model is None:
-        versions = loader.initial_versions()
-        warm_up_seconds = versions.latest().warm_up_seconds
-    else:
-        warm_up_seconds = model.warm_up(repeats=5)
-        versions = ModelVersions(model.name, parse_labels(settings.model_version_labels))
-        versions.add(model.version, model.path, model, time.monotonic() - started)
-    latest = versions.latest()
-    batcher = build_batcher(settings, warm_up_seconds)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     for blueprint in (*(p.blueprint for p in PROTOCOLS), jobs_rest.blueprint, health.blueprint, api_docs.blueprint):
         app.register_blueprint(blueprint)
     app.before_request(_label_route)
     app.register_error_handler(Exception, _error_answer)
-    cache = build_result_cache(settings, latest, batcher.full_pass_seconds())
-    server = ModelServer(settings, versions, batcher, cache, ready=True)
+    if model is None:
+        models = served_models(settings)
+        turns = PassTurns(settings.concurrent_batches) if len(models) > 1 else None
+        loaders, hosted, configured = {}, {}, set()
+        for model_settings in models:
+            loader = VersionLoader(model_settings, current_placement(), configured)
+            versions = loader.initial_versions()
+            hosted[versions.name] = _hosted(model_settings, versions, versions.latest().warm_up_seconds, turns)
+            loaders[versions.name] = loader
+    else:
+        started = time.monotonic()
+        warm_up_seconds = model.warm_up(repeats=5)
+        versions = ModelVersions(model.name, parse_labels(settings.model_version_labels))
+        versions.add(model.version, model.path, model, time.monotonic() - started)
+        hosted, loaders = {model.name: _hosted(settings, versions, warm_up_seconds, None)}, {}
+    first = next(iter(hosted.values()))
+    cache = build_result_cache(settings, first.versions.latest(), first.batcher.full_pass_seconds())
+    server = ModelServer(settings, hosted, cache, ready=True)
     server.jobs = build_jobs(
-        settings, batcher, lease_model=partial(server.lease, None), on_durability=metrics.jobs_store_durability
+        settings, server.batcher_for, lease_model=server.lease, on_durability=metrics.jobs_store_durability
     )
     app.extensions["model_server"] = server
     server.jobs.runner.start()
@@ -75,14 +83,26 @@ def create_app(settings: Settings | None = None, model: ServedModel | None = Non
     for protocol in PROTOCOLS:  # each answers its inference requests before Flask, and passes the rest on
         served = protocol.endpoint(server, served)
     app.wsgi_app = outer_layers(settings, served)
-    for number in sorted(versions.numbers(VersionState.AVAILABLE)):
-        metrics.version_serving(versions.name, number, versions.get(number).load_s)
+    for hosted_model in hosted.values():
+        for number in sorted(hosted_model.versions.numbers(VersionState.AVAILABLE)):
+            metrics.version_serving(hosted_model.name, number, hosted_model.versions.get(number).load_s)
     metrics.worker_serving()
-    if settings.model_base_path:
-        server.poller = loader.poller(versions, partial(_version_available, server), partial(_version_released, server))
-        if settings.model_poll_s > 0:
-            server.poller.start(settings.model_poll_s)
+    for name, loader in loaders.items():
+        hosted_model = hosted[name]
+        if hosted_model.settings.model_base_path:
+            hosted_model.poller = loader.poller(
+                hosted_model.versions, partial(_version_available, server), partial(_version_released, server, name)
+            )
+            if settings.model_poll_s > 0:
+                hosted_model.poller.start(settings.model_poll_s)
     return app
+
+
+def _hosted(
+    settings: Settings, versions: ModelVersions, warm_up_seconds: dict[int, float], turns: PassTurns | None
+) -> HostedModel:
+    """One model as this worker serves it: its versions, and its batcher seeded by its latest version's warm-up."""
+    return HostedModel(settings, versions, build_batcher(settings, warm_up_seconds, versions.name, turns))
 
 
 def _version_available(server: ModelServer, version: ModelVersion) -> None:
@@ -96,9 +116,9 @@ def _version_available(server: ModelServer, version: ModelVersion) -> None:
     metrics.version_serving(model.name, model.version, version.load_s)
 
 
-def _version_released(server: ModelServer, version: ModelVersion) -> None:
-    server.forget_cache(version.number)
-    metrics.version_released(server.versions.name, version.number)
+def _version_released(server: ModelServer, model_name: str, version: ModelVersion) -> None:
+    server.forget_cache(model_name, version.number)
+    metrics.version_released(model_name, version.number)
 
 
 def outer_layers(settings: Settings, app: WsgiApp) -> WsgiApp:
@@ -129,8 +149,10 @@ def start_grpc(app: Flask) -> GrpcServer:
     return server.grpc
 
 
-def build_batcher(settings: Settings, warm_up_seconds: dict[int, float]) -> Batcher:
-    """The worker's batcher, sized and seeded by the warm-up probe (`ServedModel.warm_up`) of its latest version.
+def build_batcher(
+    settings: Settings, warm_up_seconds: dict[int, float], model_name: str, turns: PassTurns | None = None
+) -> Batcher:
+    """A model's batcher, sized and seeded by the warm-up probe (`ServedModel.warm_up`) of its latest version.
 
     The largest batch is the largest size the warm-up could run (on a GPU, what fits its
     memory). Under the adaptive policy a batch counts as full at the size where larger ones
@@ -144,7 +166,10 @@ def build_batcher(settings: Settings, warm_up_seconds: dict[int, float]) -> Batc
         preferred = largest_paying_size(warm_up_seconds)
     else:
         policy, preferred = FixedTimeout(settings.batch_timeout_ms / 1000), largest
-    log.info("batching: %s policy, batches up to %d instances, full at %d", settings.batch_policy, largest, preferred)
+    log.info(
+        "batching %s: %s policy, batches up to %d instances, full at %d",
+        model_name, settings.batch_policy, largest, preferred,
+    )  # fmt: skip
     return Batcher(
         predict_each_model,
         policy,
@@ -153,8 +178,10 @@ def build_batcher(settings: Settings, warm_up_seconds: dict[int, float]) -> Batc
         concurrent_batches=settings.concurrent_batches,
         preferred_batch_size=preferred,
         observations=observations,
-        observer=metrics.BatchMetrics(),
+        observer=metrics.BatchMetrics(model_name),
+        name=f"batcher-{model_name}",
         default_budget_s=admission_budget_s(settings, request_timeout_s(settings, None)),
+        turns=turns,
     )
 
 

@@ -27,11 +27,19 @@ class SettingsError(ValueError):
 
 
 def _setting(
-    default, meaning: str, unit: str = "", choices: tuple = (), minimum=None, maximum=None, reloadable: bool = False
+    default,
+    meaning: str,
+    unit: str = "",
+    choices: tuple = (),
+    minimum=None,
+    maximum=None,
+    reloadable: bool = False,
+    per_model: bool = False,
 ):
-    """One setting's declaration; `reloadable` ones take effect at a SIGHUP (in the workers it starts)."""
+    """One setting's declaration; `reloadable` ones take effect at a SIGHUP (in the workers it starts), `per_model`
+    ones may differ between the models of one server (service/catalog.py, a model's `settings.env`)."""
     metadata = {"meaning": meaning, "unit": unit, "choices": choices, "minimum": minimum, "maximum": maximum}
-    return field(default=default, metadata={**metadata, "reloadable": reloadable})
+    return field(default=default, metadata={**metadata, "reloadable": reloadable, "per_model": per_model})
 
 
 @dataclass(frozen=True)
@@ -46,6 +54,7 @@ class Settings:
         "Runtime that serves the model: `auto` chooses by the path (`.onnx`: onnx, else tensorflow); "
         "`scripts/convert_to_onnx.py` converts a Keras model or SavedModel (docs/backends.md).",
         choices=("auto", "tensorflow", "onnx"),
+        per_model=True,
     )
     model_name: str = _setting(
         "", "Name in the `/v1/models/<name>` routes; empty means the file name's stem (the base path's name)."
@@ -62,12 +71,14 @@ class Settings:
         "With `MODEL_BASE_PATH`: the versions served: `latest` (the highest), `latest:N` (the N highest), `all`, "
         "or `specific:1,3`. Requests that name no version get the highest served.",
         reloadable=True,
+        per_model=True,
     )
     model_version_labels: str = _setting(
         "",
         "Version labels, e.g. `stable=1,canary=2`, routable as `/v1/models/<name>/labels/<label>:predict` and "
         "in gRPC's `version_label`; a label whose version is not served answers 404.",
         reloadable=True,
+        per_model=True,
     )
     model_poll_s: float = _setting(
         1.0,
@@ -76,6 +87,18 @@ class Settings:
         "s",
         minimum=0,
         reloadable=True,
+    )
+    model_config_file: str = _setting(
+        "",
+        "TF Serving's model config file (`model_config_list { config { name base_path ... } }`, text format): "
+        "serve every model it lists, each in the versions layout of `MODEL_BASE_PATH` (docs/models.md). "
+        "Replaces `MODEL_PATH` and `MODEL_BASE_PATH`; empty means one model.",
+    )
+    model_repository: str = _setting(
+        "",
+        "Triton's model repository: a directory whose subdirectories are models, each named by its directory and in "
+        "the versions layout of `MODEL_BASE_PATH` (docs/models.md). Replaces `MODEL_PATH` and `MODEL_BASE_PATH`; "
+        "empty means one model.",
     )
 
     # Network and processes
@@ -160,12 +183,14 @@ class Settings:
         "When a partial batch is sent: `fixed` after `BATCH_TIMEOUT_MS`; `adaptive` when waiting for the requests "
         "it expects stops saving latency, from the pass costs and arrivals it measures (docs/design.md).",
         choices=("fixed", "adaptive"),
+        per_model=True,
     )
     max_batch_size: int = _setting(
         32,
         "Most instances in one forward pass; on a GPU the warm-up may lower it to what fits.",
         "instances",
         minimum=1,
+        per_model=True,
     )
     batch_timeout_ms: float = _setting(
         1.0,
@@ -173,6 +198,7 @@ class Settings:
         "ms",
         minimum=0,
         reloadable=True,
+        per_model=True,
     )
     latency_slo_ms: float = _setting(
         0.0,
@@ -183,9 +209,12 @@ class Settings:
         "ms",
         minimum=0,
         reloadable=True,
+        per_model=True,
     )
     batch_sizes: str = _setting(
-        "", "Padded batch sizes compiled and warmed up, comma-separated; empty means powers of two up to the maximum."
+        "",
+        "Padded batch sizes compiled and warmed up, comma-separated; empty means powers of two up to the maximum.",
+        per_model=True,
     )
     concurrent_batches: int = _setting(
         2,
@@ -193,9 +222,14 @@ class Settings:
         "batches",
         minimum=1,
         maximum=8,
+        per_model=True,
     )
     max_queue: int = _setting(
-        256, "Instances waiting in one worker's queue before new requests get 503.", "instances", minimum=1
+        256,
+        "Instances waiting in one worker's queue before new requests get 503.",
+        "instances",
+        minimum=1,
+        per_model=True,
     )
     request_timeout_ms: float = _setting(
         0.0,
@@ -204,6 +238,7 @@ class Settings:
         "ms",
         minimum=0,
         reloadable=True,
+        per_model=True,
     )
     max_body_bytes: int = _setting(10 * 1024 * 1024, "Largest request body accepted (413 beyond).", "bytes", minimum=1)
     max_request_instances: int = _setting(
@@ -213,6 +248,7 @@ class Settings:
         "once.",
         "instances",
         minimum=1,
+        per_model=True,
     )
     api_keys: str = _setting(
         "",
@@ -323,6 +359,9 @@ class Settings:
             parse_labels(self.model_version_labels)
         except LayoutError as error:
             raise SettingsError(str(error)) from None
+        sources = [name for name in _MODEL_SOURCES if getattr(self, name.lower())]
+        if len(sources) > 1:
+            raise SettingsError(f"{' and '.join(sources)} are set together: set one of them, the models to serve")
         if self.grpc_port == self.port:
             raise SettingsError(f"GRPC_PORT={self.grpc_port} is PORT too; give gRPC its own port, or 0 to turn it off")
         self.padded_batch_sizes()  # validates BATCH_SIZES
@@ -331,6 +370,10 @@ class Settings:
     def served_model_name(self) -> str:
         if self.model_name:
             return self.model_name
+        if self.model_config_file:  # several models: the jobs' file and queue are named after their config
+            return Path(self.model_config_file).stem
+        if self.model_repository:
+            return Path(self.model_repository.rstrip("/")).name
         if self.model_base_path:
             return Path(self.model_base_path.rstrip("/")).name
         return Path(self.model_path.rstrip("/")).stem
@@ -384,6 +427,9 @@ class Settings:
             size *= 2
         sizes.append(self.max_batch_size)
         return tuple(sizes)
+
+
+_MODEL_SOURCES = ("MODEL_CONFIG_FILE", "MODEL_REPOSITORY", "MODEL_BASE_PATH")
 
 
 def _check(spec: dataclasses.Field, value) -> None:
@@ -452,6 +498,22 @@ def _read_settings_file(path: str) -> dict[str, object]:
     return values
 
 
+PER_MODEL = frozenset(spec.name for spec in dataclasses.fields(Settings) if spec.metadata["per_model"])
+
+
+def read_model_settings(path: str | os.PathLike) -> dict[str, object]:
+    """The settings one model's `settings.env` sets, in SETTINGS_FILE's format: only `per_model` ones may be set.
+
+    Raises SettingsError naming the file, the line and the setting.
+    """
+    values = _read_settings_file(str(path))
+    others = sorted(name.upper() for name in values if name not in PER_MODEL)
+    if others:
+        allowed = ", ".join(sorted(name.upper() for name in PER_MODEL))
+        raise SettingsError(f"{path}: {', '.join(others)} cannot differ between models; a model may set {allowed}")
+    return values
+
+
 def reload_settings(current: Settings, environ: Mapping[str, str] | None = None) -> tuple[Settings, list[str]]:
     """At a SIGHUP: `current` with the reloadable settings read again; and the names of the others that changed.
 
@@ -494,6 +556,8 @@ def settings_table() -> str:
     for spec in dataclasses.fields(Settings):
         default = f"`{spec.default}`" if spec.default != "" else "(empty)"
         meaning = ("↻ " if spec.metadata["reloadable"] else "") + spec.metadata["meaning"]
+        if spec.metadata["per_model"]:
+            meaning += " Per model (docs/models.md)."
         if spec.metadata["choices"]:
             meaning += " One of: " + ", ".join(f"`{choice}`" for choice in spec.metadata["choices"]) + "."
         rows.append(f"| `{spec.name.upper()}` | {default} | {spec.metadata['unit']} | {meaning} |")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from hypothesis import strategies as st
 
-from service.protocols.tfserving_messages import DataType, PredictRequest
+from service.tfserving_messages import DataType, PredictRequest
 
 # Dimensions as a client may declare them: small, or as large as int64 goes.
 dims = st.one_of(st.integers(0, 8), st.integers(0, 2**63 - 1), st.sampled_from([2**20, 2**31, 2**40, 2**62]))

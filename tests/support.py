@@ -1,7 +1,11 @@
-"""Helpers the tests share: polling with a deadline, a server's workers, and clients that keep a server busy."""
+"""Helpers the tests share: polling with a deadline, a server's workers, clients that keep a server busy, its metrics
+scraped, and the README's examples run."""
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -145,3 +149,34 @@ def wait_for_serving_workers(url: str, count: int, timeout_s: float = 120.0) -> 
             return samples
         time.sleep(0.2)  # polling interval
     pytest.fail(f"{count} workers were not serving within {timeout_s:.0f} s")
+
+
+def one_model(batcher, name: str = "m"):
+    """A `batcher_for` (service/jobs/runner.py) of one model named `name`: its batcher, NotFound for any other."""
+    from service.errors import NotFound
+
+    def batcher_for(model: str):
+        if model != name:
+            raise NotFound(f"model {model!r} is not served here; this server serves {name!r}")
+        return batcher
+
+    return batcher_for
+
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def run_readme_block(marker: str, server, replacements: dict[str, str] | None = None) -> list[str]:
+    """The README's shell or Python block marked `<!-- run by tests/integration/test_readme.py{marker} -->`,
+    run on `server` (with `replacements` made in its text)."""
+    pattern = rf"<!-- run by tests/integration/test_readme.py{re.escape(marker)} -->\n```(?P<language>sh|python)\n"
+    block = re.search(pattern + r"(?P<script>.*?)```", README.read_text(), re.S)
+    assert block, f"the README lost its example{marker}"
+    script = block["script"].replace("localhost:8000", server.url.removeprefix("http://"))
+    script = script.replace("localhost:8500", server.grpc_target)
+    for old, new in (replacements or {}).items():
+        script = script.replace(old, new)
+    command = ["bash", "-c", script] if block["language"] == "sh" else [sys.executable, "-c", script]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.splitlines()

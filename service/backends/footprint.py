@@ -43,6 +43,19 @@ class Footprint:
         """What each worker process costs: every worker imports the runtime and loads the model."""
         return self.runtime_bytes + self.model_bytes
 
+    @classmethod
+    def together(cls, parts: list[tuple[str, Footprint]]) -> Footprint:
+        """The footprint of a worker serving several models, from each one's and its runtime's name: each runtime
+        is imported once (the largest measurement of it counts), and every model is loaded."""
+        runtimes: dict[str, int] = {}
+        for runtime, footprint in parts:
+            runtimes[runtime] = max(runtimes.get(runtime, 0), footprint.runtime_bytes)
+        return cls(
+            sum(runtimes.values()),
+            sum(footprint.model_bytes for _, footprint in parts),
+            cached=all(footprint.cached for _, footprint in parts),
+        )
+
 
 def model_digest(path: str) -> str:
     """SHA-256 over the model's files (one `.keras` file or a SavedModel directory tree).

@@ -30,6 +30,7 @@ import logging
 import queue
 import time
 from collections.abc import Callable, Collection, Sequence
+from contextlib import nullcontext
 from typing import Any
 
 from service.batching.admission import Admission
@@ -45,6 +46,7 @@ from service.batching.requests import (
     PendingRequest,
     QueueFull,
 )
+from service.batching.turns import PassTurns
 from service.threads import Completion, OsThread, new_completion, new_lock, new_queue
 
 log = logging.getLogger(__name__)
@@ -69,17 +71,21 @@ class Batcher:
         clock: Callable[[], float] = time.monotonic,
         name: str = "batcher",
         default_budget_s: float | None = None,
+        turns: PassTurns | None = None,
     ):
         """`max_batch_size` bounds a request and a batch; a batch counts as full at `preferred_batch_size`.
 
         `observations` is told of every arrival and pass (the adaptive policy and admission decide
         from its cost model); `observer` of every change of the queue and every pass's outcome.
         `default_budget_s` (REQUEST_TIMEOUT_MS, else LATENCY_SLO_MS) is what `admits` counts by.
+        With `turns` (a worker serving several models), each pass runs in a turn taken as `name` (turns.py).
         """
         preferred_batch_size = preferred_batch_size or max_batch_size
         if not 1 <= preferred_batch_size <= max_batch_size <= max_queue or concurrent_batches < 1:
             raise ValueError("need 1 <= preferred_batch_size <= max_batch_size <= max_queue, concurrent_batches >= 1")
         self._predict = predict
+        self.name = name
+        self._turns = turns
         self.policy = policy
         self.observations = observations
         self._observer = observer
@@ -277,7 +283,8 @@ class Batcher:
                         self._admits = self.admission.admitted_in_time(self._clock())  # waits now behind this pass
             self._tell_room_listeners()  # a batch left the queue; `admits` counts its pass
             if batch:
-                size, seconds = self._run_batch(batch, reason)
+                with self._turns.turn(self.name) if self._turns is not None else nullcontext():
+                    size, seconds = self._run_batch(batch, reason)
                 with self._lock:
                     self._last_pass_ended_at = self._clock()
                     del self._expected_ends[started]

@@ -51,8 +51,9 @@ PASSES_PER_PART = 16  # a part is this many full batches: stored at once, and lo
 IDLE_POLL_S = 0.25
 
 
-# version (None: the latest) -> the model version, held while a part runs; NotFound when none serves
-ModelLease = Callable[[int | None], AbstractContextManager[ServedModel]]
+# (model, version: None for the latest) -> the model version, held while a part runs; NotFound when none serves
+ModelLease = Callable[[str, int | None], AbstractContextManager[ServedModel]]
+BatcherFor = Callable[[str], Batcher]  # a model's name -> the batcher its parts run through; NotFound when not served
 
 
 class JobCannotRun(Exception):
@@ -60,22 +61,23 @@ class JobCannotRun(Exception):
 
 
 class JobRunner:
-    """`lease_model(version)` holds the model version a part runs on while it runs (None: the batcher's
-    forward pass takes plain arrays, and a part is said to be computed by the job's version).
+    """A job's parts run through its model's batcher (`batcher_for(model)`); `lease_model(model, version)` holds
+    the version a part runs on while it runs (None: the batcher's forward pass takes plain arrays, and a part is
+    said to be computed by the job's version).
     """
 
     def __init__(
         self,
         store,
         queue: JobQueue,
-        batcher: Batcher,
+        batcher_for: BatcherFor,
         lease_s: float,
         keep_s: float,
         clock=wall_clock,
         lease_model: ModelLease | None = None,
         on_durability: Callable[[Durability], None] = lambda durability: None,
     ):
-        self._store, self._queue, self._batcher = store, queue, batcher
+        self._store, self._queue, self._batcher_for = store, queue, batcher_for
         self._lease_model = lease_model
         self._on_durability = on_durability
         self._durability: Durability | None = None
@@ -85,9 +87,9 @@ class JobRunner:
         self._woken = threading.Event()  # made in the worker, so a greenlet's event under gevent
         queue.handler = self.run
 
-    @property
-    def part_instances(self) -> int:
-        return PASSES_PER_PART * self._batcher.preferred_batch_size
+    def part_instances(self, model: str) -> int:
+        """The instances in each part of a job on `model`: PASSES_PER_PART of its full batches."""
+        return PASSES_PER_PART * self._batcher_for(model).preferred_batch_size
 
     def start(self) -> None:
         spawn(self._loop, "job-runner")
@@ -206,10 +208,11 @@ class JobRunner:
         """One part through the batcher at job priority, its distinct instances computed once; and its version."""
         unique = unique_instances(rows, count)
         with self._lease_for(job) as model:
+            batcher = self._batcher_for(job.model)  # its model is served: `_lease_for` said so
             payload_of = partial(ModelInputs, model) if model is not None else lambda part: part
             work = BackgroundWork(unique.inputs, unique.count, JOB_PRIORITY, payload_of=payload_of)
-            self._batcher.submit_background(work)
-            outcome = self._wait(job, work, count, unique.count, done_before)
+            batcher.submit_background(work)
+            outcome = self._wait(job, work, batcher, count, unique.count, done_before)
             version = model.version if model is not None else job.version
         if unique.positions is None:
             return outcome.result, version
@@ -219,26 +222,32 @@ class JobRunner:
     def _lease_for(self, job: JobRecord) -> Iterator[ServedModel | None]:
         """The job's version while it serves; once retired, the latest (unless the job named its version)."""
         if self._lease_model is None:
+            try:
+                self._batcher_for(job.model)
+            except NotFound as gone:
+                raise JobCannotRun(f"{gone.message}: the job's model is no longer served") from None
             yield None
             return
         with ExitStack() as held:
             try:
-                model = held.enter_context(self._lease_model(job.version))
+                model = held.enter_context(self._lease_model(job.model, job.version))
             except NotFound as retired:
                 if job.pinned:
                     message = f"{retired.message}; this job named version {job.version}, and runs on no other"
                     raise JobCannotRun(message) from None
                 try:
-                    model = held.enter_context(self._lease_model(None))
+                    model = held.enter_context(self._lease_model(job.model, None))
                 except NotFound as gone:
                     raise JobCannotRun(f"{gone.message}: the job's model is no longer served") from None
                 log.debug("job %s: version %d is retired; a part runs on %d", job.id, job.version, model.version)
             yield model
 
-    def _wait(self, job: JobRecord, work: BackgroundWork, count: int, unique_count: int, done_before: int):
+    def _wait(
+        self, job: JobRecord, work: BackgroundWork, batcher: Batcher, count: int, unique_count: int, done_before: int
+    ):
         while True:
             try:
-                return work.wait(max(self._batcher.full_pass_seconds(), 0.001))
+                return work.wait(max(batcher.full_pass_seconds(), 0.001))
             except TimeoutError:  # a pass went by: renew the claim, and stop if the job was cancelled
                 if not self._renew(job, done_before + work.done * count // unique_count):
                     work.cancel()

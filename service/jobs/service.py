@@ -17,12 +17,11 @@ import redis
 
 from service.array_bytes import decode_arrays, encode_arrays
 from service.backends.base import Arrays
-from service.batching.batcher import Batcher
 from service.errors import Conflict, Gone, NotFound, ServiceUnavailable
 from service.jobs import records
 from service.jobs.queue import JobQueue
 from service.jobs.records import CANCELLED, DONE, FINAL_STATES, JobRecord, generation_of
-from service.jobs.runner import JobRunner, ModelLease
+from service.jobs.runner import BatcherFor, JobRunner, ModelLease
 from service.jobs.stores import (
     SQLITE_BUSY_TIMEOUT_S,
     Durability,
@@ -47,7 +46,7 @@ class Jobs:
         """Store a job and queue it; its record. A `pinned` job runs on `version` only (its request named it)."""
         with self._reachable("the job was not queued"):
             job = JobRecord.new(
-                model, version, layout, count, self.runner.part_instances, priority, wall_clock(),
+                model, version, layout, count, self.runner.part_instances(model), priority, wall_clock(),
                 generation=self.store.generation(), pinned=pinned,
             )  # fmt: skip
             self.store.add(job, encode_arrays(inputs))
@@ -110,11 +109,13 @@ class Jobs:
 
 def build_jobs(
     settings: Settings,
-    batcher: Batcher,
+    batcher_for: BatcherFor,
     lease_model: ModelLease | None = None,
     on_durability: Callable[[Durability], None] = lambda durability: None,
 ) -> Jobs:
     """The worker's jobs: in Redis when REDIS_URL is set, else in the SQLite file JOBS_DB; its runner not started.
+
+    A job's parts run through its model's batcher (`batcher_for`), on the version `lease_model` holds.
 
     `on_durability` is told how durable the store is at start and whenever that changes.
     """
@@ -125,7 +126,7 @@ def build_jobs(
         store = SqliteJobStore(settings.jobs_db_path)
     queue = JobQueue(settings)
     runner = JobRunner(
-        store, queue, batcher, settings.job_lease_s, settings.job_results_ttl_s,
+        store, queue, batcher_for, settings.job_lease_s, settings.job_results_ttl_s,
         lease_model=lease_model, on_durability=on_durability,
     )  # fmt: skip
     return Jobs(store, queue, runner, settings)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import orjson
 import swagger_ui
-from flask import Blueprint, Response, current_app
+from flask import Blueprint, Response, current_app, request
 
 from service.operations.openapi import openapi_document
 from service.web.auth import OPEN_PATHS, parse_api_keys
@@ -40,18 +40,19 @@ window.onload = () => {{ window.ui = SwaggerUIBundle({{url: "/openapi.json", dom
 
 @blueprint.get("/openapi.json")
 def openapi_json():
-    """The API of this server, with the served model's instance and prediction shapes."""
+    """The API of this server, with one served model's instance and prediction shapes: `?model=<name>`, else the
+    sole model or the first configured."""
     server = current_app.extensions["model_server"]
-    model = server.model
+    hosted = _documented(server)
+    model = hosted.versions.latest()
     open_paths = OPEN_PATHS if parse_api_keys(server.settings.api_keys) else None
-    settings = server.settings
     document = openapi_document(
         model.name,
         model.version,
         model.signature,
-        settings.max_request_instances,
+        hosted.settings.max_request_instances,
         open_paths,
-        settings.max_job_instances,
+        server.settings.max_job_instances,
     )
     return Response(orjson.dumps(document), mimetype="application/json")
 
@@ -59,5 +60,11 @@ def openapi_json():
 @blueprint.get("/docs")
 @blueprint.get("/docs/")
 def docs_page():
-    model = current_app.extensions["model_server"].model
+    model = _documented(current_app.extensions["model_server"])
     return Response(_PAGE.format(title=f"{model.name} model server API"), mimetype="text/html")
+
+
+def _documented(server):
+    """The model the document describes: `?model=<name>` (404 when not served), else the sole or first one."""
+    name = request.args.get("model")
+    return server.hosted(name) if name else next(iter(server.models.values()))

@@ -26,20 +26,31 @@ def readyz():
         return json_response(
             {"status": "not ready", "error": "the model is loading or the worker is shutting down"}, 503
         )
-    try:  # shed: while a request would be refused, let the load balancer send work elsewhere
-        state.batcher.check_room(1, state.settings.latency_slo_s)
-    except (QueueFull, DeadlineUnreachable) as error:
-        return json_response({"status": "overloaded", "error": f"a new request would be refused: {error}"}, 503)
-    return json_response({"status": "ready", "model": state.model.name, "version": state.model.version})
+    refusals = {}
+    for hosted in state.models.values():  # shed: while every model would refuse, send work elsewhere
+        try:
+            hosted.batcher.check_room(1, hosted.settings.latency_slo_s)
+        except (QueueFull, DeadlineUnreachable) as error:
+            refusals[hosted.name] = str(error)
+    if len(refusals) == len(state.models):
+        reasons = "; ".join(f"{name}: {reason}" for name, reason in refusals.items())
+        return json_response({"status": "overloaded", "error": f"a new request would be refused: {reasons}"}, 503)
+    latest = {name: hosted.versions.latest().version for name, hosted in state.models.items()}
+    sole = {"model": next(iter(latest)), "version": next(iter(latest.values()))} if len(latest) == 1 else {}
+    return json_response({"status": "ready", **sole, "models": latest})
 
 
 @blueprint.get("/stats")
 def stats():
-    """This worker's batching: its policy, what it has learned and why it sent its batches (per worker, not summed)."""
+    """This worker's batching per model: its policy, what it has learned and why it sent its batches (per worker,
+    not summed). The sole model's is also at the top level."""
     state = current_server()
-    return json_response(
-        {"pid": os.getpid(), "model": state.model.name, "version": state.model.version, **state.batcher.describe()}
-    )
+    models = {
+        name: {"version": hosted.versions.latest().version, **hosted.batcher.describe()}
+        for name, hosted in state.models.items()
+    }
+    sole = {"model": next(iter(models)), **next(iter(models.values()))} if len(models) == 1 else {}
+    return json_response({"pid": os.getpid(), **sole, "models": models})
 
 
 @blueprint.get("/metrics")

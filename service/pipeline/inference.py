@@ -30,6 +30,7 @@ from service.telemetry import metrics
 ROUTE_KEY = "model_server.route"  # the route template, set by whoever matched the path
 PROTOCOL_KEY = "model_server.protocol"  # the protocol of the route matched
 BATCH_SIZE_KEY = "model_server.batch_size"  # instances in the request's forward pass
+MODEL_KEY = "model_server.model"  # (name, version) of the model version that served it
 REFUSED_KEY = "model_server.refused"  # why it was refused unrun; refusals get no access line
 BODY_KEY = "service.request_body"  # the body, once read
 
@@ -121,12 +122,14 @@ class InferenceEndpoint:
             raise MethodNotAllowed(f"{environ['REQUEST_METHOD']} is not allowed here; inference takes POST", "POST")
         target = self.refine_target(target, environ)
         with self._server.lease(target.model_name, target.version, target.label) as model:  # released once answered
+            environ[MODEL_KEY] = (model.name, model.version)
             return self._infer_with(model, environ, received_at)
 
     def _infer_with(self, model: ServedModel, environ: dict, received_at: float) -> tuple[bytes, dict[str, str]]:
         server = self._server
-        timeout_s = request_timeout_s(server.settings, environ.get("HTTP_X_REQUEST_TIMEOUT_MS"))
-        budget_s = admission_budget_s(server.settings, timeout_s)
+        settings = server.settings_for(model)
+        timeout_s = request_timeout_s(settings, environ.get("HTTP_X_REQUEST_TIMEOUT_MS"))
+        budget_s = admission_budget_s(settings, timeout_s)
         if not server.ready:
             raise NotReady
         cache, body = server.cache_for(model), None
@@ -137,14 +140,15 @@ class InferenceEndpoint:
                 metrics.predicted(model.name, model.version, kept[1])
                 return kept[0], {"X-Batch-Size": "0"}
         # Before the body is decoded: a refusal under overload must cost far less than the work.
-        server.batcher.check_room(1, budget_s)
+        batcher = server.batcher_for(model.name)
+        batcher.check_room(1, budget_s)
         if body is None:
             body = self.body(environ)
         decoded = self.decode(body, environ, model)
         spent_s = time.monotonic() - received_at  # reading and decoding the body took some of the time allowed
         with forward_pass_failures():
             outcome = predict_instances(
-                server.batcher,
+                batcher,
                 cache,
                 decoded.inputs,
                 decoded.count,
@@ -155,7 +159,7 @@ class InferenceEndpoint:
         environ[BATCH_SIZE_KEY] = outcome.batch_size
         answer, headers = self.encode(decoded, outcome.result, model)
         metrics.predicted(model.name, model.version, decoded.count)
-        wholly_cached = outcome.batch_size == 0 and decoded.count <= server.batcher.max_batch_size
+        wholly_cached = outcome.batch_size == 0 and decoded.count <= batcher.max_batch_size
         if cache is not None and wholly_cached and not headers:  # JSON answers only: binary ones have headers
             cache.keep_answer(self.protocol, body, answer, decoded.count)  # seen twice: likely to be seen again
         return answer, {**headers, "X-Batch-Size": str(outcome.batch_size)}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -29,43 +30,72 @@ class CallServer(Protocol):
 
 
 @dataclass
-class ModelServer:
-    """One worker's model versions, its batcher and result cache (None when off).
-
-    `ready` is true between warm-up and shutdown. The batcher is the worker's, whatever the
-    version: each queued request names the version that runs it (service/backends/base.py, ModelInputs).
-    """
+class HostedModel:
+    """One model a worker serves: its settings (the server's, with its own per-model ones: service/catalog.py),
+    its versions, its batcher (its queue and batching policy), and with a base path the poller of its versions."""
 
     settings: Settings
     versions: ModelVersions
     batcher: Batcher
+    poller: VersionPoller | None = None
+
+    @property
+    def name(self) -> str:
+        return self.versions.name
+
+
+@dataclass
+class ModelServer:
+    """One worker's models by name, its result cache (None when off), jobs and gRPC server.
+
+    `ready` is true between warm-up and shutdown. Each model's batcher is that model's, whatever
+    the version: each queued request names the version that runs it (service/backends/base.py,
+    ModelInputs). With several models their passes take turns (service/batching/turns.py).
+    """
+
+    settings: Settings
+    models: dict[str, HostedModel]
     cache: ResultCache | None = None
     jobs: Jobs | None = None
     grpc: CallServer | None = None  # started in the worker after the app (service/web/grpc_server.py)
-    poller: VersionPoller | None = None  # with MODEL_BASE_PATH: new versions without a restart
     ready: bool = False
     refusals: RefusalSummary = field(default_factory=RefusalSummary)
     _caches: dict = field(default_factory=dict, repr=False)
 
     @property
-    def model(self) -> ServedModel:
-        """The version requests naming none are served by: the latest available."""
-        return self.versions.latest()
+    def sole(self) -> HostedModel | None:
+        """The model, when the server serves one; None when it serves several."""
+        return next(iter(self.models.values())) if len(self.models) == 1 else None
+
+    def hosted(self, name: str | None) -> HostedModel:
+        """The model named `name` (None: the sole one); NotFound saying what is served."""
+        model = self.sole if name is None else self.models.get(name)
+        if model is None:
+            served = ", ".join(repr(served) for served in self.models)
+            what = f"model {name!r} is not served here" if name is not None else "a request must name its model"
+            raise NotFound(f"{what}; this server serves {served}")
+        return model
 
     def model_for(self, name: str | None, version: int | None, label: str | None = None) -> ServedModel:
-        """The version of the served model that `name` and `version` or `label` (neither: the latest) designate.
+        """The version of model `name` that `version` or `label` (neither: the latest) designate.
 
-        NotFound saying what is served, for another model or a version not available.
+        NotFound saying what is served, for a model not served or a version not available.
         """
-        self.check_name(name)
-        return self.versions.serving(version, label)
+        return self.hosted(name).versions.serving(version, label)
 
     @contextmanager
     def lease(self, name: str | None, version: int | None, label: str | None = None) -> Iterator[ServedModel]:
         """`model_for`'s version, kept from being released until the request that leased it is answered."""
-        self.check_name(name)
-        with self.versions.lease(version, label) as model:
+        with self.hosted(name).versions.lease(version, label) as model:
             yield model
+
+    def settings_for(self, model: ServedModel) -> Settings:
+        """The settings a version of a served model is served with: the server's, with the model's own."""
+        return self.models[model.name].settings
+
+    def batcher_for(self, name: str) -> Batcher:
+        """The batcher of model `name` (a job's, a leased version's); NotFound when it is not served."""
+        return self.hosted(name).batcher
 
     def cache_for(self, model: ServedModel) -> ResultCache | None:
         """The result cache's view for one version: the answers of no other version are read or written."""
@@ -76,25 +106,22 @@ class ModelServer:
             self._caches[key] = self.cache.for_model(identity_of(model, self.settings.model_path))
         return self._caches[key]
 
-    def forget_cache(self, version: int) -> None:
+    def forget_cache(self, name: str, version: int) -> None:
         """Drop the cache's view of a released version (its answers age out of the tiers)."""
-        self._caches = {key: view for key, view in self._caches.items() if key[1] != version}
-
-    def check_name(self, name: str | None) -> None:
-        """NotFound unless `name` (None: any) is the served model's."""
-        if name is not None and name != self.versions.name:
-            raise NotFound(f"model {name!r} is not served here; this server serves {self.versions.name!r}")
+        self._caches = {key: view for key, view in self._caches.items() if key[:2] != (name, version)}
 
     def close(self) -> bool:
         """Stop taking requests and answer every accepted one; True if done within the graceful timeout."""
-        if self.poller is not None:
-            self.poller.stop(self.settings.graceful_timeout_s)
+        for model in self.models.values():
+            if model.poller is not None:
+                model.poller.stop(self.settings.graceful_timeout_s)
         # gRPC first: it takes no new call from now on, and the calls it has taken are still admitted.
         grpc_stopped = self.grpc.stop(self.settings.graceful_timeout_s) if self.grpc is not None else None
         self.ready = False
         if self.jobs is not None:
             self.jobs.runner.stop()
-        closed = self.batcher.close(timeout_s=self.settings.graceful_timeout_s)
+        deadline = time.monotonic() + self.settings.graceful_timeout_s
+        closed = all([model.batcher.close(max(0.0, deadline - time.monotonic())) for model in self.models.values()])
         if grpc_stopped is not None:
             closed = grpc_stopped(self.settings.graceful_timeout_s) and closed
         self.refusals.flush()

@@ -22,7 +22,7 @@ import numpy as np
 from service.backends.signature import TF_DTYPE_ENUMS, TensorInfo
 from service.errors import BadRequest
 from service.protocols.tfserving_codec import check_count
-from service.protocols.tfserving_messages import DataType, TensorProto
+from service.tfserving_messages import DataType, TensorProto
 
 # TF's dtype enum for each dtype the server takes, and the typed field its values may be listed in.
 ENUM_OF = {dtype: DataType.Value(enum) for dtype, enum in TF_DTYPE_ENUMS.items() if dtype != "bfloat16"}

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
 
+from service import tfserving_messages as messages
 from service.backends.base import Arrays, ServedModel
 from service.backends.signature import ModelSignature
 from service.errors import BadRequest, NotFound, WsgiApp, render, write_json
@@ -24,7 +25,6 @@ from service.pipeline.answers import api_error_for
 from service.pipeline.body import read_body
 from service.pipeline.inference import PROTOCOL_KEY, ROUTE_KEY, InferenceEndpoint, InferenceTarget
 from service.pipeline.model_server import ModelServer
-from service.protocols import tfserving_messages as messages
 from service.protocols.tensor_proto import from_array, to_array
 from service.protocols.tfserving_codec import check_count
 from service.protocols.tfserving_rest import describe_status
@@ -69,7 +69,7 @@ class PredictCall(InferenceEndpoint):
 
     def decode(self, body: bytes, environ: dict, model: ServedModel) -> DecodedPredict:
         request = environ[PARSED_REQUEST_KEY]
-        settings = self._server.settings
+        settings = self._server.settings_for(model)
         return decode_predict(request, model.signature, settings.max_request_instances, settings.max_body_bytes)
 
     def encode(self, decoded: DecodedPredict, result: Arrays, model: ServedModel) -> tuple[bytes, dict[str, str]]:

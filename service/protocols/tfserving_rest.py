@@ -58,7 +58,9 @@ class PredictEndpoint(InferenceEndpoint):
     match_inference = staticmethod(match_inference)
 
     def decode(self, body: bytes, environ: dict, model: ServedModel) -> DecodedRequest:
-        return decode_request(body, model.signature, self._server.settings.max_request_instances, TakeTurns())
+        return decode_request(
+            body, model.signature, self._server.settings_for(model).max_request_instances, TakeTurns()
+        )
 
     def encode(self, decoded: DecodedRequest, result: Arrays, model: ServedModel) -> tuple[bytes, dict[str, str]]:
         return orjson.dumps(encode_response(result, decoded.layout)), {}
@@ -80,6 +82,13 @@ def _register_converter(state) -> None:
     state.app.url_map.converters["model_name"] = ModelNameConverter
 
 
+@blueprint.get("/v1/models")
+def models():
+    """Every served model with its versions' statuses (TF Serving has no such route; its users script one)."""
+    server = current_server()
+    return json_response({"models": [{"name": name, **describe_status(server, name, None)} for name in server.models]})
+
+
 @blueprint.get("/v1/models/<model_name:name>")
 @blueprint.get("/v1/models/<model_name:name>/versions/<int:version>")
 @blueprint.get("/v1/models/<model_name:name>/labels/<label>")
@@ -93,10 +102,10 @@ def describe_status(server: ModelServer, name: str | None, version: int | None, 
     A version that failed to load is in END with its error. Once the worker shuts down (it
     admits nothing more), the versions it served read UNLOADING.
     """
-    server.check_name(name)
+    versions = server.hosted(name).versions
     if label is not None:
-        version = server.versions.version_of(label)
-    statuses = server.versions.statuses(version)
+        version = versions.version_of(label)
+    statuses = versions.statuses(version)
     if not server.ready:
         for status in statuses:
             if status["state"] == "AVAILABLE":

@@ -42,7 +42,9 @@ class InferEndpoint(InferenceEndpoint):
 
     def decode(self, body: bytes, environ: dict, model: ServedModel) -> InferRequest:
         header_length = environ.get("HTTP_INFERENCE_HEADER_CONTENT_LENGTH")
-        return decode_infer_request(body, header_length, model.signature, self._server.settings.max_request_instances)
+        return decode_infer_request(
+            body, header_length, model.signature, self._server.settings_for(model).max_request_instances
+        )
 
     def encode(self, decoded: InferRequest, result: Arrays, model: ServedModel) -> tuple[bytes, dict[str, str]]:
         body, header_length = encode_infer_response(model.name, model.version, decoded, result)
@@ -71,6 +73,21 @@ def server_metadata():
     return json_response({"name": "tf-model-server", "version": __version__, "extensions": list(EXTENSIONS)})
 
 
+@blueprint.post("/v2/repository/index")
+def repository_index():
+    """Triton's model repository index: every version of every model, with its state (READY, or why not)."""
+    server = current_server()
+    index = []
+    for name, hosted in server.models.items():
+        for status in hosted.versions.statuses(None):
+            ready = status["state"] == "AVAILABLE" and server.ready
+            entry = {"name": name, "version": status["version"], "state": "READY" if ready else "UNAVAILABLE"}
+            if not ready:
+                entry["reason"] = status["status"]["error_message"] or status["state"]
+            index.append(entry)
+    return json_response(index)
+
+
 @blueprint.get("/v2/models/<name>")
 @blueprint.get("/v2/models/<name>/versions/<int:version>")
 def model_metadata(name: str, version: int | None = None):
@@ -83,7 +100,9 @@ def model_metadata(name: str, version: int | None = None):
     return json_response(
         {
             "name": model.name,
-            "versions": [str(number) for number in sorted(server.versions.numbers(VersionState.AVAILABLE))],
+            "versions": [
+                str(number) for number in sorted(server.hosted(name).versions.numbers(VersionState.AVAILABLE))
+            ],
             "platform": model.platform,
             "inputs": tensors(model.signature.inputs),
             "outputs": tensors(model.signature.outputs),

@@ -17,7 +17,9 @@ import socket
 import tempfile
 from pathlib import Path
 
+from service.backends import backend_for
 from service.backends.footprint import Footprint, FootprintError, measure_footprint
+from service.catalog import served_models
 from service.settings import Settings, SettingsError, load_settings, use_settings
 from service.sizing import readiness
 from service.sizing.gpu import discover_gpus, pin_visible_gpu
@@ -50,20 +52,34 @@ def configure_master() -> tuple[Settings, WorkerPlan]:
 
 
 def plan_for_this_machine(settings: Settings) -> WorkerPlan:
-    """Measure (or read from cache) the model's footprint, find GPUs, and plan the workers.
+    """Measure (or read from cache) the served models' footprints, find GPUs, and plan the workers.
 
-    With MODEL_BASE_PATH the footprint is that of the version the workers will serve: the highest
+    Every worker serves every model: its footprint is theirs together (`Footprint.together`). With
+    a base path a model's footprint is that of the version the workers will serve: the highest
     the policy selects, or, when it does not load, the newest older one that does. The master
-    refuses to start when MODEL_PATH cannot be read or nothing in MODEL_BASE_PATH loads.
+    refuses to start when MODEL_PATH cannot be read or nothing in a model's base path loads.
     """
-    return plan_workers(settings, detect_machine(), footprint_to_plan_for(settings), discover_gpus())
+    measured = [(model.served_model_name, *_measured(model)) for model in served_models(settings)]
+    if len(measured) == 1:
+        return plan_workers(settings, detect_machine(), measured[0][2], discover_gpus())
+    footprint = Footprint.together([(runtime, footprint) for _, runtime, footprint in measured])
+    each = tuple((name, footprint) for name, _, footprint in measured)
+    return plan_workers(settings, detect_machine(), footprint, discover_gpus(), each)
 
 
 def footprint_to_plan_for(settings: Settings) -> Footprint:
     """The footprint of the model the workers will serve; LayoutError or FootprintError naming the setting."""
+    return _measured(settings)[1]
 
-    def measure(path: str) -> Footprint:
-        return measure_footprint(path, settings.padded_batch_sizes(), settings.footprint_cache, settings.model_backend)
+
+def _measured(settings: Settings) -> tuple[str, Footprint]:
+    """(the runtime of the version measured, its footprint): MODEL_PATH's, or the base path's newest that loads."""
+
+    def measure(path: str) -> tuple[str, Footprint]:
+        footprint = measure_footprint(
+            path, settings.padded_batch_sizes(), settings.footprint_cache, settings.model_backend
+        )
+        return backend_for(path, settings.model_backend).name, footprint
 
     if not settings.model_base_path:
         check_readable("MODEL_PATH", settings.model_path)

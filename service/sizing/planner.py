@@ -64,6 +64,7 @@ class WorkerPlan:
     footprint: Footprint
     discovery: GpuDiscovery
     warnings: tuple[str, ...] = ()
+    models: tuple[tuple[str, Footprint], ...] = ()  # with several models: each one's footprint, by name
 
     def placement(self, slot: int) -> WorkerPlacement:
         return self.placements[slot % len(self.placements)]
@@ -74,7 +75,7 @@ class WorkerPlan:
 
     def describe(self, settings: Settings) -> str:
         """The plan as one readable block for the master's log."""
-        machine, footprint = self.machine, self.footprint
+        machine = self.machine
         usable = machine.ram_available_bytes * (1 - settings.ram_headroom)
         gpus = (
             ", ".join(f"GPU {g.index} {g.name} {g.memory_total_mb} MB ({g.uuid})" for g in self.discovery.gpus)
@@ -92,9 +93,7 @@ class WorkerPlan:
             f"{_gib(machine.ram_available_bytes)} available, {_gib(usable)} usable "
             f"(RAM_HEADROOM={settings.ram_headroom:g})",
             f"  GPUs         {gpus}",
-            f"  model        {settings.model_base_path or settings.model_path}: {_mib(footprint.worker_bytes)} "
-            f"per worker = runtime {_mib(footprint.runtime_bytes)} + model {_mib(footprint.model_bytes)} "
-            f"({'cached measurement' if footprint.cached else 'measured now'})",
+            *self._model_lines(settings),
             f"  worker cap   {self.cap} = {self.cap_reason}",
             f"  workers      {self.workers}: {self.reason}",
             f"  per worker   {concurrency}; max batch {settings.max_batch_size}, {_policy(settings)}, "
@@ -109,9 +108,31 @@ class WorkerPlan:
         lines += [f"  WARNING      {warning}" for warning in self.warnings]
         return "\n".join(lines)
 
+    def _model_lines(self, settings: Settings) -> list[str]:
+        footprint = self.footprint
+        measured = "cached measurement" if footprint.cached else "measured now"
+        if not self.models:
+            return [
+                f"  model        {settings.model_base_path or settings.model_path}: {_mib(footprint.worker_bytes)} "
+                f"per worker = runtime {_mib(footprint.runtime_bytes)} + model {_mib(footprint.model_bytes)} "
+                f"({measured})"
+            ]
+        lines = [
+            f"  models       {len(self.models)}: {_mib(footprint.worker_bytes)} per worker = runtimes "
+            f"{_mib(footprint.runtime_bytes)} + models {_mib(footprint.model_bytes)} ({measured})"
+        ]
+        return lines + [f"    {name:<12} {_mib(model.model_bytes)}" for name, model in self.models]
 
-def plan_workers(settings: Settings, machine: Machine, footprint: Footprint, discovery: GpuDiscovery) -> WorkerPlan:
-    """Decide the worker count, threads and GPU placement (see the module docstring).
+
+def plan_workers(
+    settings: Settings,
+    machine: Machine,
+    footprint: Footprint,
+    discovery: GpuDiscovery,
+    models: tuple[tuple[str, Footprint], ...] = (),
+) -> WorkerPlan:
+    """Decide the worker count, threads and GPU placement (see the module docstring); `footprint` is a worker's,
+    with every model it serves (`models`, when several, each one's for the plan's description).
 
     Raises PlanError when not even one worker fits in RAM or GPU memory.
     """
@@ -156,7 +177,9 @@ def plan_workers(settings: Settings, machine: Machine, footprint: Footprint, dis
         )
         for slot in range(workers)
     )
-    return WorkerPlan(workers, reason, cap, cap_reason, placements, machine, footprint, discovery, tuple(warnings))
+    return WorkerPlan(
+        workers, reason, cap, cap_reason, placements, machine, footprint, discovery, tuple(warnings), models
+    )
 
 
 def _workers_fitting_gpu(gpu: Gpu, settings: Settings, footprint: Footprint) -> int:

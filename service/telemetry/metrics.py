@@ -51,25 +51,30 @@ rejected_requests = Counter(
 queue_wait = Histogram(
     "model_server_batch_queue_wait_seconds",
     "Time a request waited in its worker's queue before its forward pass started.",
+    ["model"],
     buckets=LATENCY_BUCKETS_S,
 )
 forward_pass = Histogram(
     "model_server_forward_pass_seconds",
     "Duration of one forward pass (one batch, padded).",
+    ["model"],
     buckets=LATENCY_BUCKETS_S,
 )
 batch_size = Histogram(
     "model_server_batch_size_instances",
     "Instances in one forward pass, before padding.",
+    ["model"],
     buckets=BATCH_SIZE_BUCKETS,
 )
 batches = Counter(
     "model_server_batches",
     "Forward passes run, by why the batch was sent (full, deadline, nothing_coming, timeout, shutdown; "
     "background: bulk or job instances alone).",
-    ["reason"],
+    ["model", "reason"],
 )
-failed_batches = Counter("model_server_failed_batches", "Forward passes that raised; each of their requests got 500.")
+failed_batches = Counter(
+    "model_server_failed_batches", "Forward passes that raised; each of their requests got 500.", ["model"]
+)
 stalled_connections = Counter(
     "model_server_stalled_connections",
     "Connections closed because the client stopped sending its request (READ_TIMEOUT_S), by what it was sending: "
@@ -79,11 +84,13 @@ stalled_connections = Counter(
 queue_depth = Gauge(
     "model_server_queue_depth_instances",
     "Instances accepted and waiting for a forward pass, summed over live workers.",
+    ["model"],
     multiprocess_mode="livesum",
 )
 instances_in_flight = Gauge(
     "model_server_instances_in_flight",
     "Instances accepted and not yet answered (queued or in a forward pass), summed over live workers.",
+    ["model"],
     multiprocess_mode="livesum",
 )
 parked_connections = Gauge(
@@ -110,7 +117,7 @@ model_info = Gauge(
 model_load_duration = Gauge(
     "model_server_model_load_duration_seconds",
     "Time a worker took to load and warm up a model version, one series per live worker and version.",
-    ["version"],
+    ["model", "version"],
     multiprocess_mode="liveall",
 )
 predictions = Counter(
@@ -147,22 +154,30 @@ cache_errors = Counter(
 
 
 class BatchMetrics:
-    """What the batcher reports (service.batching.batcher.BatcherObserver), written to the metrics above."""
+    """What one model's batcher reports (service.batching.batcher.BatcherObserver), written to the metrics above."""
+
+    def __init__(self, model_name: str):
+        self._model = model_name
+        self._queue_depth = queue_depth.labels(model_name)
+        self._in_flight = instances_in_flight.labels(model_name)
+        self._batch_size = batch_size.labels(model_name)
+        self._forward_pass = forward_pass.labels(model_name)
+        self._queue_wait = queue_wait.labels(model_name)
 
     def queue_changed(self, queued_instances: int, in_flight_instances: int) -> None:
-        queue_depth.set(queued_instances)
-        instances_in_flight.set(in_flight_instances)
+        self._queue_depth.set(queued_instances)
+        self._in_flight.set(in_flight_instances)
 
     def batch_ran(
         self, reason: SendReason, instances: int, queue_waits_s: list[float], forward_s: float, failed: bool
     ) -> None:
-        batches.labels(reason.value).inc()
-        batch_size.observe(instances)
-        forward_pass.observe(forward_s)
+        batches.labels(self._model, reason.value).inc()
+        self._batch_size.observe(instances)
+        self._forward_pass.observe(forward_s)
         for wait_s in queue_waits_s:
-            queue_wait.observe(wait_s)
+            self._queue_wait.observe(wait_s)
         if failed:
-            failed_batches.inc()
+            failed_batches.labels(self._model).inc()
 
 
 def worker_serving() -> None:
@@ -173,7 +188,7 @@ def worker_serving() -> None:
 def version_serving(model_name: str, model_version: int, load_duration_s: float) -> None:
     """Record that this worker serves a model version, loaded and warmed up in `load_duration_s`."""
     model_info.labels(model_name, str(model_version)).set(1)
-    model_load_duration.labels(str(model_version)).set(load_duration_s)
+    model_load_duration.labels(model_name, str(model_version)).set(load_duration_s)
 
 
 def version_released(model_name: str, model_version: int) -> None:

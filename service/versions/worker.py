@@ -50,12 +50,16 @@ class Placement(Protocol):
 
 
 class VersionLoader:
-    """Loads model versions in this worker, configured for its placement (None outside Gunicorn)."""
+    """Loads one model's versions in this worker, configured for its placement (None outside Gunicorn).
 
-    def __init__(self, settings: Settings, placement: Placement | None):
+    `configured` names the runtimes already configured in this worker: the loaders of its models
+    share it, as a runtime's threads and devices are set once per process.
+    """
+
+    def __init__(self, settings: Settings, placement: Placement | None, configured: set[str] | None = None):
         self._settings = settings
         self._placement = placement
-        self._configured: set[str] = set()
+        self._configured = configured if configured is not None else set()
 
     @property
     def on_gpu(self) -> bool:

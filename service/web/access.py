@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterable
 
 from service.errors import WsgiApp
-from service.pipeline.inference import BATCH_SIZE_KEY, PROTOCOL_KEY, REFUSED_KEY, ROUTE_KEY
+from service.pipeline.inference import BATCH_SIZE_KEY, MODEL_KEY, PROTOCOL_KEY, REFUSED_KEY, ROUTE_KEY
 from service.telemetry import metrics
 from service.telemetry.logs import request_id_var
 
@@ -70,6 +70,7 @@ class AccessLayer:
         count_request(protocol, route, method, status_code, duration_s)
         if log.isEnabledFor(logging.INFO) and REFUSED_KEY not in environ:
             batch_size = environ.get(BATCH_SIZE_KEY)
+            model, version = environ.get(MODEL_KEY, (None, None))
             path = environ.get("PATH_INFO", "")
             if len(path) > LOGGED_PATH_CHARS:
                 path = path[:LOGGED_PATH_CHARS] + "..."
@@ -90,6 +91,8 @@ class AccessLayer:
                     "status": status_code,
                     "duration_ms": round(1000 * duration_s, 3),
                     "batch_size": batch_size,
+                    "model": model,
+                    "model_version": version,
                     "remote_addr": environ.get("REMOTE_ADDR"),
                 },
             )

@@ -53,7 +53,8 @@ def model_server_of(wsgi_app: Any):
 def backpressure_for(
     wsgi_app: Any, wake_parked_soon: Callable[[], None]
 ) -> tuple[ParkingLot | None, EarlyRefusal | None]:
-    """A worker's parking lot and early refusal for the app it serves (neither for another app).
+    """A worker's parking lot and early refusal for the app it serves (neither for another app; no parking lot
+    for several models).
 
     `wake_parked_soon` is called from a batcher thread each time a batch leaves the queue: it
     must only schedule the worker's own wake-up of parked connections in its loop.
@@ -61,8 +62,10 @@ def backpressure_for(
     server = model_server_of(wsgi_app)
     if server is None:
         return None, None
-    server.batcher.add_room_listener(wake_parked_soon)
-    return ParkingLot(server.batcher), EarlyRefusal(server)
+    if server.sole is None:  # several models: which one a request is for is known only once it is read
+        return None, EarlyRefusal(server)
+    server.sole.batcher.add_room_listener(wake_parked_soon)
+    return ParkingLot(server.sole.batcher), EarlyRefusal(server)
 
 
 class EarlyRefusal:
@@ -78,7 +81,7 @@ class EarlyRefusal:
         while the queue admits more: every request a worker serves passes here first.
         """
         framing = incoming.framing
-        if self._server.batcher.admits > 0 or framing.request_line is None:
+        if framing.request_line is None or all(model.batcher.admits > 0 for model in self._server.models.values()):
             return None
         timeout = framing.request_timeout_ms.decode("latin-1") if framing.request_timeout_ms is not None else None
         method, target = framing.method.decode("latin-1"), framing.target.decode("latin-1")
@@ -108,9 +111,10 @@ def refusal_before_reading(
     if method != "POST" or target is None or not server.ready or server.settings.api_keys:
         return None
     try:
-        server.model_for(target.model_name, target.version, target.label)
-        timeout_s = request_timeout_s(server.settings, timeout_header)
-        server.batcher.check_room(1, admission_budget_s(server.settings, timeout_s))
+        hosted = server.hosted(target.model_name)
+        hosted.versions.serving(target.version, target.label)
+        timeout_s = request_timeout_s(hosted.settings, timeout_header)
+        hosted.batcher.check_room(1, admission_budget_s(hosted.settings, timeout_s))
     except ApiError:
         return None
     except (QueueFull, DeadlineUnreachable) as error:

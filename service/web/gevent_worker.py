@@ -72,7 +72,7 @@ class GeventWorker(ggevent.GeventWorker):
 
             wake_soon = partial(gevent.get_hub().loop.run_callback_threadsafe, self._wake_parked)
             self._parking, self._early_refusal = backpressure_for(self.wsgi, wake_soon)
-            if self._parking is not None:  # the model server's app, whose predict routes it serves
+            if self._early_refusal is not None:  # the model server's app, whose predict routes it serves
                 self._fast_path = FastPath(self.wsgi)
         super().run()
 

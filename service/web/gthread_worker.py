@@ -108,7 +108,7 @@ class ThreadWorker(gthread.ThreadWorker):
             self._parking, self._early_refusal = backpressure_for(
                 self.wsgi, partial(self.method_queue.defer, self._wake_parked)
             )
-            if self._parking is not None:  # the model server's app, whose predict routes it serves
+            if self._early_refusal is not None:  # the model server's app, whose predict routes it serves
                 self._fast_path = FastPath(self.wsgi)
         super().run()
 

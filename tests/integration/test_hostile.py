@@ -23,7 +23,7 @@ import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from service.protocols.tfserving_messages import DataType, PredictRequest, PredictResponse
+from service.tfserving_messages import DataType, PredictRequest, PredictResponse
 from tests.strategies import predict_requests
 from tests.support import worker_pids, write_scaling_onnx
 

@@ -56,15 +56,16 @@ def test_metrics_add_up_across_workers(onnx_server, demo_holdout):
     assert delta(
         "model_server_http_request_duration_seconds_count", protocol="tfserving_rest", route=PREDICT_ROUTE
     ) == len(sizes)
-    assert delta("model_server_batch_queue_wait_seconds_count") == len(sizes)
+    assert delta("model_server_batch_queue_wait_seconds_count", model="digits") == len(sizes)
     batches = delta_total("model_server_batches_total")
     assert 0 < batches < len(sizes), "requests close together share forward passes"
-    assert delta("model_server_batch_size_instances_count") == batches
-    assert delta("model_server_forward_pass_seconds_count") == batches
-    assert delta("model_server_batch_size_instances_sum") == sum(sizes)
+    assert delta("model_server_batch_size_instances_count", model="digits") == batches
+    assert delta("model_server_forward_pass_seconds_count", model="digits") == batches
+    assert delta("model_server_batch_size_instances_sum", model="digits") == sum(sizes)
     assert value(after, "model_server_workers_alive") == 2
-    assert value(after, "model_server_queue_depth_instances") == 0
-    assert value(after, "model_server_instances_in_flight") == 0
+    assert ("model_server_queue_depth_instances", frozenset({("model", "digits")})) in after
+    assert value(after, "model_server_queue_depth_instances", model="digits") == 0
+    assert value(after, "model_server_instances_in_flight", model="digits") == 0
     assert value(after, "model_server_model_info", name="digits", version="1") == 1
     workers = {str(p.pid) for p in psutil.Process(onnx_server.process.pid).children()}
     load_durations = {

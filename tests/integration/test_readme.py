@@ -5,17 +5,14 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import requests
 
-pytestmark = pytest.mark.integration
+from tests.support import README, run_readme_block
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+pytestmark = pytest.mark.integration
 
 
 def test_readme_curl_example_classifies_its_digit(demo_server):
@@ -27,24 +24,8 @@ def test_readme_curl_example_classifies_its_digit(demo_server):
     assert int(np.argmax(probabilities)) == 0  # the README says the example is a handwritten 0
 
 
-def run_block(marker: str, server, replacements: dict[str, str] | None = None) -> list[str]:
-    """The README's shell or Python block marked `<!-- run by tests/integration/test_readme.py{marker} -->`,
-    run on `server` (with `replacements` made in its text)."""
-    pattern = rf"<!-- run by tests/integration/test_readme.py{re.escape(marker)} -->\n```(?P<language>sh|python)\n"
-    block = re.search(pattern + r"(?P<script>.*?)```", README.read_text(), re.S)
-    assert block, f"the README lost its example{marker}"
-    script = block["script"].replace("localhost:8000", server.url.removeprefix("http://"))
-    script = script.replace("localhost:8500", server.grpc_target)
-    for old, new in (replacements or {}).items():
-        script = script.replace(old, new)
-    command = ["bash", "-c", script] if block["language"] == "sh" else [sys.executable, "-c", script]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    return done.stdout.splitlines()
-
-
 def test_readme_v2_example_gives_the_metadata_and_classifies_its_digit(demo_server):
-    metadata, answer = (json.loads(line) for line in run_block(" (V2)", demo_server))
+    metadata, answer = (json.loads(line) for line in run_readme_block(" (V2)", demo_server))
     assert metadata["name"] == "digits" and metadata["inputs"][0]["shape"] == [-1, 8, 8, 1]
     assert answer["id"] == "r1" and answer["model_name"] == "digits"
     assert int(np.argmax(answer["outputs"][0]["data"])) == 0  # the same handwritten 0 as the TF Serving example
@@ -53,12 +34,12 @@ def test_readme_v2_example_gives_the_metadata_and_classifies_its_digit(demo_serv
 def test_readme_grpc_example_classifies_its_digit(demo_server):
     script = re.search(r"```python\n(?P<script>.*?)```", README.read_text(), re.S)["script"]
     assert len(script.strip().splitlines()) <= 10, "the README promises a ten-line client"
-    assert run_block(" (gRPC)", demo_server) == ["0"]  # the same handwritten 0 as the TF Serving example
+    assert run_readme_block(" (gRPC)", demo_server) == ["0"]  # the same handwritten 0 as the TF Serving example
 
 
 def test_readme_bulk_cache_and_jobs_example_runs_as_it_says(start_server, demo_model_path):
     server = start_server(MODEL_PATH=str(demo_model_path), WORKERS="1", CACHE_MAX_BYTES="100000000")
-    lines = run_block("", server)
+    lines = run_readme_block("", server)
     assert [line.strip().lower() for line in lines[:2]] == ["x-batch-size: 1", "x-batch-size: 0"]
     assert '"state":"queued"' in lines[2] or '"state":"running"' in lines[2] or '"state":"done"' in lines[2]
     assert lines[3].startswith('{"predictions":[[')
@@ -73,7 +54,7 @@ def test_readme_versions_example_serves_the_onnx_version_it_publishes(start_serv
         MODEL_BASE_PATH=str(base), MODEL_VERSION_POLICY="all", MODEL_VERSION_LABELS="stable=1,canary=2",
         MODEL_POLL_S="0.2", WORKERS="1", GRPC_PORT="0",
     )  # fmt: skip
-    status = json.loads(run_block(" (versions)", server, {"/tmp/digits": str(base)})[-1])
+    status = json.loads(run_readme_block(" (versions)", server, {"/tmp/digits": str(base)})[-1])
     states = [(s["version"], s["state"]) for s in status["model_version_status"]]
     assert states == [("2", "AVAILABLE"), ("1", "AVAILABLE")]
     assert requests.get(server.url + "/v2/models/digits", timeout=30).json()["platform"] == "onnxruntime_onnx"

@@ -16,7 +16,7 @@ def test_the_committed_descriptors_are_those_of_the_installed_tensorflow_serving
 def test_messages_built_without_tensorflow_read_and_write_the_stubs_messages():
     from tensorflow_serving.apis import predict_pb2
 
-    from service.protocols import tfserving_messages as messages
+    from service import tfserving_messages as messages
 
     ours = messages.PredictRequest()
     ours.model_spec.name, ours.model_spec.version.value = "digits", 3

@@ -193,8 +193,8 @@ class BackgroundPost(threading.Thread):
 
 def wait_for_queue_depth(server, instances: int) -> None:
     deadline = time.monotonic() + 10
-    while server.batcher.queue_depth < instances:  # polling, not a sleep to make timing happen
-        assert time.monotonic() < deadline, f"only {server.batcher.queue_depth} instances queued"
+    while server.sole.batcher.queue_depth < instances:  # polling, not a sleep to make timing happen
+        assert time.monotonic() < deadline, f"only {server.sole.batcher.queue_depth} instances queued"
         threading.Event().wait(0.001)
 
 
@@ -251,13 +251,13 @@ def test_the_warm_up_probe_sizes_the_batcher(settings, fake_model, fake_forward,
     monkeypatch.setattr(fake_model, "warm_up", lambda **_: {1: 0.010, 2: 0.011, 4: 0.012})
     app = create_app(settings, fake_model)
     try:
-        assert app.extensions["model_server"].batcher.max_batch_size == 4
+        assert app.extensions["model_server"].sole.batcher.max_batch_size == 4
         assert app.test_client().post("/predict", json={"instances": make_rows(5)}).status_code == 200
         assert fake_forward.batch_sizes == [4, 1]
     finally:
         app.extensions["model_server"].close()
     # Under the adaptive policy a batch is full where larger ones stop paying.
-    flat = build_batcher(dataclasses.replace(settings, batch_policy="adaptive"), {1: 0.01, 2: 0.02, 4: 0.04})
+    flat = build_batcher(dataclasses.replace(settings, batch_policy="adaptive"), {1: 0.01, 2: 0.02, 4: 0.04}, "fake")
     try:
         assert (flat.max_batch_size, flat.preferred_batch_size) == (4, 1)
     finally:
@@ -292,7 +292,7 @@ def test_a_request_past_its_deadline_in_the_queue_gets_504_and_is_not_run(
     late.join(10)
     assert "deadline passed" in error_of(late.answer, 504)
     assert fake_forward.batch_sizes[warm_up_passes:] == [1]  # the late request's rows never reached the model
-    assert server.batcher.stats.expired == 1
+    assert server.sole.batcher.stats.expired == 1
     server.close()
 
 
@@ -304,10 +304,10 @@ def test_the_servers_request_timeout_caps_the_clients_and_is_the_batchers_defaul
     assert request_timeout_s(timed, "100") == 0.1
     assert request_timeout_s(timed, "9000") == 0.5
     app = create_app(timed, fake_model)
-    assert app.extensions["model_server"].batcher.admission.default_budget_s == 0.5
+    assert app.extensions["model_server"].sole.batcher.admission.default_budget_s == 0.5
     app.extensions["model_server"].close()
     app = create_app(dataclasses.replace(settings, latency_slo_ms=200), fake_model)
-    assert app.extensions["model_server"].batcher.admission.default_budget_s == 0.2, "else the objective"
+    assert app.extensions["model_server"].sole.batcher.admission.default_budget_s == 0.2, "else the objective"
     app.extensions["model_server"].close()
 
 
@@ -318,7 +318,7 @@ def test_overload_is_refused_at_the_door_and_readyz_sheds_until_the_queue_drains
 
     app = create_app(dataclasses.replace(settings, concurrent_batches=1, latency_slo_ms=100), fake_model)
     client, server = app.test_client(), app.extensions["model_server"]
-    server.batcher.observations.cost_model = CostModel({1: 0.03, 2: 0.05, 4: 0.08, 8: 2.0})  # a slow model
+    server.sole.batcher.observations.cost_model = CostModel({1: 0.03, 2: 0.05, 4: 0.08, 8: 2.0})  # a slow model
     fake_forward.gate.clear()
     fake_forward.entered.clear()
 
@@ -353,7 +353,7 @@ def test_without_an_objective_a_request_that_must_wait_is_accepted_and_readyz_sh
     assert settings.latency_slo_ms == 0  # the default: no objective
     app = create_app(dataclasses.replace(settings, concurrent_batches=1), fake_model)
     client, server = app.test_client(), app.extensions["model_server"]
-    server.batcher.observations.cost_model = CostModel({1: 0.03, 2: 0.05, 4: 0.08, 8: 2.0})  # a slow model
+    server.sole.batcher.observations.cost_model = CostModel({1: 0.03, 2: 0.05, 4: 0.08, 8: 2.0})  # a slow model
     fake_forward.gate.clear()
     fake_forward.entered.clear()
     refused_before = rejected("deadline_unreachable")

@@ -21,6 +21,7 @@ from service.jobs.service import Jobs
 from service.jobs.stores import SqliteJobStore
 from service.settings import Settings
 from service.versions.registry import ModelVersions, VersionState
+from tests.support import one_model
 
 TIMEOUT_S = 10
 
@@ -59,7 +60,7 @@ def jobs(tmp_path, forward):
     settings = Settings(model_name="m", jobs_db=str(tmp_path / "jobs.sqlite3"), job_retries=1)
     batcher = Batcher(forward, FixedTimeout(0), max_batch_size=4, max_queue=16, concurrent_batches=1)
     store, queue = SqliteJobStore(settings.jobs_db_path), JobQueue(settings)
-    runner = JobRunner(store, queue, batcher, lease_s=30, keep_s=60)
+    runner = JobRunner(store, queue, one_model(batcher), lease_s=30, keep_s=60)
     yield Jobs(store, queue, runner, settings)
     batcher.close(TIMEOUT_S)
 
@@ -109,7 +110,7 @@ def test_a_cancelled_running_job_stops_before_its_next_batch(jobs, forward):
     runner.start()
     assert forward.started.acquire(timeout=TIMEOUT_S)  # the first pass is under way, held
     jobs.cancel(job_id)
-    batcher = jobs.runner._batcher
+    batcher = jobs.runner._batcher_for("m")
     deadline = time.monotonic() + TIMEOUT_S
     while batcher.background_instances and time.monotonic() < deadline:  # until the runner has seen the cancel
         time.sleep(0.001)
@@ -169,7 +170,7 @@ def test_a_queued_job_whose_task_was_lost_is_queued_again(jobs, forward):
 
 def test_a_stopping_worker_puts_its_job_back_without_spending_a_retry(jobs, forward):
     job_id = submit(jobs, range(10))
-    jobs.runner._batcher.close(TIMEOUT_S)
+    jobs.runner._batcher_for("m").close(TIMEOUT_S)
     run_next(jobs)
     assert jobs.get(job_id).state == QUEUED
     task = jobs.queue.next_task()
@@ -203,7 +204,14 @@ def versioned_jobs(tmp_path):
     versions.add(1, "", scaling_model(1), 0.0)
     batcher = Batcher(predict_each_model, FixedTimeout(0), max_batch_size=4, max_queue=16, concurrent_batches=1)
     store, queue = PublishingStore(settings.jobs_db_path, versions), JobQueue(settings)
-    runner = JobRunner(store, queue, batcher, lease_s=30, keep_s=60, lease_model=versions.lease)
+    runner = JobRunner(
+        store,
+        queue,
+        one_model(batcher),
+        lease_s=30,
+        keep_s=60,
+        lease_model=lambda name, version: versions.lease(version),
+    )
     yield Jobs(store, queue, runner, settings)
     batcher.close(TIMEOUT_S)
 
@@ -249,7 +257,7 @@ def test_a_job_queued_here_wakes_an_idle_runner_at_once(tmp_path, forward, monke
     settings = Settings(model_name="m", jobs_db=str(tmp_path / "jobs.sqlite3"))
     batcher = Batcher(forward, FixedTimeout(0), max_batch_size=4, max_queue=16, concurrent_batches=1)
     store, queue = SqliteJobStore(settings.jobs_db_path), JobQueue(settings)
-    jobs = Jobs(store, queue, JobRunner(store, queue, batcher, lease_s=300, keep_s=60), settings)
+    jobs = Jobs(store, queue, JobRunner(store, queue, one_model(batcher), lease_s=300, keep_s=60), settings)
     polled = threading.Event()
     next_task = queue.next_task
 

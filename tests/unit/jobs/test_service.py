@@ -13,6 +13,7 @@ from service.batching.policy import FixedTimeout
 from service.errors import Gone, NotFound, ServiceUnavailable
 from service.jobs.service import build_jobs
 from service.settings import Settings
+from tests.support import one_model
 
 INPUTS = {"x": np.ones((3, 2), np.float32)}
 
@@ -32,7 +33,7 @@ def batcher():
 def test_a_job_lost_with_a_restarted_redis_is_told_apart_from_one_that_never_existed(batcher, persistent):
     server = LocalRedis(persistent=persistent)
     with server as url:
-        jobs = build_jobs(Settings(model_name="m", redis_url=url), batcher)
+        jobs = build_jobs(Settings(model_name="m", redis_url=url), one_model(batcher))
         job = jobs.submit("m", 1, "row", INPUTS, 3, priority=0)
         assert jobs.get(job.id) == job
         never_made = f"{job.id.partition('-')[0]}-{'0' * 32}"  # the same store's generation
@@ -52,15 +53,15 @@ def test_a_job_lost_with_a_restarted_redis_is_told_apart_from_one_that_never_exi
 
 def test_a_replaced_jobs_file_is_told_apart_too(batcher, tmp_path):
     settings = Settings(model_name="m", jobs_db=str(tmp_path / "jobs.sqlite3"))
-    job = build_jobs(settings, batcher).submit("m", 1, "row", INPUTS, 3, priority=0)
+    job = build_jobs(settings, one_model(batcher)).submit("m", 1, "row", INPUTS, 3, priority=0)
     for path in tmp_path.glob("jobs.sqlite3*"):
         path.unlink()  # an emptyDir of a restarted pod
     with pytest.raises(Gone, match="was lost"):
-        build_jobs(settings, batcher).get(job.id)
+        build_jobs(settings, one_model(batcher)).get(job.id)
 
 
 def test_while_redis_is_unreachable_every_job_operation_is_refused_with_retry_after(batcher):
-    jobs = build_jobs(Settings(model_name="m", redis_url=f"redis://127.0.0.1:{free_port()}/0"), batcher)
+    jobs = build_jobs(Settings(model_name="m", redis_url=f"redis://127.0.0.1:{free_port()}/0"), one_model(batcher))
     operations = {
         "submit": lambda: jobs.submit("m", 1, "row", INPUTS, 3, priority=0),
         "get": lambda: jobs.get("abc-def"),
@@ -77,7 +78,7 @@ def test_while_redis_is_unreachable_every_job_operation_is_refused_with_retry_af
 def test_the_runner_says_how_durable_redis_is_and_warns_when_it_keeps_nothing(batcher, persistent, caplog):
     told = []
     with LocalRedis(persistent=persistent) as url:
-        jobs = build_jobs(Settings(model_name="m", redis_url=url), batcher, on_durability=told.append)
+        jobs = build_jobs(Settings(model_name="m", redis_url=url), one_model(batcher), on_durability=told.append)
         with caplog.at_level(logging.INFO, logger="service.jobs.runner"):
             jobs.runner.check_durability()
             jobs.runner.check_durability()  # unchanged: told once

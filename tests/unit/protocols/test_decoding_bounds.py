@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from service.backends.signature import ModelSignature, TensorInfo
 from service.errors import BadRequest
 from service.protocols import tfserving_codec, tfserving_grpc, v2_codec
-from service.protocols.tfserving_messages import DataType, PredictRequest
+from service.tfserving_messages import DataType, PredictRequest
 from tests.strategies import json_values, predict_requests, shapes
 
 SIGNATURE = ModelSignature(

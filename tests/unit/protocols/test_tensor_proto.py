@@ -9,7 +9,7 @@ import pytest
 from service.backends.signature import TensorInfo
 from service.errors import BadRequest
 from service.protocols.tensor_proto import ENUM_OF, from_array, to_array
-from service.protocols.tfserving_messages import DataType, TensorProto
+from service.tfserving_messages import DataType, TensorProto
 
 MAX_INSTANCES, MAX_BYTES = 100, 1 << 20
 

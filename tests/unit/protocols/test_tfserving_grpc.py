@@ -15,8 +15,8 @@ import pytest
 from prometheus_client import REGISTRY
 
 from scripts.launcher import free_port
+from service import tfserving_messages as messages
 from service.app import create_app, start_grpc
-from service.protocols import tfserving_messages as messages
 from service.protocols.tensor_proto import from_array
 from service.protocols.tfserving_grpc import GET_MODEL_METADATA, GET_MODEL_STATUS, PREDICT
 from tests.support import infer_document, rows
@@ -178,7 +178,7 @@ def test_model_status_reports_the_version_available(served):
 
 def test_a_full_queue_is_unavailable_with_the_reason_and_when_to_retry(served):
     app, channel = served
-    batcher = app.extensions["model_server"].batcher
+    batcher = app.extensions["model_server"].sole.batcher
     batcher._queued_instances, batcher._admits = batcher.max_queue, 0  # as if the queue were full
     try:
         error = failure(lambda: predict(channel, predict_request(rows(1))))
@@ -270,7 +270,7 @@ def test_one_pass_serves_tf_serving_rest_v2_and_grpc_requests_together(served, f
     ]
     for thread in others:
         thread.start()
-    batcher = app.extensions["model_server"].batcher
+    batcher = app.extensions["model_server"].sole.batcher
     deadline = time.monotonic() + 10
     while batcher.queue_depth < 3:
         assert time.monotonic() < deadline, "the three requests never queued"
@@ -287,8 +287,8 @@ def test_one_pass_serves_tf_serving_rest_v2_and_grpc_requests_together(served, f
 
 
 def test_a_spec_names_its_version_by_number_or_label():
+    from service import tfserving_messages as messages
     from service.errors import BadRequest
-    from service.protocols import tfserving_messages as messages
     from service.protocols.tfserving_grpc import spec_target
 
     spec = messages.ModelSpec(name="digits")

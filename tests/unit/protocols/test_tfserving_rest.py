@@ -96,12 +96,12 @@ class UnreadableBody(io.RawIOBase):
 
 def test_a_full_queue_refuses_before_reading_the_body_and_logs_no_access_line(app, caplog):
     server = app.extensions["model_server"]
-    server.batcher._queued_instances = server.batcher.max_queue  # as if the queue were full
+    server.sole.batcher._queued_instances = server.sole.batcher.max_queue  # as if the queue were full
     try:
         with caplog.at_level(logging.INFO):
             answer = call(app, "/predict", content_length="64", body_stream=UnreadableBody())
     finally:
-        server.batcher._queued_instances = 0
+        server.sole.batcher._queued_instances = 0
     assert answer["status"] == 503 and "queue is full" in answer["body"]["error"]
     assert int(answer["headers"]["Retry-After"]) >= 1
     assert not [record for record in caplog.records if getattr(record, "event", None) == "access"]
@@ -136,12 +136,12 @@ def test_a_body_answered_from_the_cache_is_then_answered_whole_even_when_the_que
     assert computed["status"] == 200 and int(computed["headers"]["X-Batch-Size"]) >= 1
     assert call(cached_app, "/predict", body)["headers"]["X-Batch-Size"] == "0", "its instances were cached"
     server = cached_app.extensions["model_server"]
-    server.batcher._queued_instances = server.batcher.max_queue  # as if the queue were full
+    server.sole.batcher._queued_instances = server.sole.batcher.max_queue  # as if the queue were full
     try:
         again = call(cached_app, "/predict", body)
         new = call(cached_app, "/predict", json.dumps({"instances": rows(2, start=10)}).encode())
     finally:
-        server.batcher._queued_instances = 0
+        server.sole.batcher._queued_instances = 0
     assert again["status"] == 200 and again["headers"]["X-Batch-Size"] == "0"
     assert again["body"] == computed["body"]
     assert new["status"] == 503, "what must be computed still needs room"

@@ -161,3 +161,28 @@ def test_an_unreadable_model_path_names_the_setting(tmp_path, monkeypatch):
     monkeypatch.setattr(hooks.os, "access", lambda path, mode: False)  # as for a user without the permission
     with pytest.raises(LayoutError, match=r"MODEL_PATH=.* cannot be read by this user"):
         hooks.check_readable("MODEL_PATH", str(model))
+
+
+def test_a_worker_serving_several_models_is_planned_for_all_of_them_each_runtime_once(tmp_path, monkeypatch):
+    for name, suffix in (("alpha", "model.onnx"), ("beta", "model.onnx"), ("gamma", "saved")):
+        (tmp_path / name / "1").mkdir(parents=True)
+        if suffix == "saved":
+            (tmp_path / name / "1" / "saved_model.pb").write_bytes(b"graph")  # a SavedModel: TensorFlow
+        else:
+            (tmp_path / name / "1" / suffix).write_bytes(b"weights")
+    sizes = {"alpha": (100, 10), "beta": (120, 30), "gamma": (600, 200)}  # MiB: runtime, model
+
+    def measure(path, batch_sizes, cache, backend):
+        runtime, model = sizes[Path(path).parts[-3] if path.endswith(".onnx") else Path(path).parts[-2]]
+        return Footprint(runtime_bytes=runtime << 20, model_bytes=model << 20)
+
+    monkeypatch.setattr(hooks, "measure_footprint", measure)
+    monkeypatch.setattr(hooks, "detect_machine", lambda: Machine(8, 64 << 30, 60 << 30))
+    monkeypatch.setattr(hooks, "discover_gpus", lambda: GpuDiscovery((), "none"))
+    plan = hooks.plan_for_this_machine(Settings(model_repository=str(tmp_path)))
+    # onnxruntime counted once (its larger measurement), TensorFlow once; every model loaded.
+    assert plan.footprint == Footprint(runtime_bytes=(120 + 600) << 20, model_bytes=(10 + 30 + 200) << 20)
+    assert [name for name, _ in plan.models] == ["alpha", "beta", "gamma"]
+    described = plan.describe(Settings(model_repository=str(tmp_path)))
+    assert "models       3: 960 MiB per worker = runtimes 720 MiB + models 240 MiB" in described
+    assert "gamma        200 MiB" in described

@@ -88,11 +88,11 @@ def test_a_new_version_serves_after_a_poll_and_a_broken_one_replaces_nothing(ver
     try:
         assert predicted(client, "/predict") == 2.0
         add_onnx_version(base, 3)
-        server.poller.poll_once()
+        server.sole.poller.poll_once()
         assert predicted(client, "/predict") == 3.0
         (base / "4").mkdir()
         (base / "4" / "model.onnx").write_bytes(b"half a file")
-        server.poller.poll_once()
+        server.sole.poller.poll_once()
         assert predicted(client, "/predict") == 3.0
         status = {s["version"]: s for s in client.get("/v1/models/scaler").json["model_version_status"]}
         assert {version: s["state"] for version, s in status.items()} == {
@@ -110,10 +110,10 @@ def test_the_runtime_is_frozen_and_a_released_version_is_collected(versioned_set
     server = app.extensions["model_server"]
     try:
         assert gc.get_freeze_count() > 0, "the runtime's objects are out of the collector's walks"
-        released = weakref.ref(server.model)
+        released = weakref.ref(server.sole.versions.latest())
         add_onnx_version(Path(versioned_settings.model_base_path), 3)
-        server.poller.poll_once()
-        assert server.model.version == 3
+        server.sole.poller.poll_once()
+        assert server.sole.versions.latest().version == 3
         assert released() is None, "the old version's objects were collected"
     finally:
         server.close()
@@ -144,7 +144,7 @@ def test_a_worker_starting_past_a_broken_newest_version_serves_the_last_good_one
         assert {version: s["state"] for version, s in status.items()} == {"4": "END", "3": "END", "2": "AVAILABLE"}
         assert "cannot load ONNX model" in status["4"]["status"]["error_message"]
         add_onnx_version(base, 4)  # the broken newest version rewritten whole
-        server.poller.poll_once()
+        server.sole.poller.poll_once()
         assert predicted(client, "/predict") == 4.0
         status = {s["version"]: s["state"] for s in client.get("/v1/models/scaler").json["model_version_status"]}
         assert status == {"4": "AVAILABLE", "3": "END", "2": "END"}  # the fallback retired once 4 serves

@@ -79,7 +79,7 @@ def test_each_request_logs_one_access_event_with_its_id_route_status_and_batch(c
         200,
         3,
     )
-    assert ok.duration_ms > 0
+    assert ok.duration_ms > 0 and (ok.model, ok.model_version) == ("fake", 1)
     assert (bad.status, bad.batch_size) == (400, None)
 
 

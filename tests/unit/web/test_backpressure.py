@@ -117,6 +117,19 @@ def test_a_worker_gets_backpressure_only_for_a_model_server_and_is_told_when_roo
     assert backpressure_for(object(), lambda: None) == (None, None)
 
 
+def test_with_several_models_connections_are_not_parked_and_a_full_queue_refuses_only_its_models(many_models_app):
+    lot, early = backpressure_for(many_models_app, lambda: None)
+    assert lot is None, "which model a parked connection's next request is for is unknown until it is read"
+    batcher = many_models_app.extensions["model_server"].models["double"].batcher
+    batcher._queued_instances, batcher._admits = batcher.max_queue, 0  # as if double's queue were full
+    try:
+        refused = early.answer(refused_request(b"/v1/models/double:predict"))
+        assert refused is not None and parse_answer(refused[0])[0] == 503
+        assert early.answer(refused_request(b"/v1/models/triple:predict")) is None, "triple's queue has room"
+    finally:
+        batcher._queued_instances, batcher._admits = 0, batcher.max_queue
+
+
 NEXT_REQUEST = b"GET /healthz HTTP/1.1\r\n\r\n"
 
 
@@ -151,18 +164,20 @@ def test_a_full_queue_refuses_a_predict_request_unparsed_with_the_routes_own_ans
         )
         or 0
     )
-    server.batcher._queued_instances = server.batcher.max_queue  # as if the queue were full
-    server.batcher._admits = 0
+    server.sole.batcher._queued_instances = server.sole.batcher.max_queue  # as if the queue were full
+    server.sole.batcher._admits = 0
     try:
-        raw, rest = early.answer(refused_request(b"/v1/models/%s:predict" % server.model.name.encode()))
+        raw, rest = early.answer(
+            refused_request(b"/v1/models/%s:predict" % server.sole.versions.latest().name.encode())
+        )
         unknown_model = early.answer(refused_request(b"/v1/models/other:predict"))
         not_predict = early.answer(refused_request(b"/v1/models/m/metadata", b"GET"))
         settings, server.settings = server.settings, dataclasses.replace(server.settings, api_keys="secret")
         keys_first = early.answer(refused_request())  # 401 comes before 503
         server.settings = settings
     finally:
-        server.batcher._queued_instances = 0
-        server.batcher._admits = server.batcher.max_queue
+        server.sole.batcher._queued_instances = 0
+        server.sole.batcher._admits = server.sole.batcher.max_queue
     status, headers, body = parse_answer(raw)
     assert status == 503 and "queue is full" in body["error"] and int(headers["Retry-After"]) >= 1
     assert headers["X-Request-ID"] == "client-7" and headers["Content-Type"] == "application/json"
@@ -187,9 +202,9 @@ def test_a_deadline_that_cannot_be_met_refuses_unparsed_by_the_servers_timeout_o
         if budget_s is not None and budget_s < 1.0:
             raise DeadlineUnreachable("an answer would take about 1000 ms", 1.5)
 
-    monkeypatch.setattr(server.batcher, "check_room", check_room)
-    monkeypatch.setattr(server.batcher, "_admits", 0)  # as if the default budget admitted nothing more
-    monkeypatch.setattr(server, "settings", dataclasses.replace(server.settings, request_timeout_ms=500))
+    monkeypatch.setattr(server.sole.batcher, "check_room", check_room)
+    monkeypatch.setattr(server.sole.batcher, "_admits", 0)  # as if the default budget admitted nothing more
+    monkeypatch.setattr(server.sole, "settings", dataclasses.replace(server.sole.settings, request_timeout_ms=500))
     early = EarlyRefusal(server)
     raw, rest = early.answer(refused_request())
     status, headers, body = parse_answer(raw)
@@ -199,7 +214,7 @@ def test_a_deadline_that_cannot_be_met_refuses_unparsed_by_the_servers_timeout_o
     assert early.answer(refused_request(fields=b"X-Request-Timeout-Ms: 5000\r\n")) is not None, (
         "REQUEST_TIMEOUT_MS caps the client's deadline"
     )
-    monkeypatch.setattr(server, "settings", dataclasses.replace(server.settings, request_timeout_ms=0))
+    monkeypatch.setattr(server.sole, "settings", dataclasses.replace(server.sole.settings, request_timeout_ms=0))
     assert early.answer(refused_request(fields=b"X-Request-Timeout-Ms: 5000\r\n")) is None, "5 s can be met"
     assert early.answer(refused_request(fields=b"X-Request-Timeout-Ms: soon\r\n")) is None, "the route says 400"
     assert budgets == [0.5, 0.25, 0.5, 5.0]

@@ -1,4 +1,4 @@
-"""TF Serving's gRPC messages, built without importing TensorFlow.
+"""TF Serving's messages (its gRPC API and its model config file), built without importing TensorFlow.
 
 `tensorflow_serving.apis` and `tensorflow.core.framework` hold the generated message classes,
 but importing either runs `tensorflow/__init__.py`, which loads all of TensorFlow: some 1 GB
@@ -43,4 +43,7 @@ GetModelStatusRequest = _message("tensorflow.serving.GetModelStatusRequest")
 GetModelStatusResponse = _message("tensorflow.serving.GetModelStatusResponse")
 ModelSpec = _message("tensorflow.serving.ModelSpec")
 TensorProto = _message("tensorflow.TensorProto")
+ModelServerConfig = _message("tensorflow.serving.ModelServerConfig")  # MODEL_CONFIG_FILE, in text format
+ReloadConfigRequest = _message("tensorflow.serving.ReloadConfigRequest")
+ReloadConfigResponse = _message("tensorflow.serving.ReloadConfigResponse")
 DataType = EnumTypeWrapper(_POOL.FindEnumTypeByName("tensorflow.DataType"))
