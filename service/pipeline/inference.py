@@ -127,7 +127,8 @@ class InferenceEndpoint:
 
     def _infer_with(self, model: ServedModel, environ: dict, received_at: float) -> tuple[bytes, dict[str, str]]:
         server = self._server
-        settings = server.settings_for(model)
+        hosted = server.models[model.name]  # the leased version's model: its own settings and batcher serve it
+        settings, batcher = hosted.settings, hosted.batcher
         timeout_s = request_timeout_s(settings, environ.get("HTTP_X_REQUEST_TIMEOUT_MS"))
         budget_s = admission_budget_s(settings, timeout_s)
         if not server.ready:
@@ -140,7 +141,6 @@ class InferenceEndpoint:
                 metrics.predicted(model.name, model.version, kept[1])
                 return kept[0], {"X-Batch-Size": "0"}
         # Before the body is decoded: a refusal under overload must cost far less than the work.
-        batcher = server.batcher_for(model.name)
         batcher.check_room(1, budget_s)
         if body is None:
             body = self.body(environ)
