@@ -17,6 +17,7 @@ LAYERS = (
     ("versions",),
     ("jobs",),
     ("pipeline",),  # the way every inference request goes, and what a worker serves with
+    ("hosting",),  # models brought into a worker and let go of, as the configuration and the APIs say
     ("protocols",),  # decode and encode, each wire format
     ("web",),  # Gunicorn's workers and the layers in front of the app
     ("operations",),  # health, stats, metrics and the API document, as routes

@@ -5,22 +5,21 @@ from __future__ import annotations
 import logging
 import logging.config
 import time
-from functools import partial
 
 from flask import Flask, Response, request
 
-from service.backends.base import ServedModel, predict_each_model
-from service.batching.batcher import Batcher
-from service.batching.cost_model import CostModel, largest_paying_size
-from service.batching.policy import AdaptivePolicy, FixedTimeout, Observations
+from service.backends.base import ModelLoadError, ServedModel
 from service.batching.turns import PassTurns
 from service.caching.result_cache import build_result_cache
-from service.catalog import served_models
+from service.catalog import served_models, serves_catalog
 from service.errors import WsgiApp, render
+from service.hosting.builder import ModelHosting, build_batcher
+from service.hosting.control import ControlFile
+from service.hosting.watcher import CatalogWatcher
 from service.jobs.service import build_jobs
 from service.operations import api_docs, health
 from service.pipeline.answers import api_error_for
-from service.pipeline.inference import PROTOCOL_KEY, ROUTE_KEY, admission_budget_s, request_timeout_s
+from service.pipeline.inference import PROTOCOL_KEY, ROUTE_KEY
 from service.pipeline.model_server import HostedModel, ModelServer
 from service.protocols import PROTOCOLS, jobs_rest
 from service.settings import Settings, current_settings
@@ -28,8 +27,7 @@ from service.sizing.placement import current_placement
 from service.telemetry import logs, metrics
 from service.threads import gevent_is_active
 from service.version_policy import parse_labels
-from service.versions.registry import ModelVersion, ModelVersions, VersionState
-from service.versions.worker import VersionLoader
+from service.versions.registry import ModelVersions
 from service.web.access import AccessLayer, route_template
 from service.web.auth import ApiKeyGuard, parse_api_keys
 from service.web.grpc_server import GrpcServer
@@ -45,7 +43,8 @@ def create_app(settings: Settings | None = None, model: ServedModel | None = Non
     Every version is warmed up at every padded batch size before the app is returned, so a
     Gunicorn worker accepts no connection before it can serve at full speed. Each model has its
     own batcher; with several, their passes take turns (service/batching/turns.py). A model with a
-    base path then serves its new versions as they appear (service/versions/).
+    base path then serves its new versions as they appear (service/versions/), and a model config
+    file or repository its new models (service/hosting/).
     """
     settings = settings or current_settings()  # under Gunicorn: the master's, after its last SIGHUP
     if not logging.getLogger().handlers:  # under Gunicorn the master has configured it (logconfig_dict)
@@ -57,23 +56,18 @@ def create_app(settings: Settings | None = None, model: ServedModel | None = Non
     app.before_request(_label_route)
     app.register_error_handler(Exception, _error_answer)
     if model is None:
-        models = served_models(settings)
-        turns = PassTurns(settings.concurrent_batches) if len(models) > 1 else None
-        loaders, hosted, configured = {}, {}, set()
-        for model_settings in models:
-            loader = VersionLoader(model_settings, current_placement(), configured)
-            versions = loader.initial_versions()
-            hosted[versions.name] = _hosted(model_settings, versions, versions.latest().warm_up_seconds, turns)
-            loaders[versions.name] = loader
+        server = _serve_configured_models(settings)
     else:
         started = time.monotonic()
         warm_up_seconds = model.warm_up(repeats=5)
         versions = ModelVersions(model.name, parse_labels(settings.model_version_labels))
         versions.add(model.version, model.path, model, time.monotonic() - started)
-        hosted, loaders = {model.name: _hosted(settings, versions, warm_up_seconds, None)}, {}
-    first = next(iter(hosted.values()))
-    cache = build_result_cache(settings, first.versions.latest(), first.batcher.full_pass_seconds())
-    server = ModelServer(settings, hosted, cache, ready=True)
+        server = ModelServer(settings, {})
+        hosted = HostedModel(settings, versions, build_batcher(settings, warm_up_seconds, model.name))
+        server.models = {model.name: hosted}
+        ModelHosting(server, None, None).serve(hosted)
+    first = next(iter(server.models.values()))
+    server.cache = build_result_cache(settings, first.versions.latest(), first.batcher.full_pass_seconds())
     server.jobs = build_jobs(
         settings, server.batcher_for, lease_model=server.lease, on_durability=metrics.jobs_store_durability
     )
@@ -83,42 +77,35 @@ def create_app(settings: Settings | None = None, model: ServedModel | None = Non
     for protocol in PROTOCOLS:  # each answers its inference requests before Flask, and passes the rest on
         served = protocol.endpoint(server, served)
     app.wsgi_app = outer_layers(settings, served)
-    for hosted_model in hosted.values():
-        for number in sorted(hosted_model.versions.numbers(VersionState.AVAILABLE)):
-            metrics.version_serving(hosted_model.name, number, hosted_model.versions.get(number).load_s)
     metrics.worker_serving()
-    for name, loader in loaders.items():
-        hosted_model = hosted[name]
-        if hosted_model.settings.model_base_path:
-            hosted_model.poller = loader.poller(
-                hosted_model.versions, partial(_version_available, server), partial(_version_released, server, name)
-            )
-            if settings.model_poll_s > 0:
-                hosted_model.poller.start(settings.model_poll_s)
+    server.ready = True
     return app
 
 
-def _hosted(
-    settings: Settings, versions: ModelVersions, warm_up_seconds: dict[int, float], turns: PassTurns | None
-) -> HostedModel:
-    """One model as this worker serves it: its versions, and its batcher seeded by its latest version's warm-up."""
-    return HostedModel(settings, versions, build_batcher(settings, warm_up_seconds, versions.name, turns))
+def _serve_configured_models(settings: Settings) -> ModelServer:
+    """This worker's models, each loaded and routed to; with a config file or repository, watched for changes.
 
-
-def _version_available(server: ModelServer, version: ModelVersion) -> None:
-    """A new version serves: its metrics, and its cache identity (its files hashed now, not on a request).
-
-    The batcher's cost model is kept: it learns the new version's passes as they run, where the
-    new version's warm-up timings were taken beside the passes of the version serving.
+    A configured model that does not load is reported and left out, and the others serve; when
+    none loads, ModelLoadError with each one's error.
     """
-    model = version.model
-    server.cache_for(model)
-    metrics.version_serving(model.name, model.version, version.load_s)
-
-
-def _version_released(server: ModelServer, model_name: str, version: ModelVersion) -> None:
-    server.forget_cache(model_name, version.number)
-    metrics.version_released(model_name, version.number)
+    server = ModelServer(settings, {})
+    if not serves_catalog(settings):
+        hosting = ModelHosting(server, current_placement(), None)
+        hosted = hosting.host(settings)
+        server.models = {hosted.name: hosted}
+        hosting.serve(hosted)
+        return server
+    hosting = ModelHosting(server, current_placement(), PassTurns(settings.concurrent_batches))
+    source = settings.model_config_file or settings.model_repository
+    watcher = CatalogWatcher(server, hosting, ControlFile(settings.port, source), served_models(settings))
+    read_files = settings.model_config_poll_s > 0  # a worker started later serves what they say by then
+    watcher.look(read_files, starting=True)
+    if not server.models:
+        reasons = "; ".join(f"{name}: {why}" for name, why in server.unavailable.items())
+        raise ModelLoadError(f"no configured model serves ({reasons or 'all are unloaded'})")
+    watcher.start(settings.model_config_poll_s if read_files else settings.model_poll_s or 1.0, read_files)
+    server.repository = watcher
+    return server
 
 
 def outer_layers(settings: Settings, app: WsgiApp) -> WsgiApp:
@@ -147,42 +134,6 @@ def start_grpc(app: Flask) -> GrpcServer:
     server.grpc = GrpcServer(calls, tfserving_grpc.METHODS, tfserving_grpc.PROTOCOL, settings, concurrency)
     server.grpc.start()
     return server.grpc
-
-
-def build_batcher(
-    settings: Settings, warm_up_seconds: dict[int, float], model_name: str, turns: PassTurns | None = None
-) -> Batcher:
-    """A model's batcher, sized and seeded by the warm-up probe (`ServedModel.warm_up`) of its latest version.
-
-    The largest batch is the largest size the warm-up could run (on a GPU, what fits its
-    memory). Under the adaptive policy a batch counts as full at the size where larger ones
-    stop paying, and the probe's timings are its first cost model. Each queued request names
-    the version that runs it (`predict_each_model`).
-    """
-    largest = max(warm_up_seconds)
-    observations = Observations(CostModel(warm_up_seconds))
-    if settings.batch_policy == "adaptive":
-        policy = AdaptivePolicy(observations, settings.latency_slo_s, largest)
-        preferred = largest_paying_size(warm_up_seconds)
-    else:
-        policy, preferred = FixedTimeout(settings.batch_timeout_ms / 1000), largest
-    log.info(
-        "batching %s: %s policy, batches up to %d instances, full at %d",
-        model_name, settings.batch_policy, largest, preferred,
-    )  # fmt: skip
-    return Batcher(
-        predict_each_model,
-        policy,
-        max_batch_size=largest,
-        max_queue=settings.max_queue,
-        concurrent_batches=settings.concurrent_batches,
-        preferred_batch_size=preferred,
-        observations=observations,
-        observer=metrics.BatchMetrics(model_name),
-        name=f"batcher-{model_name}",
-        default_budget_s=admission_budget_s(settings, request_timeout_s(settings, None)),
-        turns=turns,
-    )
 
 
 def _label_route() -> None:

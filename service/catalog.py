@@ -7,8 +7,9 @@ per-model settings of the `settings.env` file in its base path (its batching, it
 format of SETTINGS_FILE). One model (`MODEL_PATH`, `MODEL_BASE_PATH`) is the catalog of one.
 Read without TensorFlow: the config file's messages come from the descriptors the server keeps.
 
-The files are read once per process, and the master reads them at start: the workers it forks,
-later ones too (a restart, a SIGHUP), serve the same models, whatever the files say by then.
+`served_models` reads the files once per process, and the master reads them at start: the plan
+is made for those models. With MODEL_CONFIG_POLL_S each worker reads them again (`read_models`)
+and serves what they say by then (service/hosting/watcher.py).
 """
 
 from __future__ import annotations
@@ -32,23 +33,53 @@ _read: dict[tuple[str, str], list[tuple[str, dict]]] = {}
 
 
 def served_models(settings: Settings) -> tuple[Settings, ...]:
-    """Each served model's settings, in the order configured (the repository's: by name).
+    """Each served model's settings, in the order configured (the repository's: by name), as first read.
 
     Raises SettingsError naming the file and the model when the configuration cannot be served:
     it does not parse, a name is missing, unsafe or repeated, a base path is not a directory,
     a `settings.env` sets what it may not.
     """
-    if not (settings.model_config_file or settings.model_repository):
+    if not serves_catalog(settings):
         return (settings,)
     source = (settings.model_config_file, settings.model_repository)
     if source not in _read:
-        models = _from_config_file(settings) if settings.model_config_file else _from_repository(settings)
-        names = [name for name, _ in models]
-        repeated = sorted({name for name in names if names.count(name) > 1})
-        if repeated:
-            raise SettingsError(f"{_source(settings)}: the model name {repeated[0]!r} is given to more than one model")
-        _read[source] = models
+        _read[source] = _read_models(settings, None)
     return tuple(_model_settings(settings, name, own) for name, own in _read[source])
+
+
+def read_models(settings: Settings, config_text: str | None = None) -> tuple[Settings, ...]:
+    """`served_models` as the files say now (a worker polling them), or as `config_text` says (a config given
+    over gRPC, its relative base paths read from MODEL_CONFIG_FILE's directory); SettingsError as there."""
+    return tuple(_model_settings(settings, name, own) for name, own in _read_models(settings, config_text))
+
+
+def serves_catalog(settings: Settings) -> bool:
+    """Whether the models served come from a config file or a repository, which may change while serving."""
+    return bool(settings.model_config_file or settings.model_repository)
+
+
+def config_file_stamp(settings: Settings) -> tuple:
+    """MODEL_CONFIG_FILE's (size, modification time) now: a change means it is to be read again; () without one."""
+    try:
+        status = os.stat(Path(settings.model_config_file).expanduser())
+    except (OSError, ValueError):
+        return ()
+    return (status.st_size, status.st_mtime_ns)
+
+
+def _read_models(settings: Settings, config_text: str | None) -> list[tuple[str, dict]]:
+    if config_text is not None:
+        directory = Path(settings.model_config_file or ".").expanduser().parent
+        models = _from_config_text(settings, config_text, "the model config given", directory)
+    elif settings.model_config_file:
+        models = _from_config_file(settings)
+    else:
+        models = _from_repository(settings)
+    names = [name for name, _ in models]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise SettingsError(f"{_source(settings)}: the model name {repeated[0]!r} is given to more than one model")
+    return models
 
 
 def _source(settings: Settings) -> str:
@@ -66,6 +97,10 @@ def _from_config_file(settings: Settings) -> list[tuple[str, dict]]:
     except (OSError, UnicodeDecodeError) as error:
         reason = error.strerror if isinstance(error, OSError) else "it is not UTF-8 text"
         raise SettingsError(f"{where} cannot be read: {reason}") from None
+    return _from_config_text(settings, text, where, path.parent)
+
+
+def _from_config_text(settings: Settings, text: str, where: str, directory: Path) -> list[tuple[str, dict]]:
     try:
         config = text_format.Parse(text, ModelServerConfig())
     except text_format.ParseError as error:
@@ -80,7 +115,7 @@ def _from_config_file(settings: Settings) -> list[tuple[str, dict]]:
         if entry.model_platform not in BACKENDS:
             known = ", ".join(repr(platform) for platform in BACKENDS if platform)
             raise SettingsError(f"{where}: model {name!r} has model_platform {entry.model_platform!r}; use {known}")
-        base_path = (path.parent / Path(entry.base_path).expanduser()).resolve()
+        base_path = (directory / Path(entry.base_path).expanduser()).resolve()
         own = {"model_backend": BACKENDS[entry.model_platform]} if entry.model_platform else {}
         if entry.HasField("model_version_policy"):
             own["model_version_policy"] = _policy_text(entry.model_version_policy)

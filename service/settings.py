@@ -100,6 +100,14 @@ class Settings:
         "the versions layout of `MODEL_BASE_PATH` (docs/models.md). Replaces `MODEL_PATH` and `MODEL_BASE_PATH`; "
         "empty means one model.",
     )
+    model_config_poll_s: float = _setting(
+        5.0,
+        "With `MODEL_CONFIG_FILE` or `MODEL_REPOSITORY`: how often each worker reads it again to serve the models "
+        "added and let go of the ones removed, without touching the others (TF Serving's "
+        "`--model_config_file_poll_wait_seconds`); 0 means only at start and through the repository APIs.",
+        "s",
+        minimum=0,
+    )
 
     # Network and processes
     host: str = _setting("127.0.0.1", "Address to bind; use 0.0.0.0 only inside a container.")

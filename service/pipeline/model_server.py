@@ -29,6 +29,22 @@ class CallServer(Protocol):
         """Refuse new calls now and end the ones in flight within `grace_s`; returns a wait for that."""
 
 
+class Repository(Protocol):
+    """The models' repository as an API (service/hosting/watcher.py, CatalogWatcher): served models come and go."""
+
+    def load(self, name: str) -> None:
+        """Serve model `name` as the configuration says now (again, if it changed); NotFound, Conflict."""
+
+    def unload(self, name: str) -> None:
+        """Stop serving model `name` once its requests are answered, in every worker; NotFound."""
+
+    def reload_config(self, config_text: str) -> None:
+        """Serve the models of a TF Serving model config, and only those; BadRequest, Conflict."""
+
+    def stop(self, timeout_s: float) -> bool:
+        """Stop changing the models served; True once a change under way has ended within `timeout_s`."""
+
+
 @dataclass
 class HostedModel:
     """One model a worker serves: its settings (the server's, with its own per-model ones: service/catalog.py),
@@ -48,6 +64,8 @@ class HostedModel:
 class ModelServer:
     """One worker's models by name, its result cache (None when off), jobs and gRPC server.
 
+    `models` is replaced, never changed in place, when models come and go (`repository`): a
+    request reads it once. `unavailable` names the configured models that do not load, with why.
     `ready` is true between warm-up and shutdown. Each model's batcher is that model's, whatever
     the version: each queued request names the version that runs it (service/backends/base.py,
     ModelInputs). With several models their passes take turns (service/batching/turns.py).
@@ -58,6 +76,8 @@ class ModelServer:
     cache: ResultCache | None = None
     jobs: Jobs | None = None
     grpc: CallServer | None = None  # started in the worker after the app (service/web/grpc_server.py)
+    repository: Repository | None = None  # with a model config file or repository
+    unavailable: dict[str, str] = field(default_factory=dict)
     ready: bool = False
     refusals: RefusalSummary = field(default_factory=RefusalSummary)
     _caches: dict = field(default_factory=dict, repr=False)
@@ -69,10 +89,13 @@ class ModelServer:
 
     def hosted(self, name: str | None) -> HostedModel:
         """The model named `name` (None: the sole one); NotFound saying what is served."""
-        model = self.sole if name is None else self.models.get(name)
+        models = self.models
+        model = (next(iter(models.values())) if len(models) == 1 else None) if name is None else models.get(name)
         if model is None:
-            served = ", ".join(repr(served) for served in self.models)
+            served = ", ".join(repr(served) for served in models) or "no model"
             what = f"model {name!r} is not served here" if name is not None else "a request must name its model"
+            if name in self.unavailable:
+                what = f"model {name!r} is not served: {self.unavailable[name]}"
             raise NotFound(f"{what}; this server serves {served}")
         return model
 
@@ -112,6 +135,8 @@ class ModelServer:
 
     def close(self) -> bool:
         """Stop taking requests and answer every accepted one; True if done within the graceful timeout."""
+        if self.repository is not None:
+            self.repository.stop(self.settings.graceful_timeout_s)
         for model in self.models.values():
             if model.poller is not None:
                 model.poller.stop(self.settings.graceful_timeout_s)

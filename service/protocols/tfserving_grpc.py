@@ -1,4 +1,5 @@
-"""TensorFlow Serving's gRPC API: PredictionService's Predict and GetModelMetadata, ModelService's GetModelStatus.
+"""TensorFlow Serving's gRPC API: PredictionService's Predict and GetModelMetadata, ModelService's GetModelStatus
+and HandleReloadConfigRequest.
 
 What TF Serving's gRPC clients speak (`tensorflow-serving-api`'s stubs, unchanged). The transport
 (service/web/grpc_server.py) hands each call here as a WSGI request whose path is the call's
@@ -14,13 +15,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from google.protobuf import json_format
+from google.protobuf import json_format, text_format
 from google.protobuf.message import DecodeError, Message
 
 from service import tfserving_messages as messages
 from service.backends.base import Arrays, ServedModel
 from service.backends.signature import ModelSignature
-from service.errors import BadRequest, NotFound, WsgiApp, render, write_json
+from service.errors import BadRequest, Conflict, NotFound, WsgiApp, render, write_json
 from service.pipeline.answers import api_error_for
 from service.pipeline.body import read_body
 from service.pipeline.inference import PROTOCOL_KEY, ROUTE_KEY, InferenceEndpoint, InferenceTarget
@@ -35,7 +36,9 @@ MODEL_SERVICE = "tensorflow.serving.ModelService"
 PREDICT = f"/{PREDICTION_SERVICE}/Predict"
 GET_MODEL_METADATA = f"/{PREDICTION_SERVICE}/GetModelMetadata"
 GET_MODEL_STATUS = f"/{MODEL_SERVICE}/GetModelStatus"
-METHODS = (PREDICT, GET_MODEL_METADATA, GET_MODEL_STATUS)  # Classify, Regress, MultiInference: UNIMPLEMENTED
+RELOAD_CONFIG = f"/{MODEL_SERVICE}/HandleReloadConfigRequest"
+# Classify, Regress, MultiInference: UNIMPLEMENTED
+METHODS = (PREDICT, GET_MODEL_METADATA, GET_MODEL_STATUS, RELOAD_CONFIG)
 SERVING_DEFAULT = "serving_default"
 PARSED_REQUEST_KEY = "service.grpc_predict_request"  # the PredictRequest, parsed by refine_target
 PROTOBUF_CONTENT_TYPE = {"Content-Type": "application/x-protobuf"}
@@ -121,6 +124,7 @@ class ModelCalls:
         self._answers: dict[str, Callable[[bytes], Message]] = {
             GET_MODEL_METADATA: self._metadata,
             GET_MODEL_STATUS: self._status,
+            RELOAD_CONFIG: self._reload_config,
         }
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
@@ -152,6 +156,18 @@ class ModelCalls:
         spec = _parse(messages.GetModelStatusRequest, body).model_spec
         status = describe_status(self._server, *spec_target(spec))
         return json_format.ParseDict(status, messages.GetModelStatusResponse())
+
+    def _reload_config(self, body: bytes) -> messages.ReloadConfigResponse:
+        """Serve the models the config lists, and only those, once they load (TF Serving answers when they have).
+
+        A config that cannot be served is INVALID_ARGUMENT; models that do not load,
+        FAILED_PRECONDITION naming them, the others serving as the config says.
+        """
+        config = _parse(messages.ReloadConfigRequest, body).config
+        if self._server.repository is None:
+            raise Conflict("this server serves one model (MODEL_PATH or MODEL_BASE_PATH); serve MODEL_CONFIG_FILE's")
+        self._server.repository.reload_config(text_format.MessageToString(config))
+        return messages.ReloadConfigResponse()  # its status: OK, error_code 0
 
 
 def calls(server: ModelServer) -> WsgiApp:

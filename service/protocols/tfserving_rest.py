@@ -84,9 +84,11 @@ def _register_converter(state) -> None:
 
 @blueprint.get("/v1/models")
 def models():
-    """Every served model with its versions' statuses (TF Serving has no such route; its users script one)."""
+    """Every served model with its versions' statuses (TF Serving has no such route; its users script one), and
+    each configured model that does not serve with why."""
     server = current_server()
-    return json_response({"models": [{"name": name, **describe_status(server, name, None)} for name in server.models]})
+    listed = [{"name": name, **describe_status(server, name, None)} for name in server.models]
+    return json_response({"models": listed, "unavailable": server.unavailable})
 
 
 @blueprint.get("/v1/models/<model_name:name>")

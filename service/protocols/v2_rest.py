@@ -9,19 +9,22 @@ from __future__ import annotations
 
 import re
 
-from flask import Blueprint, Response
+import orjson
+from flask import Blueprint, Response, request
 
 from service import __version__
 from service.backends.base import Arrays, ServedModel
+from service.errors import BadRequest, Conflict
+from service.pipeline.body import read_body
 from service.pipeline.inference import InferenceEndpoint, InferenceTarget
-from service.pipeline.model_server import current_server, json_response
+from service.pipeline.model_server import Repository, current_server, json_response
 from service.protocols.v2_codec import InferRequest, datatype_of, decode_infer_request, encode_infer_response
 from service.versions.registry import VersionState
 
 PROTOCOL = "v2_rest"
 INFERENCE_ROUTES = ("/v2/models/{name}/infer", "/v2/models/{name}/versions/{version}/infer")
 INFER_PATH = re.compile(r"/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[0-9]{1,9}))?/infer")
-EXTENSIONS = ("binary_tensor_data",)
+EXTENSIONS = ("binary_tensor_data", "model_repository")
 
 
 def match_inference(path: str) -> InferenceTarget | None:
@@ -75,7 +78,11 @@ def server_metadata():
 
 @blueprint.post("/v2/repository/index")
 def repository_index():
-    """Triton's model repository index: every version of every model, with its state (READY, or why not)."""
+    """Triton's model repository index: every version of every model, with its state (READY, or why not).
+
+    A configured model that does not serve (it failed to load, or was unloaded) is listed without
+    a version, UNAVAILABLE, with the reason.
+    """
     server = current_server()
     index = []
     for name, hosted in server.models.items():
@@ -85,7 +92,54 @@ def repository_index():
             if not ready:
                 entry["reason"] = status["status"]["error_message"] or status["state"]
             index.append(entry)
-    return json_response(index)
+    index += [{"name": name, "state": "UNAVAILABLE", "reason": why} for name, why in server.unavailable.items()]
+    return json_response(sorted(index, key=lambda entry: entry["name"]))
+
+
+@blueprint.post("/v2/repository/models/<name>/load")
+def load_model(name: str):
+    """Triton's model load: serve the model as its files say now, in every worker (this one before answering)."""
+    _repository_call_options(allowed=())
+    _repository().load(name)
+    return json_response({})
+
+
+@blueprint.post("/v2/repository/models/<name>/unload")
+def unload_model(name: str):
+    """Triton's model unload: stop routing to it, answer what it took, release it; in every worker."""
+    _repository_call_options(allowed=("unload_dependents",))  # a model here has no dependents
+    _repository().unload(name)
+    return json_response({})
+
+
+def _repository() -> Repository:
+    repository = current_server().repository
+    if repository is None:
+        raise Conflict(
+            "this server serves one model (MODEL_PATH or MODEL_BASE_PATH); the repository API needs "
+            "MODEL_REPOSITORY or MODEL_CONFIG_FILE"
+        )
+    return repository
+
+
+def _repository_call_options(allowed: tuple[str, ...]) -> None:
+    """A load or unload body is optional: `{"parameters": {...}}` with only the parameters this server honours."""
+    body = read_body(request.environ, current_server().settings.max_body_bytes)
+    if not body.strip():
+        return
+    try:
+        options = orjson.loads(body)
+    except orjson.JSONDecodeError as error:
+        raise BadRequest(f"the body is not JSON: {error}") from None
+    parameters = options.get("parameters", {}) if isinstance(options, dict) else None
+    if not isinstance(parameters, dict):
+        raise BadRequest('the body must be {"parameters": {...}}, or empty')
+    unknown = sorted(set(parameters) - set(allowed))
+    if unknown:
+        raise BadRequest(
+            f"parameters {unknown} are not supported here (a model's configuration is its files and "
+            "settings.env; docs/models.md)"
+        )
 
 
 @blueprint.get("/v2/models/<name>")

@@ -10,6 +10,7 @@ SIGHUP is service/sizing/rolling.py's.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from service.backends import backend_for
 from service.backends.footprint import Footprint, FootprintError, measure_footprint
-from service.catalog import served_models
+from service.catalog import served_models, serves_catalog
 from service.settings import Settings, SettingsError, load_settings, use_settings
 from service.sizing import readiness
 from service.sizing.gpu import discover_gpus, pin_visible_gpu
@@ -28,6 +29,8 @@ from service.sizing.placement import place_this_worker
 from service.sizing.planner import WorkerPlan, plan_workers
 from service.version_policy import LayoutError, VersionPolicy
 from service.versions.layout import find_versions
+
+log = logging.getLogger(__name__)
 
 
 class CannotStart(SystemExit):
@@ -57,9 +60,21 @@ def plan_for_this_machine(settings: Settings) -> WorkerPlan:
     Every worker serves every model: its footprint is theirs together (`Footprint.together`). With
     a base path a model's footprint is that of the version the workers will serve: the highest
     the policy selects, or, when it does not load, the newest older one that does. The master
-    refuses to start when MODEL_PATH cannot be read or nothing in a model's base path loads.
+    refuses to start when MODEL_PATH cannot be read or nothing in a model's base path loads; with
+    a model config or repository, when none of its models loads (the others are planned for).
     """
-    measured = [(model.served_model_name, *_measured(model)) for model in served_models(settings)]
+    models = served_models(settings)
+    if len(models) == 1 and not serves_catalog(settings):
+        return plan_workers(settings, detect_machine(), _measured(settings)[1], discover_gpus())
+    measured, failures = [], []
+    for model in models:
+        try:
+            measured.append((model.served_model_name, *_measured(model)))
+        except (FootprintError, LayoutError) as error:  # the workers report it too, and serve the others
+            failures.append(f"{model.served_model_name}: {error}")
+            log.warning("model %s is left out of the plan, as it does not load: %s", model.served_model_name, error)
+    if not measured:
+        raise FootprintError(f"no configured model loads ({'; '.join(failures)})")
     if len(measured) == 1:
         return plan_workers(settings, detect_machine(), measured[0][2], discover_gpus())
     footprint = Footprint.together([(runtime, footprint) for _, runtime, footprint in measured])

@@ -92,8 +92,10 @@ class VersionLoader:
         )
         return model
 
-    def initial_versions(self) -> ModelVersions:
+    def initial_versions(self, beside_others: bool = False) -> ModelVersions:
         """The versions to serve from the start: MODEL_PATH's one, or those of MODEL_BASE_PATH the policy selects.
+
+        `beside_others`: loaded while other models serve, as `load` says.
 
         When none of those loads, the newest older version that does (the last good one) serves
         until one of them loads: the poller then retires it. The failed ones are END with their
@@ -104,17 +106,17 @@ class VersionLoader:
         versions = ModelVersions(settings.served_model_name, parse_labels(settings.model_version_labels))
         if not settings.model_base_path:
             started = time.monotonic()
-            model = self.load(settings.model_path, settings.model_version)
+            model = self.load(settings.model_path, settings.model_version, beside_others)
             versions.add(settings.model_version, settings.model_path, model, time.monotonic() - started)
             return versions
         found = find_versions(settings.model_base_path)
         policy = VersionPolicy.parse(settings.model_version_policy)
         for number in sorted(policy.select(found), reverse=True):
-            self._load_into(versions, number, found[number])
+            self._load_into(versions, number, found[number], beside_others)
         for number in policy.fallbacks(found):
             if versions.numbers(VersionState.AVAILABLE):
                 break
-            self._load_into(versions, number, found[number])
+            self._load_into(versions, number, found[number], beside_others)
             if versions.get(number).state == VersionState.AVAILABLE:
                 log.warning(
                     "serving version %d, the newest that loads, until a version MODEL_VERSION_POLICY=%s selects "
@@ -128,8 +130,8 @@ class VersionLoader:
             )
         return versions
 
-    def _load_into(self, versions: ModelVersions, number: int, path: str) -> None:
-        versions.load(number, path, files_stamp(path), lambda model_path: self.load(model_path, number))
+    def _load_into(self, versions: ModelVersions, number: int, path: str, beside_others: bool) -> None:
+        versions.load(number, path, files_stamp(path), lambda model_path: self.load(model_path, number, beside_others))
 
     @staticmethod
     def _failures(versions: ModelVersions) -> str:

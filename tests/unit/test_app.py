@@ -11,7 +11,8 @@ import time
 import pytest
 from prometheus_client import REGISTRY
 
-from service.app import build_batcher, create_app
+from service.app import create_app
+from service.hosting.builder import build_batcher
 
 
 def test_predict_row_format(client, make_rows):

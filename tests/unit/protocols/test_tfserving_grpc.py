@@ -12,13 +12,15 @@ import grpc
 import numpy as np
 import orjson
 import pytest
+from google.protobuf import text_format
 from prometheus_client import REGISTRY
 
 from scripts.launcher import free_port
 from service import tfserving_messages as messages
 from service.app import create_app, start_grpc
 from service.protocols.tensor_proto import from_array
-from service.protocols.tfserving_grpc import GET_MODEL_METADATA, GET_MODEL_STATUS, PREDICT
+from service.protocols.tfserving_grpc import GET_MODEL_METADATA, GET_MODEL_STATUS, PREDICT, RELOAD_CONFIG
+from service.settings import Settings
 from tests.support import infer_document, rows
 
 
@@ -319,3 +321,47 @@ def test_with_the_result_cache_each_call_gets_its_own_answer_and_a_repeat_comes_
         assert [trailing["x-batch-size"] for _, trailing in answers] == ["1", "1", "0", "0"]
     finally:
         app.extensions["model_server"].close()
+
+
+def test_a_reloaded_config_serves_its_models_and_only_those(repository, tmp_path):
+    """HandleReloadConfigRequest, guarded by API keys: the models it lists serve once loaded, the others go."""
+    config = tmp_path / "models.config"
+    config.write_text('model_config_list { config { name: "triple" base_path: "repository/triple" } }')
+    settings = Settings(
+        model_config_file=str(config), jobs_db=str(tmp_path / "jobs.sqlite3"), model_poll_s=0,
+        model_config_poll_s=0, grpc_port=free_port(), api_keys="k1",
+    )  # fmt: skip
+    app = create_app(settings)
+    start_grpc(app)
+    server = app.extensions["model_server"]
+    key = [("x-api-key", "k1")]
+
+    def reload(text: str, metadata=key):
+        request = messages.ReloadConfigRequest()
+        text_format.Parse(text, request.config)
+        return method(channel, RELOAD_CONFIG, messages.ReloadConfigResponse).with_call(
+            request, timeout=60, metadata=metadata
+        )
+
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{settings.grpc_port}") as channel:
+            response, _ = reload(
+                f'model_config_list {{ config {{ name: "double" base_path: "{repository / "double"}" }} }}'
+            )
+            assert response.status.error_code == 0 and list(server.models) == ["double"]
+            answer, _ = predict(channel, predict_request([[1.0, 1.0]], "double"), metadata=key)
+            assert array_of(answer.outputs["y"]).tolist() == [[2.0, 2.0]]
+            invalid = failure(lambda: reload('model_config_list { config { name: "double" } }'))
+            assert invalid.code() == grpc.StatusCode.INVALID_ARGUMENT and "has no base_path" in invalid.details()
+            (tmp_path / "broken" / "1").mkdir(parents=True)
+            (tmp_path / "broken" / "1" / "model.onnx").write_bytes(b"not a model")
+            broken = failure(lambda: reload(
+                f'model_config_list {{ config {{ name: "broken" base_path: "{tmp_path / "broken"}" }} '
+                f'config {{ name: "triple" base_path: "{repository / "triple"}" }} }}'
+            ))  # fmt: skip
+            assert broken.code() == grpc.StatusCode.FAILED_PRECONDITION and "broken:" in broken.details()
+            assert list(server.models) == ["triple"], "the models that load serve as the config says"
+            keyless = failure(lambda: reload("model_config_list { }", metadata=()))
+            assert keyless.code() == grpc.StatusCode.UNAUTHENTICATED and list(server.models) == ["triple"]
+    finally:
+        server.close()
