@@ -95,9 +95,12 @@ def _serve_configured_models(settings: Settings) -> ModelServer:
         server.models = {hosted.name: hosted}
         hosting.serve(hosted)
         return server
-    hosting = ModelHosting(server, current_placement(), PassTurns(settings.concurrent_batches))
+    placement = current_placement()
+    hosting = ModelHosting(server, placement, PassTurns(settings.concurrent_batches))
     source = settings.model_config_file or settings.model_repository
-    watcher = CatalogWatcher(server, hosting, ControlFile(settings.port, source), served_models(settings))
+    # The plan's budget for models (None: they all stay loaded); outside Gunicorn, MODEL_MEMORY_MB's
+    budget_bytes = placement.model_memory_bytes if placement is not None else settings.model_memory_mb * 2**20 or None
+    watcher = CatalogWatcher(server, hosting, ControlFile(settings.port, source), served_models(settings), budget_bytes)
     read_files = settings.model_config_poll_s > 0  # a worker started later serves what they say by then
     watcher.look(read_files, starting=True)
     if not server.models:

@@ -109,6 +109,16 @@ class Settings:
         minimum=0,
     )
 
+    model_memory_mb: int = _setting(
+        0,
+        "With `MODEL_CONFIG_FILE` or `MODEL_REPOSITORY`: the memory each worker gives its models (their measured "
+        "footprints). Models then load on their first request, and the least recently used idle ones are unloaded "
+        "to make room (docs/models.md). 0: every model stays loaded if they all fit a worker's share of RAM; if "
+        "not, the planner sets this budget from the RAM (the plan block says so).",
+        "MB",
+        minimum=0,
+    )
+
     # Network and processes
     host: str = _setting("127.0.0.1", "Address to bind; use 0.0.0.0 only inside a container.")
     port: int = _setting(8000, "Port to bind.", minimum=1, maximum=65535)

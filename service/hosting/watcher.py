@@ -19,16 +19,20 @@ from __future__ import annotations
 
 import logging
 import queue
+from collections.abc import Callable
 from dataclasses import dataclass
 
+from service.backends.footprint import measure_footprint
 from service.catalog import config_file_stamp, read_models
-from service.errors import BadRequest, Conflict, NotFound
+from service.errors import BadRequest, Conflict, NotFound, ServiceUnavailable
 from service.hosting.builder import ModelHosting
 from service.hosting.control import ControlFile, ControlRecord
+from service.hosting.residency import LoadedModel, models_to_unload
 from service.pipeline.model_server import HostedModel, ModelServer
 from service.settings import Settings, SettingsError
+from service.telemetry import metrics
 from service.threads import Completion, OsThread, lower_this_thread, new_completion, new_queue
-from service.version_policy import LayoutError
+from service.version_policy import LayoutError, VersionPolicy
 from service.versions.layout import files_stamp, find_versions
 from service.versions.poller import LOADING_NICENESS
 
@@ -52,6 +56,7 @@ class _Call:
 
     done: Completion
     retry_failed: bool  # the models that failed are tried again, changed or not
+    load_on_demand: str = ""  # not a look: this model loaded for a request
 
 
 class CatalogWatcher:
@@ -68,6 +73,8 @@ class CatalogWatcher:
         hosting: ModelHosting,
         control: ControlFile,
         configured: tuple[Settings, ...],
+        budget_bytes: int | None = None,
+        size_of: Callable[[Settings], int] | None = None,
     ):
         self._server = server
         self._settings = server.settings
@@ -78,6 +85,13 @@ class CatalogWatcher:
         self._applied = ControlRecord()  # what the worker started with: a record made since is applied
         self._calls = new_queue()
         self._thread: OsThread | None = None
+        self._budget_bytes = budget_bytes
+        self._size_of = size_of or measured_size
+        self._sizes: dict[str, int] = {}  # with a budget: each loaded model's measured footprint
+
+    @property
+    def loads_on_demand(self) -> bool:
+        return self._budget_bytes is not None
 
     # In the watcher's thread
 
@@ -98,12 +112,15 @@ class CatalogWatcher:
         for name in removed:
             log.info("model %s is unloaded or no longer configured: let go once its requests are answered", name)
             self._hosting.let_go(served[name])
+            self._sizes.pop(name, None)
         for name in [name for name in self._failed if name not in wanted]:
             del self._failed[name]
         for name, settings in wanted.items():
             current = self._server.models.get(name)
-            if current is None or current.settings != settings:
+            if current is not None and current.settings != settings:
                 self._bring_in(name, settings, wanted, current, starting)
+            elif current is None and (not self.loads_on_demand or (starting and self._fits(settings))):
+                self._bring_in(name, settings, wanted, current, starting)  # on demand: the first to fit, at start
         self._server.unavailable = self._unavailable(record)
 
     def _unavailable(self, record: ControlRecord) -> dict[str, str]:
@@ -114,6 +131,8 @@ class CatalogWatcher:
                 unavailable[name] = "unloaded through the repository API"
             elif name not in self._server.models and name in self._failed:
                 unavailable[name] = self._failed[name].error
+            elif name not in self._server.models and self.loads_on_demand:
+                unavailable[name] = "not loaded: it loads on its first request (MODEL_MEMORY_MB)"
         return unavailable
 
     def _read(self, record: ControlRecord) -> dict[str, Settings]:
@@ -145,19 +164,68 @@ class CatalogWatcher:
             log.error("model %s does not load%s: %s", name, "" if current is None else "; its old self serves", error)
             return
         self._failed.pop(name, None)
+        if self.loads_on_demand:
+            self._sizes[name] = self._size_of(settings)
         self._route(wanted, {name: hosted})
         self._hosting.serve(hosted)
         if not starting:
             log.info("model %s serves", name)
         if current is not None:
             self._hosting.let_go(current)
+        metrics.models_loaded_bytes.set(sum(self._sizes.values()))
 
     def _route(self, wanted: dict, new: dict[str, HostedModel] | None = None) -> None:
         """Route to the models wanted that serve, in the configured order; a request reads `models` once."""
         serving = {**self._server.models, **(new or {})}
         self._server.models = {name: serving[name] for name in wanted if name in serving}
 
+    def _fits(self, settings: Settings) -> bool:
+        return sum(self._sizes.values()) + self._size_of(settings) <= self._budget_bytes
+
+    def _load_on_demand(self, name: str) -> None:
+        """Load model `name` for a request, unloading the least recently used idle models to make room.
+
+        ServiceUnavailable when the models with requests in flight leave no room: they are never
+        unloaded. A model that failed to load, and whose files have not changed, is not tried.
+        """
+        settings = self._configured.get(name)
+        if name in self._server.models or settings is None or name in self._applied.unloaded:
+            return
+        needed_bytes = self._size_of(settings)
+        loaded = [
+            LoadedModel(other, self._sizes.get(other, 0), hosted.last_used_s, hosted.versions.in_flight())
+            for other, hosted in self._server.models.items()
+        ]
+        unload = models_to_unload(self._budget_bytes, needed_bytes, loaded)
+        if unload is None:
+            raise ServiceUnavailable(
+                f"model {name!r} needs {needed_bytes / 2**20:.0f} MiB, and the models with requests in flight hold "
+                f"the rest of this worker's {self._budget_bytes / 2**20:.0f} MiB for models (MODEL_MEMORY_MB); "
+                "retry shortly",
+                reason="models_busy",
+            )
+        for victim in unload:
+            hosted = self._server.models[victim]
+            self._server.models = {other: model for other, model in self._server.models.items() if other != victim}
+            log.info("model %s is unloaded to make room for %s (least recently used, idle)", victim, name)
+            self._hosting.let_go(hosted)
+            self._sizes.pop(victim, None)
+            metrics.on_demand_evictions.labels(victim).inc()
+        wanted = {other: model for other, model in self._configured.items() if other not in self._applied.unloaded}
+        self._bring_in(name, settings, wanted, None)
+        if name in self._server.models:
+            metrics.on_demand_loads.labels(name).inc()
+        self._server.unavailable = self._unavailable(self._applied)
+
     # Any thread: the watcher's loop and the API calls handed to it
+
+    def bring(self, name: str) -> HostedModel | None:
+        """With a budget: model `name` loaded for the calling request, which waits; None when it is not to be
+        loaded on demand (none is, it is not configured, or it was unloaded through the API or failed to load)."""
+        if not self.loads_on_demand or name not in self._configured:
+            return None
+        self._hand_over(_Call(new_completion(), retry_failed=False, load_on_demand=name))
+        return self._server.models.get(name)
 
     def start(self, interval_s: float, read_files: bool) -> None:
         """Look every `interval_s` in an OS thread at the lowest priority, reading the files again if `read_files`."""
@@ -174,9 +242,13 @@ class CatalogWatcher:
                 if call is not None and call.retry_failed:
                     self._failed.clear()  # the API asks for one more try of each
                 try:
-                    self.look(read_files=read_files or call is not None)
+                    if call is not None and call.load_on_demand:
+                        self._load_on_demand(call.load_on_demand)
+                    else:
+                        self.look(read_files=read_files or call is not None)
                 except Exception as error:
-                    log.exception("changing the models served failed; trying again")
+                    if not isinstance(error, ServiceUnavailable):
+                        log.exception("changing the models served failed; trying again")
                     if call is not None:
                         call.done.fail(error)
                         continue
@@ -195,13 +267,19 @@ class CatalogWatcher:
         return stopped
 
     def _look_now(self, retry_failed: bool) -> None:
-        """A look by the watcher's thread, waited for; in this thread when the watcher does not run (tests)."""
+        """A look by the watcher's thread, waited for."""
+        self._hand_over(_Call(new_completion(), retry_failed))
+
+    def _hand_over(self, call: _Call) -> None:
+        """`call` done by the watcher's thread, waited for; in this thread when the watcher does not run (tests)."""
         if self._thread is None:
-            if retry_failed:
+            if call.retry_failed:
                 self._failed.clear()
-            self.look()
+            if call.load_on_demand:
+                self._load_on_demand(call.load_on_demand)
+            else:
+                self.look()
             return
-        call = _Call(new_completion(), retry_failed)
         self._calls.put(call)
         call.done.wait()
 
@@ -249,3 +327,18 @@ def _files_of(settings: Settings) -> tuple:
         return tuple((number, files_stamp(path)) for number, path in sorted(found.items()))
     except (LayoutError, OSError):
         return ()
+
+
+def measured_size(settings: Settings) -> int:
+    """A model's measured footprint (bytes): its newest version the policy selects, as the planner measured it
+    (cached), else measured now in a child process; 0 when it cannot be (its load will say why)."""
+    try:
+        found = find_versions(settings.model_base_path)
+        wanted = VersionPolicy.parse(settings.model_version_policy).select(found)
+        path = found[max(wanted)]
+        return measure_footprint(
+            path, settings.padded_batch_sizes(), settings.footprint_cache, settings.model_backend
+        ).model_bytes
+    except Exception as error:  # whatever stops the measurement stops the load too, which says why
+        log.warning("could not measure model %s: %s", settings.served_model_name, error)
+        return 0

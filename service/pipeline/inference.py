@@ -22,7 +22,7 @@ from service.batching.bulk import predict_instances
 from service.errors import BadRequest, MethodNotAllowed, WsgiApp, render, write_json
 from service.pipeline.answers import NotReady, api_error_for, forward_pass_failures
 from service.pipeline.body import read_body
-from service.pipeline.model_server import ModelServer
+from service.pipeline.model_server import HostedModel, ModelServer
 from service.settings import Settings
 from service.telemetry import metrics
 
@@ -121,14 +121,16 @@ class InferenceEndpoint:
         if environ["REQUEST_METHOD"] != "POST":
             raise MethodNotAllowed(f"{environ['REQUEST_METHOD']} is not allowed here; inference takes POST", "POST")
         target = self.refine_target(target, environ)
-        with self._server.lease(target.model_name, target.version, target.label) as model:  # released once answered
+        leased = self._server.lease_hosted(target.model_name, target.version, target.label)
+        with leased as (hosted, model):  # released once answered
             environ[MODEL_KEY] = (model.name, model.version)
-            return self._infer_with(model, environ, received_at)
+            return self._infer_with(hosted, model, environ, received_at)
 
-    def _infer_with(self, model: ServedModel, environ: dict, received_at: float) -> tuple[bytes, dict[str, str]]:
+    def _infer_with(
+        self, hosted: HostedModel, model: ServedModel, environ: dict, received_at: float
+    ) -> tuple[bytes, dict[str, str]]:
         server = self._server
-        hosted = server.models[model.name]  # the leased version's model: its own settings and batcher serve it
-        settings, batcher = hosted.settings, hosted.batcher
+        settings, batcher = hosted.settings, hosted.batcher  # the leased version's model's
         timeout_s = request_timeout_s(settings, environ.get("HTTP_X_REQUEST_TIMEOUT_MS"))
         budget_s = admission_budget_s(settings, timeout_s)
         if not server.ready:

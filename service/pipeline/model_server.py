@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -17,6 +17,7 @@ from service.caching.result_cache import ResultCache, identity_of
 from service.errors import NotFound
 from service.jobs.service import Jobs
 from service.settings import Settings
+from service.telemetry import metrics
 from service.telemetry.refusals import RefusalSummary
 from service.versions.poller import VersionPoller
 from service.versions.registry import ModelVersions
@@ -31,6 +32,11 @@ class CallServer(Protocol):
 
 class Repository(Protocol):
     """The models' repository as an API (service/hosting/watcher.py, CatalogWatcher): served models come and go."""
+
+    loads_on_demand: bool  # a model not loaded is loaded for its first request (MODEL_MEMORY_MB)
+
+    def bring(self, name: str) -> HostedModel | None:
+        """Model `name` loaded for a request, which waits; None when it is not one to load; ServiceUnavailable."""
 
     def load(self, name: str) -> None:
         """Serve model `name` as the configuration says now (again, if it changed); NotFound, Conflict."""
@@ -54,6 +60,7 @@ class HostedModel:
     versions: ModelVersions
     batcher: Batcher
     poller: VersionPoller | None = None
+    last_used_s: float = field(default_factory=time.monotonic)  # its last request's: the least recently used go
 
     @property
     def name(self) -> str:
@@ -87,16 +94,27 @@ class ModelServer:
         """The model, when the server serves one; None when it serves several."""
         return next(iter(self.models.values())) if len(self.models) == 1 else None
 
-    def hosted(self, name: str | None) -> HostedModel:
-        """The model named `name` (None: the sole one); NotFound saying what is served."""
+    def hosted(self, name: str | None, load: bool = True) -> HostedModel:
+        """The model named `name` (None: the sole one); NotFound saying what is served.
+
+        With MODEL_MEMORY_MB, a model configured but not loaded is loaded, and the caller waits
+        (unless not `load`: a status asks what is, not for a load).
+        """
         models = self.models
         model = (next(iter(models.values())) if len(models) == 1 else None) if name is None else models.get(name)
+        repository = self.repository
+        if repository is not None and repository.loads_on_demand and name is not None:
+            if model is not None:
+                metrics.on_demand_hits.labels(name).inc()
+            elif load:
+                model = repository.bring(name)
         if model is None:
             served = ", ".join(repr(served) for served in models) or "no model"
             what = f"model {name!r} is not served here" if name is not None else "a request must name its model"
             if name in self.unavailable:
                 what = f"model {name!r} is not served: {self.unavailable[name]}"
             raise NotFound(f"{what}; this server serves {served}")
+        model.last_used_s = time.monotonic()
         return model
 
     def model_for(self, name: str | None, version: int | None, label: str | None = None) -> ServedModel:
@@ -109,8 +127,29 @@ class ModelServer:
     @contextmanager
     def lease(self, name: str | None, version: int | None, label: str | None = None) -> Iterator[ServedModel]:
         """`model_for`'s version, kept from being released until the request that leased it is answered."""
-        with self.hosted(name).versions.lease(version, label) as model:
+        with self.lease_hosted(name, version, label) as (_, model):
             yield model
+
+    @contextmanager
+    def lease_hosted(
+        self, name: str | None, version: int | None, label: str | None = None
+    ) -> Iterator[tuple[HostedModel, ServedModel]]:
+        """`lease`, with the model the version is of: its settings and batcher serve the request.
+
+        A model let go of between its lookup and the lease (removed, replaced, unloaded to make
+        room) is looked up once more, so the request goes to what serves that name now.
+        """
+        for attempt in (1, 2):
+            hosted = self.hosted(name)
+            with ExitStack() as held:
+                try:
+                    model = held.enter_context(hosted.versions.lease(version, label))
+                except NotFound:
+                    if attempt == 2 or self.models.get(hosted.name) is hosted:
+                        raise
+                    continue
+                yield hosted, model
+                return
 
     def settings_for(self, model: ServedModel) -> Settings:
         """The settings a version of a served model is served with: the server's, with the model's own."""

@@ -104,7 +104,7 @@ def describe_status(server: ModelServer, name: str | None, version: int | None, 
     A version that failed to load is in END with its error. Once the worker shuts down (it
     admits nothing more), the versions it served read UNLOADING.
     """
-    versions = server.hosted(name).versions
+    versions = server.hosted(name, load=False).versions  # a status asks what is: a model not loaded is not loaded
     if label is not None:
         version = versions.version_of(label)
     statuses = versions.statuses(version)

@@ -45,6 +45,7 @@ class WorkerPlacement:
     intra_op_threads: int
     inter_op_threads: int
     workers: int = 1  # in the whole plan: each may hold a second version of the model while it swaps
+    model_memory_bytes: int | None = None  # several models that do not all fit: loaded on demand within this
 
     @property
     def device(self) -> str:
@@ -65,6 +66,7 @@ class WorkerPlan:
     discovery: GpuDiscovery
     warnings: tuple[str, ...] = ()
     models: tuple[tuple[str, Footprint], ...] = ()  # with several models: each one's footprint, by name
+    memory_reason: str = ""  # why the models load on demand (placements' model_memory_bytes), if they do
 
     def placement(self, slot: int) -> WorkerPlacement:
         return self.placements[slot % len(self.placements)]
@@ -121,7 +123,14 @@ class WorkerPlan:
             f"  models       {len(self.models)}: {_mib(footprint.worker_bytes)} per worker = runtimes "
             f"{_mib(footprint.runtime_bytes)} + models {_mib(footprint.model_bytes)} ({measured})"
         ]
-        return lines + [f"    {name:<12} {_mib(model.model_bytes)}" for name, model in self.models]
+        lines += [f"    {name:<12} {_mib(model.model_bytes)}" for name, model in self.models]
+        budget = self.placements[0].model_memory_bytes if self.placements else None
+        if budget is not None:
+            lines.append(
+                f"  on demand    {_mib(budget)} of models per worker ({self.memory_reason}): each loads on its "
+                "first request, and the least recently used idle ones are unloaded to make room"
+            )
+        return lines
 
 
 def plan_workers(
@@ -138,6 +147,9 @@ def plan_workers(
     """
     gpus = discovery.gpus
     usable_bytes = machine.ram_available_bytes * (1 - settings.ram_headroom)
+    model_memory_bytes, memory_reason = _model_memory(settings, machine, footprint, models, usable_bytes)
+    if model_memory_bytes is not None:  # a worker holds its runtimes and the budget, not every model
+        footprint = Footprint(footprint.runtime_bytes, model_memory_bytes, footprint.cached)
     cpu_cap = 2 * machine.cores + 1
     ram_cap = math.floor(usable_bytes / max(footprint.worker_bytes, 1))
     caps = {"2 x cores + 1": cpu_cap, f"RAM {_gib(usable_bytes)} / {_mib(footprint.worker_bytes)}": ram_cap}
@@ -174,11 +186,47 @@ def plan_workers(
             intra_op_threads=intra_op,
             inter_op_threads=inter_op,
             workers=workers,
+            model_memory_bytes=model_memory_bytes,
         )
         for slot in range(workers)
     )
     return WorkerPlan(
-        workers, reason, cap, cap_reason, placements, machine, footprint, discovery, tuple(warnings), models
+        workers, reason, cap, cap_reason, placements, machine, footprint, discovery, tuple(warnings), models,
+        memory_reason,
+    )  # fmt: skip
+
+
+def _model_memory(
+    settings: Settings, machine: Machine, together: Footprint, models: tuple[tuple[str, Footprint], ...], usable: float
+) -> tuple[int | None, str]:
+    """Each worker's budget for its models, and why; (None, "") when every model stays loaded.
+
+    MODEL_MEMORY_MB sets it. Otherwise, when the models together do not fit the RAM of the
+    workers the cores call for, it is those workers' share of RAM less their runtimes, and
+    fewer workers when that would not hold the largest model. PlanError when not even one does.
+    """
+    if not models:
+        return None, ""
+    total = sum(footprint.model_bytes for _, footprint in models)
+    if settings.model_memory_mb:
+        budget = settings.model_memory_mb * MIB
+        if budget >= total:
+            return None, ""
+        return budget, f"MODEL_MEMORY_MB={settings.model_memory_mb}"
+    workers = settings.workers or max(1, machine.cores // CPU_CORES_PER_WORKER)
+    if workers * together.worker_bytes <= usable:
+        return None, ""
+    largest = max(footprint.model_bytes for _, footprint in models)
+    while workers > 1 and usable / workers - together.runtime_bytes < largest:
+        workers -= 1
+    budget = int(usable / workers - together.runtime_bytes)
+    if budget < largest:
+        raise PlanError(
+            f"the largest model needs {_mib(largest)} beside the runtimes' {_mib(together.runtime_bytes)}, "
+            f"and {_gib(usable)} of RAM is usable: free memory or serve it elsewhere"
+        )
+    return budget, (
+        f"set by the plan: the models need {_mib(total)} together, and {workers} worker(s) share {_gib(usable)}"
     )
 
 

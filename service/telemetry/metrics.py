@@ -125,6 +125,26 @@ predictions = Counter(
     "Instances answered with predictions (by a forward pass or from the result cache), by model and version.",
     ["model", "version"],
 )
+on_demand_hits = Counter(
+    "model_server_on_demand_hits",
+    "With MODEL_MEMORY_MB: requests for a model that was loaded, by model.",
+    ["model"],
+)
+on_demand_loads = Counter(
+    "model_server_on_demand_loads",
+    "With MODEL_MEMORY_MB: models loaded for a request (each load's requests waited for it), by model.",
+    ["model"],
+)
+on_demand_evictions = Counter(
+    "model_server_on_demand_evictions",
+    "With MODEL_MEMORY_MB: idle models unloaded, least recently used first, to make room for another, by model.",
+    ["model"],
+)
+models_loaded_bytes = Gauge(
+    "model_server_models_loaded_bytes",
+    "Measured footprint of the models the live workers hold loaded, against MODEL_MEMORY_MB when it is set.",
+    multiprocess_mode="livesum",
+)
 cache_hits = Counter(
     "model_server_cache_hits", "Instances answered from the result cache, by tier (local, redis).", ["tier"]
 )

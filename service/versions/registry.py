@@ -131,6 +131,11 @@ class ModelVersions:
         with self._lock:
             return self._find(version, label).model
 
+    def in_flight(self) -> int:
+        """Requests leased to any version, queued or running."""
+        with self._lock:
+            return sum(version.in_flight for version in self._versions.values())
+
     def latest(self) -> ServedModel:
         return self.serving()
 

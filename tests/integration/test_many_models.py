@@ -4,7 +4,9 @@ TF Serving's REST and gRPC and on V2, each with its own batcher and metrics."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import threading
 
 import grpc
 import numpy as np
@@ -12,7 +14,7 @@ import pytest
 import requests
 
 from service.tfserving_messages import DataType, PredictRequest, PredictResponse
-from tests.support import run_readme_block, scrape, value, write_scaling_onnx
+from tests.support import run_readme_block, scrape, value, wait_until, write_scaling_onnx
 
 pytestmark = pytest.mark.integration
 
@@ -27,19 +29,39 @@ def two_models(launch_server, demo_onnx_path, tmp_path_factory):
     shutil.copy(demo_onnx_path, root / "digits" / "1" / "model.onnx")
     write_scaling_onnx(root / "scaler" / "1" / "model.onnx", 3.0)
     (root / "scaler" / "settings.env").write_text("MAX_QUEUE=48\n")
+    write_scaling_onnx(root / "tripler" / "1" / "model.onnx", 3.0)  # configured by a test, then removed again
     config = root / "models.config"
-    config.write_text(
-        """
-        model_config_list {
-          config { name: "digits" base_path: "digits" model_platform: "onnx" }
-          config { name: "scaler" base_path: "scaler" version_labels { key: "stable" value: 1 } }
-        }
-        """
+    config.write_text(TWO_MODELS)
+    server = launch_server(
+        MODEL_CONFIG_FILE=str(config), WORKERS="2", MAX_BATCH_SIZE="16", LOG_FORMAT="json", MODEL_CONFIG_POLL_S="0.5"
     )
-    server = launch_server(MODEL_CONFIG_FILE=str(config), WORKERS="1", MAX_BATCH_SIZE="16", LOG_FORMAT="json")
-    server.wait_for_grpc(1)
+    server.wait_for_grpc(2)
+    server.config = config
     yield server
     server.stop()
+
+
+TWO_MODELS = """
+model_config_list {
+  config { name: "digits" base_path: "digits" model_platform: "onnx" }
+  config { name: "scaler" base_path: "scaler" version_labels { key: "stable" value: 1 } }
+}
+"""
+
+
+def write_config(path, text: str) -> None:
+    """As an operator's tool should: the poll reads the old file or the new one, never half of it."""
+    written = path.with_suffix(".new")
+    written.write_text(text)
+    os.replace(written, path)
+
+
+def steadily(url: str, name: str, status: int, times: int = 12) -> bool:
+    """Whether `times` requests in a row, each on a new connection (so to either worker), get `status`."""
+    return all(
+        requests.post(f"{url}/v1/models/{name}:predict", json={"instances": [[1, 2]]}, timeout=30).status_code == status
+        for _ in range(times)
+    )
 
 
 def grpc_predict(server, name: str, values: np.ndarray, input_name: str) -> PredictResponse:
@@ -113,3 +135,37 @@ def test_the_readme_lists_the_models_and_the_repository_index(two_models):
         ("digits", "READY"),
         ("scaler", "READY"),
     ]
+
+
+def test_models_added_and_removed_while_serving_fail_no_request_of_the_others(two_models, demo_holdout):
+    """The config file polled (MODEL_CONFIG_POLL_S) and the repository API, in both workers, under load."""
+    url, images = two_models.url, demo_holdout[0][:2].tolist()
+    statuses, stop = [], threading.Event()
+
+    def keep_predicting():
+        with requests.Session() as session:
+            while not stop.is_set():
+                answer = session.post(f"{url}/v1/models/digits:predict", json={"instances": images}, timeout=30)
+                statuses.append(answer.status_code)
+
+    client = threading.Thread(target=keep_predicting)
+    client.start()
+    try:
+        three_models = TWO_MODELS.replace("\n}", '  config { name: "tripler" base_path: "tripler" }\n}')
+        write_config(two_models.config, three_models)
+        wait_until(lambda: steadily(url, "tripler", 200), 60, "the model added serving in both workers")
+        write_config(two_models.config, TWO_MODELS.replace('"scaler"', '"tripler"').replace(
+            ' version_labels { key: "stable" value: 1 }', ""))  # fmt: skip
+        wait_until(lambda: steadily(url, "scaler", 404), 60, "the model removed gone from both workers")
+        write_config(two_models.config, TWO_MODELS)
+        wait_until(lambda: steadily(url, "scaler", 200) and steadily(url, "tripler", 404), 60, "the config restored")
+        unloaded = requests.post(f"{url}/v2/repository/models/scaler/unload", timeout=60)
+        assert unloaded.status_code == 200
+        wait_until(lambda: steadily(url, "scaler", 404), 30, "the other worker following the unload")
+        assert requests.post(f"{url}/v2/repository/models/scaler/load", timeout=60).status_code == 200
+        wait_until(lambda: steadily(url, "scaler", 200), 30, "the other worker following the load")
+    finally:
+        stop.set()
+        client.join(60)
+    assert len(statuses) > 20 and set(statuses) == {200}, f"the model that did not change: {sorted(set(statuses))}"
+    assert "model tripler serves" in two_models.log() and "let go of" in two_models.log()

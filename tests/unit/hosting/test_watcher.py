@@ -8,9 +8,11 @@ import threading
 
 import numpy as np
 import pytest
+from prometheus_client import REGISTRY
 
 from service.app import create_app
 from service.backends.base import ModelInputs, ModelLoadError
+from service.hosting import watcher
 from service.settings import Settings
 from tests.support import write_scaling_onnx
 
@@ -184,3 +186,45 @@ def test_the_other_workers_follow_a_change_at_their_next_look(repository, tmp_pa
     finally:
         first_server.close()
         second_server.close()
+
+
+@pytest.fixture
+def on_demand(repository, tmp_path, monkeypatch):
+    """(app, server) with three models of 1 MiB each (as measured) and room for two (MODEL_MEMORY_MB=2)."""
+    write_scaling_onnx(repository / "quadruple" / "1" / "model.onnx", 4.0)
+    monkeypatch.setattr(watcher, "measured_size", lambda settings: 2**20)
+    app, server = served_app(tmp_path, model_repository=str(repository), model_memory_mb=2)
+    yield app, server
+    server.close()
+
+
+def counted(name: str, model: str) -> float:
+    return REGISTRY.get_sample_value(f"model_server_on_demand_{name}_total", {"model": model}) or 0.0
+
+
+def test_models_load_on_their_first_request_and_the_least_recently_used_make_room(on_demand):
+    app, server = on_demand
+    client = app.test_client()
+    assert list(server.models) == ["double", "quadruple"], "at start, the first that fit, in the configured order"
+    index = {entry["name"]: entry for entry in client.post("/v2/repository/index").json}
+    assert index["triple"]["state"] == "UNAVAILABLE" and "loads on its first request" in index["triple"]["reason"]
+    assert client.get("/v1/models/triple").status_code == 404, "a status does not load it"
+    loads, evictions, hits = counted("loads", "triple"), counted("evictions", "double"), counted("hits", "quadruple")
+    assert predict(client, "double").status_code == 200
+    assert predict(client, "quadruple").status_code == 200  # now double is the least recently used
+    assert predict(client, "triple").json == {"predictions": [[3.0, 6.0]]}
+    assert set(server.models) == {"quadruple", "triple"}
+    assert (counted("loads", "triple"), counted("evictions", "double")) == (loads + 1, evictions + 1)
+    assert counted("hits", "quadruple") == hits + 1
+    assert predict(client, "double").json == {"predictions": [[2.0, 4.0]]}, "and back when asked for"
+    assert set(server.models) == {"triple", "double"}
+
+
+def test_a_model_with_requests_in_flight_is_not_unloaded_and_the_load_is_refused_until_one_is_idle(on_demand):
+    app, server = on_demand
+    client = app.test_client()
+    with server.lease("double", None), server.lease("quadruple", None):
+        refused = predict(client, "triple")
+        assert refused.status_code == 503 and refused.headers["Retry-After"] == "1"
+        assert "requests in flight" in refused.json["error"] and set(server.models) == {"double", "quadruple"}
+    assert predict(client, "triple").status_code == 200

@@ -108,3 +108,54 @@ def test_plan_describes_itself_in_one_block():
     adaptive = Settings(batch_policy="adaptive", latency_slo_ms=50)
     adaptive_plan = plan_workers(adaptive, machine(), footprint(), gpus())
     assert "adaptive policy, objective 50 ms" in adaptive_plan.describe(adaptive)
+
+
+def several(*model_mib, runtime_mib=600):
+    """(the worker's footprint with every model, each model's): as the master measures them."""
+    each = tuple((f"m{index}", Footprint(runtime_mib * MIB, mib * MIB)) for index, mib in enumerate(model_mib))
+    return Footprint.together([("tensorflow", model) for _, model in each]), each
+
+
+def test_models_that_fit_together_all_stay_loaded():
+    together, each = several(400, 400, 400)
+    plan = plan_workers(Settings(), machine(cores=4, available_gib=8), together, NO_GPU, each)
+    assert plan.placement(0).model_memory_bytes is None and plan.footprint == together
+    assert "on demand" not in plan.describe(Settings())
+
+
+def test_models_that_do_not_fit_load_on_demand_within_the_workers_share_of_ram():
+    together, each = several(3000, 3000, 3000, 3000)  # 12 GB of models, 10 GB available
+    plan = plan_workers(Settings(), machine(cores=4, available_gib=10), together, NO_GPU, each)
+    usable = 10 * GIB * (1 - Settings().ram_headroom)
+    assert plan.workers == 2, "two workers of 2 cores each still hold the largest model beside the runtimes"
+    budget = plan.placement(0).model_memory_bytes
+    assert budget == int(usable / 2 - 600 * MIB) and budget >= 3000 * MIB
+    assert plan.workers * (600 * MIB + budget) <= usable
+    assert "on demand" in plan.describe(Settings()) and "set by the plan" in plan.describe(Settings())
+
+
+def test_fewer_workers_when_their_share_would_not_hold_the_largest_model():
+    together, each = several(500, 4000, 500)
+    plan = plan_workers(Settings(), machine(cores=8, available_gib=8), together, NO_GPU, each)
+    assert plan.workers == 1 and plan.placement(0).model_memory_bytes >= 4000 * MIB
+    with pytest.raises(PlanError, match="largest model needs"):
+        plan_workers(Settings(), machine(cores=8, available_gib=4), together, NO_GPU, each)
+
+
+def test_model_memory_mb_sets_the_budget_and_the_workers_are_sized_for_it():
+    together, each = several(1000, 1000, 1000)
+    settings = Settings(model_memory_mb=2000)
+    plan = plan_workers(settings, machine(cores=4, available_gib=24), together, NO_GPU, each)
+    assert plan.placement(1).model_memory_bytes == 2000 * MIB and plan.footprint.model_bytes == 2000 * MIB
+    assert "MODEL_MEMORY_MB=2000" in plan.describe(settings)
+    roomy = plan_workers(Settings(model_memory_mb=5000), machine(cores=4), together, NO_GPU, each)
+    assert roomy.placement(0).model_memory_bytes is None, "a budget that holds them all loads them all"
+
+
+def test_on_a_gpu_each_workers_memory_limit_holds_all_its_models():
+    together, each = several(2000, 2000, 2000)
+    plan = plan_workers(Settings(workers_per_gpu=2), machine(cores=8), together, gpus(16000), each)
+    assert plan.workers == 1, "two workers would not each hold 6000 MiB of models and their activations"
+    assert plan.placement(0).gpu_memory_limit_mb >= 2 * 6000
+    larger = plan_workers(Settings(workers_per_gpu=2), machine(cores=8), together, gpus(40000), each)
+    assert larger.workers == 2 and all(p.gpu_memory_limit_mb >= 2 * 6000 for p in larger.placements)
