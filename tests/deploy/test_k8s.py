@@ -9,19 +9,22 @@ measured footprint.
 from __future__ import annotations
 
 import re
+from pathlib import PurePosixPath
 
 import kubernetes_validate
 import pytest
 import yaml
+from google.protobuf import text_format
 
 from scripts import capacity
 from scripts.launcher import PROJECT_ROOT
 from service.backends.footprint import measure_footprint
 from service.settings import load_settings
+from service.tfserving_messages import ModelServerConfig
 
 MANIFESTS = PROJECT_ROOT / "deploy" / "k8s"
 KUBERNETES_VERSION = "1.30"
-RESOURCE_FILES = ["configmap.yaml", "deployment.yaml", "service.yaml", "hpa.yaml", "pdb.yaml"]
+RESOURCE_FILES = ["configmap.yaml", "models-configmap.yaml", "deployment.yaml", "service.yaml", "hpa.yaml", "pdb.yaml"]
 _QUANTITY = re.compile(r"(\d+)(Mi|Gi)")
 
 
@@ -60,6 +63,26 @@ def test_configmap_holds_valid_settings_for_a_container():
     data = load("configmap.yaml")["data"]
     settings = load_settings(data)  # raises SettingsError on any bad value
     assert settings.log_format == "json" and settings.workers == 0
+
+
+def test_the_model_config_is_valid_and_mounted_where_model_config_file_would_name_it(container, tmp_path):
+    """The ConfigMap's config parses as the server parses it, and the settings it takes hold with it."""
+    text = load("models-configmap.yaml")["data"]["models.config"]
+    commented = re.search(r'# MODEL_CONFIG_FILE: "(?P<path>[^"]+)"', (MANIFESTS / "configmap.yaml").read_text())
+    path = PurePosixPath(commented["path"])
+    assert path.name == "models.config"
+    pod = load("deployment.yaml")["spec"]["template"]["spec"]
+    models_config_map = load("models-configmap.yaml")["metadata"]["name"]
+    (volume,) = [volume for volume in pod["volumes"] if volume.get("configMap", {}).get("name") == models_config_map]
+    (mount,) = [mount for mount in container["volumeMounts"] if mount["name"] == volume["name"]]
+    assert mount["mountPath"] == str(path.parent) and "subPath" not in mount, "a subPath mount never sees an edit"
+    config = text_format.Parse(text, ModelServerConfig())  # as service/catalog.py reads it
+    names = [entry.name for entry in config.model_config_list.config]
+    assert names == ["digits", "heavy", "digits-onnx"]
+    assert all(entry.base_path.startswith("/models/") for entry in config.model_config_list.config)
+    data = load("configmap.yaml")["data"]
+    settings = load_settings({**data, "MODEL_CONFIG_FILE": commented["path"]})
+    assert settings.model_config_poll_s > 0, "an edit of the ConfigMap serves without a restart"
 
 
 def test_probes_use_the_services_health_routes(container):

@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from scripts.launcher import PROJECT_ROOT
+from service.catalog import NAME_PATTERN
 from service.settings import load_settings
 from service.web.auth import OPEN_PATHS
 
@@ -65,6 +66,44 @@ def test_the_container_serves_v2_on_its_one_port_with_valid_settings(service):
 def test_the_grace_period_covers_the_pre_stop_pause_and_the_graceful_timeout(service):
     predictor = service["spec"]["predictor"]
     (container,) = predictor["containers"]
+    pause_s = int(container["lifecycle"]["preStop"]["exec"]["command"][1])
+    settings = load_settings({variable["name"]: variable["value"] for variable in container["env"]})
+    assert predictor["terminationGracePeriodSeconds"] > pause_s + settings.graceful_timeout_s
+
+
+@pytest.fixture(scope="module")
+def multi_model() -> dict:
+    """deploy/kserve/multi-model.yaml's documents, by kind."""
+    documents = yaml.safe_load_all((PROJECT_ROOT / "deploy" / "kserve" / "multi-model.yaml").read_text())
+    return {document["kind"]: document for document in documents}
+
+
+def test_the_multi_model_runtime_is_a_valid_pod_serving_a_repository_where_kserves_agent_loads(multi_model):
+    """KServe's model agent downloads into /mnt/models/<name> and posts the V2 load to localhost:8080."""
+    runtime = multi_model["ServingRuntime"]["spec"]
+    assert runtime["multiModel"] is True and runtime["protocolVersions"] == ["v2"]
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "runtime"}, "spec": {"containers": []}}
+    pod["spec"]["containers"] = runtime["containers"]
+    kubernetes_validate.validate(pod, KUBERNETES_VERSION, strict=True)
+    (container,) = runtime["containers"]
+    settings = load_settings({variable["name"]: variable["value"] for variable in container["env"]})
+    assert (settings.model_repository, settings.port, settings.host) == ("/mnt/models", 8080, "0.0.0.0")
+    assert container["ports"] == [{"name": "http1", "containerPort": 8080, "protocol": "TCP"}]
+    assert settings.model_config_poll_s > 0 and "/v2/repository/models" not in OPEN_PATHS
+    formats = {entry["name"] for entry in runtime["supportedModelFormats"]}
+    assert formats == {"tensorflow", "onnx"}, "the backends the server loads"
+
+
+def test_the_inference_service_uses_the_runtime_and_the_trained_models_name_it(multi_model):
+    service, trained = multi_model["InferenceService"], multi_model["TrainedModel"]
+    predictor = service["spec"]["predictor"]
+    assert predictor["model"]["runtime"] == multi_model["ServingRuntime"]["metadata"]["name"]
+    assert "storageUri" not in predictor["model"], "the TrainedModels bring the models"
+    formats = multi_model["ServingRuntime"]["spec"]["supportedModelFormats"]
+    assert predictor["model"]["modelFormat"]["name"] in {entry["name"] for entry in formats}
+    assert trained["spec"]["inferenceService"] == service["metadata"]["name"]
+    assert NAME_PATTERN.fullmatch(trained["metadata"]["name"]), "served under its name"
+    (container,) = multi_model["ServingRuntime"]["spec"]["containers"]
     pause_s = int(container["lifecycle"]["preStop"]["exec"]["command"][1])
     settings = load_settings({variable["name"]: variable["value"] for variable in container["env"]})
     assert predictor["terminationGracePeriodSeconds"] > pause_s + settings.graceful_timeout_s
