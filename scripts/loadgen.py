@@ -66,6 +66,7 @@ class LoadResult:
     connection_error_kinds: dict[str, int] = field(default_factory=dict)  # exception name -> count
     client_cpu_s: float = 0.0
     reported_percentiles_ms: dict[float, float] | None = None  # from a tool (wrk) that keeps no latencies
+    loaded_on_demand_s: list[float] = field(default_factory=list)  # 200s that waited for their model's load
 
     def count_answer(self, status: int, latency_s: float, batch_size: int | None) -> None:
         """One answer's status, latency and the batch size the server reported (HTTP or gRPC)."""
@@ -146,6 +147,7 @@ class _Answer:
     batch_size: int | None = None  # X-Batch-Size
     retry_after: str | None = None
     closing: bool = False  # the server closes the connection after it
+    loaded_on_demand: bool = False  # X-Model-Loaded-On-Demand: its model was loaded for it (MODEL_MEMORY_MB)
 
 
 class _Connection:
@@ -170,6 +172,8 @@ class _Connection:
                 answer.retry_after = value
             elif name == "connection" and value.lower() == "close":
                 answer.closing = True
+            elif name == "x-model-loaded-on-demand":
+                answer.loaded_on_demand = True
         answer.body = await self.reader.readexactly(length)
         return answer
 
@@ -230,6 +234,8 @@ class _Target:
 
 def _record(result: LoadResult, target: _Target, index: int, answer: _Answer, latency_s: float) -> None:
     result.count_answer(answer.status, latency_s, answer.batch_size)
+    if answer.status == 200 and answer.loaded_on_demand:
+        result.loaded_on_demand_s.append(latency_s)
     if answer.status == 503 and not answer.retry_after:
         result.missing_retry_after += 1
     expected = target.workload.expected
@@ -382,10 +388,31 @@ def run_open_loop(
     url: str, body: bytes | Workload, rate_rps: float, duration_s: float, path: str = "/predict", seed: int = 0
 ) -> LoadResult:
     """Send requests at Poisson arrivals of `rate_rps` for `duration_s` seconds, then wait for the answers."""
-    target, result = _Target(url, path, _workload(body)), LoadResult("open", rate_rps)
-    arrivals = random.Random(seed)
+    (result,) = run_together(url, [Load(path, body, rate_rps=rate_rps)], duration_s, seed)
+    return result
 
-    async def main():
+
+@dataclass(frozen=True)
+class Load:
+    """One of the loads `run_together` drives: an open loop at `rate_rps`, or a closed loop of `clients`."""
+
+    path: str
+    body: bytes | Workload
+    rate_rps: float = 0.0
+    clients: int = 0
+    honor_retry_after: bool = False  # closed loop: wait as a 503 says, or retry at once
+    url: str = ""  # another server's than run_together's
+
+
+def run_together(url: str, loads: list[Load], duration_s: float, seed: int = 0) -> list[LoadResult]:
+    """Drive every load at once for `duration_s` seconds (one event loop), then wait for the open loops' answers.
+
+    Each load's result is its own; the client CPU is the whole run's, in each.
+    """
+    targets = [_Target(load.url or url, load.path, _workload(load.body)) for load in loads]
+    results = [LoadResult("open" if load.rate_rps else "closed", load.rate_rps or load.clients) for load in loads]
+
+    async def open_loop(target: _Target, rate_rps: float, result: LoadResult, arrivals: random.Random) -> None:
         idle, open_count, pending = [], [0], set()
         start = time.perf_counter()
         scheduled_at = start
@@ -404,7 +431,20 @@ def run_open_loop(
         for connection in idle:
             connection.close()
 
-    return _timed(result, main)
+    async def main():
+        stop_at = time.monotonic() + duration_s
+        runs = []
+        for index, (load, target, result) in enumerate(zip(loads, targets, results, strict=True)):
+            if load.rate_rps:
+                runs.append(open_loop(target, load.rate_rps, result, random.Random(seed + index)))
+            else:
+                runs += [_closed_client(target, stop_at, result, load.honor_retry_after) for _ in range(load.clients)]
+        await asyncio.gather(*runs)
+
+    _timed(results[0], main)
+    for result in results[1:]:
+        result.duration_s, result.client_cpu_s = results[0].duration_s, results[0].client_cpu_s
+    return results
 
 
 def _workload(body: bytes | Workload) -> Workload:

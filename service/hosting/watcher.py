@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -27,11 +28,11 @@ from service.catalog import config_file_stamp, read_models
 from service.errors import BadRequest, Conflict, NotFound, ServiceUnavailable
 from service.hosting.builder import ModelHosting
 from service.hosting.control import ControlFile, ControlRecord
-from service.hosting.residency import LoadedModel, models_to_unload
+from service.hosting.residency import LoadedModel, LoadRation, models_to_unload
 from service.pipeline.model_server import HostedModel, ModelServer
 from service.settings import Settings, SettingsError
 from service.telemetry import metrics
-from service.threads import Completion, OsThread, lower_this_thread, new_completion, new_queue
+from service.threads import Completion, OsThread, lower_this_thread, new_completion, new_lock, new_queue
 from service.version_policy import LayoutError, VersionPolicy
 from service.versions.layout import files_stamp, find_versions
 from service.versions.poller import LOADING_NICENESS
@@ -39,6 +40,7 @@ from service.versions.poller import LOADING_NICENESS
 log = logging.getLogger(__name__)
 
 _STOP = object()
+LOAD_SHARE = 0.25  # of a worker's time, at most, that loads on demand take (residency.py, LoadRation)
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,6 @@ class _Call:
 
     done: Completion
     retry_failed: bool  # the models that failed are tried again, changed or not
-    load_on_demand: str = ""  # not a look: this model loaded for a request
 
 
 class CatalogWatcher:
@@ -88,6 +89,9 @@ class CatalogWatcher:
         self._budget_bytes = budget_bytes
         self._size_of = size_of or measured_size
         self._sizes: dict[str, int] = {}  # with a budget: each loaded model's measured footprint
+        self._ration = LoadRation(LOAD_SHARE)
+        self._ration_lock = new_lock()  # OS-level, held for a few statements, never across a wait
+        self._waiters: dict[str, list[Completion]] = {}  # models loading on demand: the requests waiting
 
     @property
     def loads_on_demand(self) -> bool:
@@ -187,23 +191,27 @@ class CatalogWatcher:
 
         ServiceUnavailable when the models with requests in flight leave no room: they are never
         unloaded. A model that failed to load, and whose files have not changed, is not tried.
+        The model loaded is `awaited` until its request takes it: the next load does not unload it.
         """
         settings = self._configured.get(name)
         if name in self._server.models or settings is None or name in self._applied.unloaded:
             return
         needed_bytes = self._size_of(settings)
         loaded = [
-            LoadedModel(other, self._sizes.get(other, 0), hosted.last_used_s, hosted.versions.in_flight())
+            LoadedModel(
+                other, self._sizes.get(other, 0), hosted.last_used_s, hosted.versions.in_flight() + hosted.awaited
+            )
             for other, hosted in self._server.models.items()
         ]
         unload = models_to_unload(self._budget_bytes, needed_bytes, loaded)
         if unload is None:
             raise ServiceUnavailable(
-                f"model {name!r} needs {needed_bytes / 2**20:.0f} MiB, and the models with requests in flight hold "
-                f"the rest of this worker's {self._budget_bytes / 2**20:.0f} MiB for models (MODEL_MEMORY_MB); "
-                "retry shortly",
+                f"model {name!r} needs {needed_bytes / 2**20:.0f} MiB, and the models with requests in flight "
+                f"hold the rest of this worker's {self._budget_bytes / 2**20:.0f} MiB for models "
+                "(MODEL_MEMORY_MB); retry shortly",
                 reason="models_busy",
             )
+        started = time.monotonic()
         for victim in unload:
             hosted = self._server.models[victim]
             self._server.models = {other: model for other, model in self._server.models.items() if other != victim}
@@ -213,7 +221,9 @@ class CatalogWatcher:
             metrics.on_demand_evictions.labels(victim).inc()
         wanted = {other: model for other, model in self._configured.items() if other not in self._applied.unloaded}
         self._bring_in(name, settings, wanted, None)
+        self._ration.loaded(time.monotonic() - started)
         if name in self._server.models:
+            self._server.models[name].awaited = True
             metrics.on_demand_loads.labels(name).inc()
         self._server.unavailable = self._unavailable(self._applied)
 
@@ -221,11 +231,57 @@ class CatalogWatcher:
 
     def bring(self, name: str) -> HostedModel | None:
         """With a budget: model `name` loaded for the calling request, which waits; None when it is not to be
-        loaded on demand (none is, it is not configured, or it was unloaded through the API or failed to load)."""
+        loaded on demand (none is, it is not configured, or it was unloaded through the API or failed to load).
+
+        ServiceUnavailable, with when to retry, while loads already take their share of the worker's
+        time (`LoadRation`), or when the models in use leave no room.
+        """
         if not self.loads_on_demand or name not in self._configured:
             return None
-        self._hand_over(_Call(new_completion(), retry_failed=False, load_on_demand=name))
-        return self._server.models.get(name)
+        waiter = new_completion()
+        with self._ration_lock:  # the requests for a model that is loading wait for that one load
+            if (hosted := self._server.models.get(name)) is not None:
+                return hosted
+            first = name not in self._waiters
+            if first:
+                retry_after_s = self._ration.admit()
+                if retry_after_s:
+                    raise ServiceUnavailable(
+                        f"model {name!r} is not loaded, and loads of models on demand already take "
+                        f"{LOAD_SHARE:.0%} of this worker's time; retry in {retry_after_s:.1f} s",
+                        retry_after_s,
+                        reason="loads_rationed",
+                    )
+            self._waiters.setdefault(name, []).append(waiter)
+        if first and self._thread is not None:
+            self._calls.put(name)
+        elif first:  # the watcher does not run (tests): load here
+            self._load_for_waiters(name)
+        waiter.wait()
+        hosted = self._server.models.get(name)
+        if hosted is None and name in self._configured and name not in self._failed:
+            raise ServiceUnavailable(
+                f"model {name!r} was unloaded again to make room before its request could run; retry shortly",
+                reason="models_busy",
+            )
+        return hosted
+
+    def _load_for_waiters(self, name: str) -> None:
+        """`_load_on_demand`, then every request waiting for `name` is woken (with the error, if it failed)."""
+        error = None
+        try:
+            self._load_on_demand(name)
+        except Exception as raised:
+            error = raised
+            if not isinstance(raised, ServiceUnavailable):
+                log.exception("loading model %s on demand failed", name)
+        with self._ration_lock:
+            waiters = self._waiters.pop(name, [])
+        for waiter in waiters:
+            if error is None:
+                waiter.resolve(None)
+            else:
+                waiter.fail(error)
 
     def start(self, interval_s: float, read_files: bool) -> None:
         """Look every `interval_s` in an OS thread at the lowest priority, reading the files again if `read_files`."""
@@ -239,16 +295,15 @@ class CatalogWatcher:
                     call = None
                 if call is _STOP:
                     return
+                if isinstance(call, str):  # a model to load on demand
+                    self._load_for_waiters(call)
+                    continue
                 if call is not None and call.retry_failed:
                     self._failed.clear()  # the API asks for one more try of each
                 try:
-                    if call is not None and call.load_on_demand:
-                        self._load_on_demand(call.load_on_demand)
-                    else:
-                        self.look(read_files=read_files or call is not None)
+                    self.look(read_files=read_files or call is not None)
                 except Exception as error:
-                    if not isinstance(error, ServiceUnavailable):
-                        log.exception("changing the models served failed; trying again")
+                    log.exception("changing the models served failed; trying again")
                     if call is not None:
                         call.done.fail(error)
                         continue
@@ -275,10 +330,7 @@ class CatalogWatcher:
         if self._thread is None:
             if call.retry_failed:
                 self._failed.clear()
-            if call.load_on_demand:
-                self._load_on_demand(call.load_on_demand)
-            else:
-                self.look()
+            self.look()
             return
         self._calls.put(call)
         call.done.wait()

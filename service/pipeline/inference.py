@@ -65,6 +65,10 @@ def admission_budget_s(settings: Settings, timeout_s: float | None) -> float | N
     return timeout_s if timeout_s is not None else settings.latency_slo_s
 
 
+# Set when the request's model was not loaded as it arrived, so it waited for its load (MODEL_MEMORY_MB).
+ON_DEMAND_HEADER = "X-Model-Loaded-On-Demand"
+
+
 class Decoded(Protocol):
     """What a protocol decodes a request into: arrays with a leading batch dimension of `count`."""
 
@@ -121,10 +125,13 @@ class InferenceEndpoint:
         if environ["REQUEST_METHOD"] != "POST":
             raise MethodNotAllowed(f"{environ['REQUEST_METHOD']} is not allowed here; inference takes POST", "POST")
         target = self.refine_target(target, environ)
-        leased = self._server.lease_hosted(target.model_name, target.version, target.label)
-        with leased as (hosted, model):  # released once answered
-            environ[MODEL_KEY] = (model.name, model.version)
-            return self._infer_with(hosted, model, environ, received_at)
+        server = self._server
+        loaded_for_it = server.repository is not None and server.repository.loads_on_demand
+        loaded_for_it = loaded_for_it and target.model_name is not None and target.model_name not in server.models
+        with server.lease_hosted(target.model_name, target.version, target.label) as (hosted, model):
+            environ[MODEL_KEY] = (model.name, model.version)  # the lease is released once answered
+            answer, headers = self._infer_with(hosted, model, environ, received_at)
+        return answer, {**headers, ON_DEMAND_HEADER: "1"} if loaded_for_it else headers
 
     def _infer_with(
         self, hosted: HostedModel, model: ServedModel, environ: dict, received_at: float

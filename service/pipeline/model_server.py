@@ -61,6 +61,7 @@ class HostedModel:
     batcher: Batcher
     poller: VersionPoller | None = None
     last_used_s: float = field(default_factory=time.monotonic)  # its last request's: the least recently used go
+    awaited: bool = False  # loaded on demand for a request that has not taken it yet: not to be unloaded
 
     @property
     def name(self) -> str:
@@ -114,7 +115,7 @@ class ModelServer:
             if name in self.unavailable:
                 what = f"model {name!r} is not served: {self.unavailable[name]}"
             raise NotFound(f"{what}; this server serves {served}")
-        model.last_used_s = time.monotonic()
+        model.last_used_s, model.awaited = time.monotonic(), False
         return model
 
     def model_for(self, name: str | None, version: int | None, label: str | None = None) -> ServedModel:

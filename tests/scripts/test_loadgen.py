@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import http.server
 import math
+import threading
 
 import pytest
 
-from scripts.loadgen import LoadResult, Workload, _Answer, _record, _Target, percentile
+from scripts.loadgen import Load, LoadResult, Workload, _Answer, _record, _Target, percentile, run_together
 
 
 @pytest.mark.parametrize(
@@ -56,3 +58,36 @@ def test_answers_are_checked_against_their_own_instance_and_503s_against_retry_a
     assert summary["wrong_answers"] == 2 and summary["missing_retry_after"] == 1
     assert summary["by_status"]["200"] == {"count": 3, "p50_ms": 20.0, "p99_ms": 30.0, "max_ms": 30.0}
     assert summary["by_status"]["503"]["count"] == 2 and summary["by_status"]["503"]["max_ms"] == 2.0
+
+
+def test_loads_run_together_are_counted_apart():
+    """An open loop on one path and a closed loop that retries at once on another, against a tiny server."""
+
+    class Answers(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            status = 200 if self.path == "/steady" else 503
+            self.send_response(status)
+            if status == 503:
+                self.send_header("Retry-After", "1")
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Answers)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        steady, flood = run_together(
+            url, [Load("/steady", b"{}", rate_rps=50), Load("/flood", b"{}", clients=2)], duration_s=1.0
+        )
+    finally:
+        server.shutdown()
+    assert set(steady.statuses) == {200} and 20 <= steady.ok <= 100, "about 50 arrivals in 1 s"
+    assert set(flood.statuses) == {503} and sum(flood.statuses.values()) > steady.ok, "a flood that does not wait"
+    assert (steady.mode, flood.mode, flood.level) == ("open", "closed", 2)

@@ -212,8 +212,10 @@ def test_models_load_on_their_first_request_and_the_least_recently_used_make_roo
     loads, evictions, hits = counted("loads", "triple"), counted("evictions", "double"), counted("hits", "quadruple")
     assert predict(client, "double").status_code == 200
     assert predict(client, "quadruple").status_code == 200  # now double is the least recently used
-    assert predict(client, "triple").json == {"predictions": [[3.0, 6.0]]}
+    loaded = predict(client, "triple")
+    assert loaded.json == {"predictions": [[3.0, 6.0]]} and loaded.headers["X-Model-Loaded-On-Demand"] == "1"
     assert set(server.models) == {"quadruple", "triple"}
+    assert "X-Model-Loaded-On-Demand" not in predict(client, "triple").headers
     assert (counted("loads", "triple"), counted("evictions", "double")) == (loads + 1, evictions + 1)
     assert counted("hits", "quadruple") == hits + 1
     assert predict(client, "double").json == {"predictions": [[2.0, 4.0]]}, "and back when asked for"
