@@ -45,7 +45,7 @@ http_request_duration = Histogram(
 rejected_requests = Counter(
     "model_server_rejected_requests",
     "Predict requests answered without a forward pass, by reason (queue_full, deadline_unreachable, deadline, "
-    "shutting_down, not_ready).",
+    "shutting_down, not_ready; loading models on demand: loads_rationed, models_busy).",
     ["reason"],
 )
 queue_wait = Histogram(

@@ -110,3 +110,21 @@ def test_a_model_alone_takes_every_slot():
     for thread in threads:
         thread.join(10)
     assert most[0] == 2
+
+
+def test_a_model_running_a_pass_leaves_the_last_slot_to_another_in_use():
+    clock = FakeClock()
+    turns, order = PassTurns(slots=2, clock=clock), []
+    with turns.turn("light"):
+        clock.now += 0.01
+    with turns.turn("heavy"):
+        clock.now += 0.05  # heavy's passes take 50 ms: light counts as in use for 100 ms after its last
+    with turns.turn("heavy"):
+        second = waiting_thread(turns, "heavy", order)
+        wait_until(lambda: waiters(turns) == 1, 10, "heavy's second pass waits: light was in use just now")
+        with turns.turn("light"):  # and light's pass starts at once beside heavy's
+            order.append("light")
+        assert waiters(turns) == 1 and order == ["light"]
+        clock.now += 0.2  # light quiet for longer than two of heavy's passes
+        wait_until(lambda: order == ["light", "heavy"], 10, "heavy's second pass takes the slot once light is quiet")
+    second.join(10)
