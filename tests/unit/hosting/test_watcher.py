@@ -14,6 +14,8 @@ from service.app import create_app
 from service.backends.base import ModelInputs, ModelLoadError
 from service.hosting import watcher
 from service.settings import Settings
+from service.sizing import placement as placement_module
+from service.sizing.planner import WorkerPlacement
 from tests.support import write_scaling_onnx
 
 TRIPLE_CONFIG = 'model_config_list { config { name: "triple" base_path: "repository/triple" } }'
@@ -230,3 +232,17 @@ def test_a_model_with_requests_in_flight_is_not_unloaded_and_the_load_is_refused
         assert refused.status_code == 503 and refused.headers["Retry-After"] == "1"
         assert "requests in flight" in refused.json["error"] and set(server.models) == {"double", "quadruple"}
     assert predict(client, "triple").status_code == 200
+
+
+def test_the_plans_budget_for_models_makes_the_worker_load_them_on_demand(repository, tmp_path, monkeypatch):
+    """Under Gunicorn the budget is the placement's (the planner's, service/sizing/planner.py), not the setting's."""
+    monkeypatch.setattr(watcher, "measured_size", lambda settings: 2**20)
+    placement = WorkerPlacement(0, None, None, 1, 1, model_memory_bytes=2**20)  # room for one of the two
+    monkeypatch.setattr(placement_module, "_this_worker_placement", placement)
+    app, server = served_app(tmp_path, model_repository=str(repository))
+    try:
+        assert server.repository.loads_on_demand and list(server.models) == ["double"]
+        assert predict(app.test_client(), "triple").headers["X-Model-Loaded-On-Demand"] == "1"
+        assert list(server.models) == ["triple"]
+    finally:
+        server.close()
