@@ -11,8 +11,12 @@ old self serving. A configuration that does not parse changes nothing.
 
 The APIs (Triton's load and unload, TF Serving's HandleReloadConfigRequest) reach one worker:
 it records the change for all (service/hosting/control.py) and applies it before answering;
-the other workers apply it at their next look, every MODEL_POLL_S. A model unloaded through the
-API stays unloaded, whatever the files say, until it is loaded through the API again.
+the other workers apply it at their next look, every MODEL_CONFIG_POLL_S (MODEL_POLL_S when
+that is 0). A model unloaded through the API stays unloaded, whatever the files say, until it is
+loaded through the API again.
+
+With a budget for models (MODEL_MEMORY_MB, or the plan's), a model not loaded is loaded for
+its first request, within the budget and the loads' share of the worker (residency.py).
 """
 
 from __future__ import annotations
@@ -20,7 +24,6 @@ from __future__ import annotations
 import logging
 import queue
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from service.backends.footprint import measure_footprint
@@ -75,7 +78,6 @@ class CatalogWatcher:
         control: ControlFile,
         configured: tuple[Settings, ...],
         budget_bytes: int | None = None,
-        size_of: Callable[[Settings], int] | None = None,
     ):
         self._server = server
         self._settings = server.settings
@@ -87,7 +89,7 @@ class CatalogWatcher:
         self._calls = new_queue()
         self._thread: OsThread | None = None
         self._budget_bytes = budget_bytes
-        self._size_of = size_of or measured_size
+        self._size_of = measured_size
         self._sizes: dict[str, int] = {}  # with a budget: each loaded model's measured footprint
         self._ration = LoadRation(LOAD_SHARE)
         self._ration_lock = new_lock()  # OS-level, held for a few statements, never across a wait
@@ -221,7 +223,8 @@ class CatalogWatcher:
             metrics.on_demand_evictions.labels(victim).inc()
         wanted = {other: model for other, model in self._configured.items() if other not in self._applied.unloaded}
         self._bring_in(name, settings, wanted, None)
-        self._ration.loaded(time.monotonic() - started)
+        with self._ration_lock:
+            self._ration.loaded(time.monotonic() - started)
         if name in self._server.models:
             self._server.models[name].awaited = True
             metrics.on_demand_loads.labels(name).inc()

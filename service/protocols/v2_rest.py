@@ -131,9 +131,11 @@ def _repository_call_options(allowed: tuple[str, ...]) -> None:
         options = orjson.loads(body)
     except orjson.JSONDecodeError as error:
         raise BadRequest(f"the body is not JSON: {error}") from None
-    parameters = options.get("parameters", {}) if isinstance(options, dict) else None
+    parameters = options.get("parameters", {}) if isinstance(options, dict) and set(options) <= {"parameters"} else None
     if not isinstance(parameters, dict):
         raise BadRequest('the body must be {"parameters": {...}}, or empty')
+    if "unload_dependents" in parameters and not isinstance(parameters["unload_dependents"], bool):
+        raise BadRequest("parameters.unload_dependents must be true or false")
     unknown = sorted(set(parameters) - set(allowed))
     if unknown:
         raise BadRequest(

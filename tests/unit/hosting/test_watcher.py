@@ -154,6 +154,9 @@ def test_the_repository_api_says_what_was_wrong(watched, tmp_path, fake_model, s
     override = client.post("/v2/repository/models/double/load", json={"parameters": {"config": "{}"}})
     assert override.status_code == 400 and "['config'] are not supported" in override.json["error"]
     assert client.post("/v2/repository/models/double/load", data=b"{").status_code == 400
+    assert client.post("/v2/repository/models/double/load", json={"parameters": {}, "x": 1}).status_code == 400
+    not_bool = client.post("/v2/repository/models/double/unload", json={"parameters": {"unload_dependents": 1}})
+    assert not_bool.status_code == 400 and "true or false" in not_bool.json["error"]
     unload = client.post("/v2/repository/models/double/unload", json={"parameters": {"unload_dependents": True}})
     assert unload.status_code == 200
     one_model = create_app(settings, fake_model)
