@@ -185,6 +185,9 @@ def test_the_other_workers_follow_a_change_at_their_next_look(repository, tmp_pa
         assert list(second_server.models) == ["double", "triple"]
         second_server.repository.look(read_files=False)
         assert list(second_server.models) == ["triple"]
+        _, restarted = served_app(tmp_path, model_repository=str(repository))  # a worker started since
+        assert list(restarted.models) == ["triple"], "it applies the record from its start"
+        restarted.close()
         assert second.test_client().post("/v2/repository/models/double/load").status_code == 200
         first_server.repository.look(read_files=False)
         assert list(first_server.models) == ["double", "triple"]

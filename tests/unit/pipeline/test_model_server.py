@@ -85,3 +85,19 @@ def test_a_job_runs_on_the_model_it_names(many_models_app):
     assert job["model"] == "triple"
     wait_until(lambda: client.get(f"/v1/jobs/{job['id']}").json["state"] == "done", 60, "the job is done")
     assert client.get(f"/v1/jobs/{job['id']}/result").json == {"predictions": [[3.0, 6.0], [9.0, 12.0]]}
+
+
+def test_a_request_whose_model_was_let_go_of_since_its_lookup_goes_to_what_serves_the_name_now(
+    many_models_app, monkeypatch
+):
+    server = many_models_app.extensions["model_server"]
+    old, now_serving = server.models["double"], server.models["triple"]
+    lookups = iter([old, now_serving])
+    monkeypatch.setattr(server, "hosted", lambda name, load=True: next(lookups))
+    old.versions.retire(1, 0)  # let go of between the request's lookup and its lease
+    server.models = {"double": now_serving, "triple": now_serving}
+    try:
+        with server.lease_hosted("double", None) as (hosted, model):
+            assert hosted is now_serving and model.name == "triple"
+    finally:
+        server.models = {"double": old, "triple": now_serving}  # each closed once at the end
