@@ -26,7 +26,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -196,6 +197,34 @@ def lower_this_thread(niceness: int) -> None:
     if hasattr(os, "setpriority"):
         this = _original("threading", "get_native_id")()
         os.setpriority(os.PRIO_PROCESS, this, max(niceness, os.getpriority(os.PRIO_PROCESS, this)))
+
+
+SHORTER_SLICES = 10  # while a model loads beside requests: the interpreter's slices this many times shorter
+_slices_lock = new_lock()  # held for a few statements, by the loading OS threads
+_slices = {"loads": 0, "interval_s": 0.0}
+
+
+@contextmanager
+def shorter_interpreter_slices() -> Iterator[None]:
+    """Make Python hand its interpreter lock over `SHORTER_SLICES` times as often while the body runs.
+
+    A model loading beside the models serving (Keras building it, warming it up) runs Python for
+    seconds; a thread that wants the lock waits for the running thread's slice to end. Shorter
+    slices let the request threads and the batcher in between the load's steps (BENCHMARKS.md,
+    "Many models"). Nested and concurrent loads keep the shorter slices until the last one ends.
+    """
+    with _slices_lock:
+        if _slices["loads"] == 0:
+            _slices["interval_s"] = sys.getswitchinterval()
+            sys.setswitchinterval(_slices["interval_s"] / SHORTER_SLICES)
+        _slices["loads"] += 1
+    try:
+        yield
+    finally:
+        with _slices_lock:
+            _slices["loads"] -= 1
+            if _slices["loads"] == 0:
+                sys.setswitchinterval(_slices["interval_s"])
 
 
 def yield_cores_to_this_thread(niceness: int) -> int:

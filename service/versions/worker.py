@@ -15,6 +15,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from typing import Protocol
 
 import psutil
@@ -23,7 +24,7 @@ from service.backends import backend_for, load_served_model
 from service.backends.base import ModelLoadError, ServedModel
 from service.backends.footprint import measure_footprint
 from service.settings import Settings
-from service.threads import os_sleep
+from service.threads import os_sleep, shorter_interpreter_slices
 from service.version_policy import VersionPolicy, parse_labels
 from service.versions.layout import files_stamp, find_versions
 from service.versions.poller import VersionPoller
@@ -71,6 +72,7 @@ class VersionLoader:
         A version loaded `beside_others` (while others serve) warms up with fewer timed repeats,
         which only seed the cost model, and pauses after each pass as long as the pass took: its
         passes run on the same cores, at the same priority, as the passes of the versions serving.
+        Its Python runs in shorter slices of the interpreter lock (`shorter_interpreter_slices`).
         """
         settings, placement = self._settings, self._placement
         backend = backend_for(path, settings.model_backend)
@@ -82,14 +84,15 @@ class VersionLoader:
                 log.info("worker slot %d: %s; %s devices %s", placement.slot, placement.device, backend.name, devices)
             _freeze_runtime(backend.runtime_module)
             self._configured.add(backend.name)
-        model = load_served_model(
-            path, settings.served_model_name, version, settings.padded_batch_sizes(), settings.model_backend
-        )
-        model.warm_up(
-            SWAP_WARM_UP_REPEATS if beside_others else 5,
-            memory_check_passes=settings.concurrent_batches if self.on_gpu else 0,
-            pause=os_sleep if beside_others else None,
-        )
+        with shorter_interpreter_slices() if beside_others else nullcontext():
+            model = load_served_model(
+                path, settings.served_model_name, version, settings.padded_batch_sizes(), settings.model_backend
+            )
+            model.warm_up(
+                SWAP_WARM_UP_REPEATS if beside_others else 5,
+                memory_check_passes=settings.concurrent_batches if self.on_gpu else 0,
+                pause=os_sleep if beside_others else None,
+            )
         return model
 
     def initial_versions(self, beside_others: bool = False) -> ModelVersions:

@@ -6,7 +6,10 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from scripts.launcher import PROJECT_ROOT
+from service.threads import SHORTER_SLICES, shorter_interpreter_slices
 
 # Each OsThread takes and releases an RLock made after patching, as a batcher thread does with the
 # lock of the `tf.function` it calls, while the main thread's hub runs. Before OsThread kept its
@@ -133,3 +136,13 @@ def test_a_child_process_runs_from_an_os_thread_of_a_gevent_process_and_is_kille
     done = subprocess.run([sys.executable, "-c", script], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60)
     expected = "True [ProcessResult(returncode=3, stdout='out\\n', stderr='err'), ('TimeoutError', True)]"
     assert done.stdout.strip() == expected, done.stdout + done.stderr[-2000:]
+
+
+def test_the_interpreters_slices_are_shorter_while_any_load_runs_and_as_before_after():
+    before = sys.getswitchinterval()
+    with shorter_interpreter_slices():
+        assert sys.getswitchinterval() == pytest.approx(before / SHORTER_SLICES)
+        with shorter_interpreter_slices():  # a second load at once
+            assert sys.getswitchinterval() == pytest.approx(before / SHORTER_SLICES)
+        assert sys.getswitchinterval() == pytest.approx(before / SHORTER_SLICES), "the first load still runs"
+    assert sys.getswitchinterval() == before
