@@ -153,8 +153,12 @@ class ModelServer:
                 return
 
     def settings_for(self, model: ServedModel) -> Settings:
-        """The settings a version of a served model is served with: the server's, with the model's own."""
-        return self.models[model.name].settings
+        """The settings a version of a served model is served with: the server's, with the model's own.
+
+        A request whose model was let go of while it ran (removed, unloaded) gets the server's.
+        """
+        hosted = self.models.get(model.name)
+        return hosted.settings if hosted is not None else self.settings
 
     def batcher_for(self, name: str) -> Batcher:
         """The batcher of model `name` (a job's, a leased version's); NotFound when it is not served."""

@@ -101,3 +101,15 @@ def test_a_request_whose_model_was_let_go_of_since_its_lookup_goes_to_what_serve
             assert hosted is now_serving and model.name == "triple"
     finally:
         server.models = {"double": old, "triple": now_serving}  # each closed once at the end
+
+
+def test_a_request_whose_model_is_let_go_of_while_it_runs_is_served_with_the_servers_settings(many_models_app):
+    server = many_models_app.extensions["model_server"]
+    double = server.models["double"]
+    model = double.versions.latest()
+    assert server.settings_for(model).max_queue == 64, "its own settings.env's while it serves"
+    server.models = {"triple": server.models["triple"]}
+    try:
+        assert server.settings_for(model) is server.settings
+    finally:
+        server.models = {"double": double, **server.models}
