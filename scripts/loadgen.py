@@ -75,6 +75,17 @@ class LoadResult:
         if batch_size is not None:
             self.batch_sizes.append(batch_size)
 
+    def add(self, other: LoadResult) -> None:
+        """Count `other`'s answers, errors and time in this result too (a load measured in steps)."""
+        self.duration_s += other.duration_s
+        for status, latencies in other.latencies_by_status_s.items():
+            self.latencies_by_status_s.setdefault(status, []).extend(latencies)
+            self.statuses[status] = self.statuses.get(status, 0) + other.statuses[status]
+        self.connection_errors += other.connection_errors
+        for kind, count in other.connection_error_kinds.items():
+            self.connection_error_kinds[kind] = self.connection_error_kinds.get(kind, 0) + count
+        self.loaded_on_demand_s += other.loaded_on_demand_s
+
     def count_connection_error(self, kind: str) -> None:
         self.connection_errors += 1
         self.connection_error_kinds[kind] = self.connection_error_kinds.get(kind, 0) + 1

@@ -207,7 +207,7 @@ def change(files, capacity, bodies, args) -> str:
             started, done_at, during = time.monotonic(), None, [LoadResult("open", rates[name]) for name in names]
             while done_at is None or time.monotonic() < done_at + STEP_S:
                 for merged, step in zip(during, run_together(server.url, loads, STEP_S), strict=True):
-                    merge(merged, step)
+                    merged.add(step)
                 listed = requests.get(server.url + "/v1/models", timeout=30).json()["models"]
                 served = {entry["name"] for entry in listed}
                 if done_at is None and "heavy" in served and "spare" not in served:
@@ -224,15 +224,6 @@ def change(files, capacity, bodies, args) -> str:
         lines.append(f"| {name} | {row(steady)} | {row(changing)} |")
     lines += ["", f"The change took {done_at - started:.1f} s from the file's rename to both models' state."]
     return "\n".join(lines)
-
-
-def merge(merged: LoadResult, step: LoadResult) -> None:
-    merged.duration_s += step.duration_s
-    for status, latencies in step.latencies_by_status_s.items():
-        merged.latencies_by_status_s.setdefault(status, []).extend(latencies)
-        merged.statuses[status] = merged.statuses.get(status, 0) + step.statuses[status]
-    merged.connection_errors += step.connection_errors
-    merged.loaded_on_demand_s += step.loaded_on_demand_s
 
 
 def on_demand(files, capacity, bodies, args) -> str:
@@ -260,7 +251,7 @@ def on_demand(files, capacity, bodies, args) -> str:
             evictions = sum(counter(server.url, "model_server_on_demand_evictions_total").values())
     merged = LoadResult("open", rate)
     for result in results:
-        merge(merged, result)
+        merged.add(result)
     waited = merged.loaded_on_demand_s  # a part of the 200s
     hits = list((Counter(merged.latencies_by_status_s.get(200, [])) - Counter(waited)).elements())
     answered = len(hits) + len(waited)

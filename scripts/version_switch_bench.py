@@ -73,11 +73,7 @@ def switch_under_load(url: str, name: str, workload: Workload, clients: int, pub
     done_at = None
     while done_at is None or time.monotonic() < done_at + STEP_S:
         step = run_closed_loop(url, Workload(workload.bodies), clients, STEP_S, path=f"/v1/models/{name}:predict")
-        merged.duration_s += step.duration_s
-        for status, latencies in step.latencies_by_status_s.items():
-            merged.latencies_by_status_s.setdefault(status, []).extend(latencies)
-            merged.statuses[status] = merged.statuses.get(status, 0) + step.statuses[status]
-        merged.connection_errors += step.connection_errors
+        merged.add(step)
         if done_at is None and serves_only(url, name, version):
             done_at = time.monotonic()
         if time.monotonic() - started > 600:

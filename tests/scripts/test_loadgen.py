@@ -91,3 +91,16 @@ def test_loads_run_together_are_counted_apart():
     assert set(steady.statuses) == {200} and 20 <= steady.ok <= 100, "about 50 arrivals in 1 s"
     assert set(flood.statuses) == {503} and sum(flood.statuses.values()) > steady.ok, "a flood that does not wait"
     assert (steady.mode, flood.mode, flood.level) == ("open", "closed", 2)
+
+
+def test_a_load_measured_in_steps_adds_up():
+    merged, step = LoadResult("open", 10), LoadResult("open", 10, duration_s=2.0)
+    step.count_answer(200, 0.01, 4)
+    step.count_answer(503, 0.001, None)
+    step.count_connection_error("ConnectionResetError")
+    step.loaded_on_demand_s.append(0.01)
+    merged.add(step)
+    merged.add(step)
+    assert (merged.duration_s, merged.statuses, merged.connection_errors) == (4.0, {200: 2, 503: 2}, 2)
+    assert merged.connection_error_kinds == {"ConnectionResetError": 2} and merged.loaded_on_demand_s == [0.01, 0.01]
+    assert merged.latencies_by_status_s[200] == [0.01, 0.01]
