@@ -90,6 +90,7 @@ class CatalogWatcher:
         self._thread: OsThread | None = None
         self._budget_bytes = budget_bytes
         self._size_of = measured_size
+        self._measured: dict[tuple, int] = {}  # (settings, files) -> bytes: each model measured once as it is
         self._sizes: dict[str, int] = {}  # with a budget: each loaded model's measured footprint
         self._ration = LoadRation(LOAD_SHARE)
         self._ration_lock = new_lock()  # OS-level, held for a few statements, never across a wait
@@ -110,7 +111,7 @@ class CatalogWatcher:
         if read_files or record != self._applied:
             self._configured = self._read(record)
         self._applied = record
-        wanted = {name: model for name, model in self._configured.items() if name not in record.unloaded}
+        wanted = self._wanted(record)
         served = self._server.models
         removed = [name for name in served if name not in wanted]
         if removed:
@@ -171,7 +172,7 @@ class CatalogWatcher:
             return
         self._failed.pop(name, None)
         if self.loads_on_demand:
-            self._sizes[name] = self._size_of(settings)
+            self._sizes[name] = self._size(settings)
         self._route(wanted, {name: hosted})
         self._hosting.serve(hosted)
         if not starting:
@@ -186,7 +187,18 @@ class CatalogWatcher:
         self._server.models = {name: serving[name] for name in wanted if name in serving}
 
     def _fits(self, settings: Settings) -> bool:
-        return sum(self._sizes.values()) + self._size_of(settings) <= self._budget_bytes
+        return sum(self._sizes.values()) + self._size(settings) <= self._budget_bytes
+
+    def _size(self, settings: Settings) -> int:
+        """A model's measured footprint, measured again only once its settings or files change."""
+        key = (settings, _files_of(settings))
+        if key not in self._measured:
+            self._measured[key] = self._size_of(settings)
+        return self._measured[key]
+
+    def _wanted(self, record: ControlRecord) -> dict[str, Settings]:
+        """The configured models not unloaded through the API, in the configured order."""
+        return {name: model for name, model in self._configured.items() if name not in record.unloaded}
 
     def _load_on_demand(self, name: str) -> None:
         """Load model `name` for a request, unloading the least recently used idle models to make room.
@@ -198,7 +210,7 @@ class CatalogWatcher:
         settings = self._configured.get(name)
         if name in self._server.models or settings is None or name in self._applied.unloaded:
             return
-        needed_bytes = self._size_of(settings)
+        needed_bytes = self._size(settings)
         loaded = [
             LoadedModel(
                 other, self._sizes.get(other, 0), hosted.last_used_s, hosted.versions.in_flight() + hosted.awaited
@@ -221,7 +233,7 @@ class CatalogWatcher:
             self._hosting.let_go(hosted)
             self._sizes.pop(victim, None)
             metrics.on_demand_evictions.labels(victim).inc()
-        wanted = {other: model for other, model in self._configured.items() if other not in self._applied.unloaded}
+        wanted = self._wanted(self._applied)
         self._bring_in(name, settings, wanted, None)
         with self._ration_lock:
             self._ration.loaded(time.monotonic() - started)
