@@ -30,14 +30,19 @@ def backend_for(path: str, choice: str = "auto") -> Backend:
 
 
 def load_served_model(
-    path: str, name: str, version: int, batch_sizes: Sequence[int], backend_choice: str = "auto"
+    path: str,
+    name: str,
+    version: int,
+    batch_sizes: Sequence[int],
+    backend_choice: str = "auto",
+    device: str | None = None,
 ) -> ServedModel:
-    """Load the model at `path` with its backend and wrap its forward pass for serving.
+    """Load the model at `path` with its backend, on `device` (its CPU lane), and wrap its forward pass for serving.
 
     Raises ModelLoadError if the path is missing or the model cannot be served.
     """
     if not os.path.exists(path):
         raise ModelLoadError(f"MODEL_PATH={path!r} does not exist; build the demo model with `make demo-model`")
     backend = backend_for(path, backend_choice)
-    signature, forward = backend.load(path)
+    signature, forward = backend.load(path, device)
     return ServedModel(name, version, signature, forward, batch_sizes, platform=backend.platform, path=path)

@@ -53,11 +53,15 @@ class Backend(Protocol):
     def can_load(self, path: str) -> bool:
         """Whether `path` is a model this backend loads (by its suffix or layout, without loading it)."""
 
-    def configure(self, intra_op_threads: int, inter_op_threads: int, gpu_memory_limit_mb: int | None) -> list[str]:
-        """In a worker, before the model is loaded: thread pools and device memory; returns the devices seen."""
+    def configure(
+        self, intra_op_threads: int, inter_op_threads: int, gpu_memory_limit_mb: int | None, cpu_lanes: int = 1
+    ) -> list[str]:
+        """In a worker, before the model is loaded: thread pools, CPU lanes (service/backends/lanes.py) and device
+        memory; returns the devices seen."""
 
-    def load(self, path: str) -> tuple[ModelSignature, Forward]:
-        """The model's signature and its forward pass; raises ModelLoadError saying why it cannot be served.
+    def load(self, path: str, device: str | None = None) -> tuple[ModelSignature, Forward]:
+        """The model's signature and its forward pass on `device` (a CPU lane; None: the backend's default); raises
+        ModelLoadError saying why it cannot be served.
 
         The forward pass takes and returns arrays keyed by tensor name, for any batch size it
         is given; it raises InputRejected for inputs the model refuses and OutOfDeviceMemory

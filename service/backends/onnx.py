@@ -51,9 +51,16 @@ class OnnxBackend:
         return path.endswith(ONNX_SUFFIX)
 
     def configure(
-        self, intra_op_threads: int, inter_op_threads: int, gpu_memory_limit_mb: int | None, ort=None
+        self,
+        intra_op_threads: int,
+        inter_op_threads: int,
+        gpu_memory_limit_mb: int | None,
+        cpu_lanes: int = 1,
+        ort=None,
     ) -> list[str]:
         """Remember the thread counts and device for the sessions this worker creates; returns the providers.
+
+        `cpu_lanes` changes nothing: each session has thread pools of its own already.
 
         On a GPU worker the CUDA provider comes first, on device 0: the worker's only visible GPU
         (`pin_visible_gpu` set CUDA_VISIBLE_DEVICES), with the worker's share of its memory.
@@ -76,7 +83,8 @@ class OnnxBackend:
             self._providers.insert(0, ("CUDAExecutionProvider", cuda))
         return [provider if isinstance(provider, str) else provider[0] for provider in self._providers]
 
-    def load(self, path: str, ort=None) -> tuple[ModelSignature, Forward]:
+    def load(self, path: str, device: str | None = None, ort=None) -> tuple[ModelSignature, Forward]:
+        """`device` changes nothing: each session has thread pools of its own (service/backends/lanes.py)."""
         if ort is None:
             import onnxruntime as ort
         if not os.path.isfile(path):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import sys
 import zipfile
+from contextlib import nullcontext
 
 from service.backends.base import Arrays, Forward, InputRejected, ModelLoadError, OutOfDeviceMemory
 from service.backends.signature import ModelSignature, TensorInfo
@@ -30,10 +31,18 @@ class TensorFlowBackend:
         return os.path.isdir(path) or path.endswith(KERAS_SUFFIXES)
 
     def configure(
-        self, intra_op_threads: int, inter_op_threads: int, gpu_memory_limit_mb: int | None, tf=None
+        self,
+        intra_op_threads: int,
+        inter_op_threads: int,
+        gpu_memory_limit_mb: int | None,
+        cpu_lanes: int = 1,
+        tf=None,
     ) -> list[str]:
-        """Set TF's thread pools and the GPU memory limit; must run before TF's first op.
+        """Set TF's thread pools, its CPU lanes and the GPU memory limit; must run before TF's first op.
 
+        With `cpu_lanes` > 1 on a CPU worker, the CPU is that many logical devices, each with a
+        pool of `intra_op_threads` of its own (service/backends/lanes.py): TF gives each device its
+        own pool when TF_OVERRIDE_GLOBAL_THREADPOOL is set as it creates its first device.
         Returns the logical devices TF then sees, e.g. ["/device:CPU:0", "/device:GPU:0"].
         Raises RuntimeError if a memory limit is asked for but TF sees no GPU.
         """
@@ -41,6 +50,12 @@ class TensorFlowBackend:
             import tensorflow as tf
         tf.config.threading.set_intra_op_parallelism_threads(intra_op_threads)
         tf.config.threading.set_inter_op_parallelism_threads(inter_op_threads)
+        if cpu_lanes > 1 and gpu_memory_limit_mb is None:
+            os.environ["TF_OVERRIDE_GLOBAL_THREADPOOL"] = "1"
+            cpus = tf.config.list_physical_devices("CPU")
+            tf.config.set_logical_device_configuration(
+                cpus[0], [tf.config.LogicalDeviceConfiguration() for _ in range(cpu_lanes)]
+            )
         if gpu_memory_limit_mb is not None:
             gpus = tf.config.list_physical_devices("GPU")
             if not gpus:
@@ -50,20 +65,29 @@ class TensorFlowBackend:
             )
         return [device.name for device in tf.config.list_logical_devices()]
 
-    def load(self, path: str) -> tuple[ModelSignature, Forward]:
+    def load(self, path: str, device: str | None = None) -> tuple[ModelSignature, Forward]:
+        """`device`: the CPU lane whose pool runs the model's passes, where its variables live (None: TF's default)."""
         if os.path.isdir(path):
-            return _compile_saved_model(path)
-        return _compile_keras_file(path)
+            return _compile_saved_model(path, device)
+        return _compile_keras_file(path, device)
 
 
-def _compile_keras_file(path: str) -> tuple[ModelSignature, Forward]:
+def _on(device: str | None):
+    """The model's ops and variables on `device`, or wherever TF puts them."""
+    import tensorflow as tf
+
+    return tf.device(device) if device else nullcontext()
+
+
+def _compile_keras_file(path: str, device: str | None) -> tuple[ModelSignature, Forward]:
     if path.endswith(".keras"):
         _check_keras_archive(path)  # before importing TensorFlow: a refused file costs nothing
     import keras
     import tensorflow as tf
 
     try:
-        model = keras.models.load_model(path, compile=False)
+        with _on(device):
+            model = keras.models.load_model(path, compile=False)
     except Exception as error:
         raise ModelLoadError(f"cannot load Keras model {path!r}: {error}") from error
     inputs = tuple(
@@ -83,7 +107,8 @@ def _compile_keras_file(path: str) -> tuple[ModelSignature, Forward]:
     @tf.function(input_signature=specs)
     def compiled(*tensors):
         feed = tensors[0] if len(tensors) == 1 else {info.name: t for info, t in zip(inputs, tensors, strict=True)}
-        result = model(feed, training=False)
+        with _on(device):
+            result = model(feed, training=False)
         if isinstance(result, dict):
             return result
         if not isinstance(result, list | tuple):
@@ -111,11 +136,12 @@ def _check_keras_archive(path: str) -> None:
         raise ModelLoadError(f"{path!r} is a damaged .keras archive: its member {damaged!r} fails its checksum")
 
 
-def _compile_saved_model(path: str) -> tuple[ModelSignature, Forward]:
+def _compile_saved_model(path: str, device: str | None) -> tuple[ModelSignature, Forward]:
     import tensorflow as tf
 
     try:
-        loaded = tf.saved_model.load(path)
+        with _on(device):
+            loaded = tf.saved_model.load(path)
         serving = loaded.signatures["serving_default"]
     except KeyError:
         raise ModelLoadError(f"SavedModel {path!r} has no 'serving_default' signature") from None
@@ -134,7 +160,8 @@ def _compile_saved_model(path: str) -> tuple[ModelSignature, Forward]:
 
     @tf.function(input_signature=specs)
     def compiled(*tensors):
-        return serving(**{info.name: t for info, t in zip(inputs, tensors, strict=True)})
+        with _on(device):
+            return serving(**{info.name: t for info, t in zip(inputs, tensors, strict=True)})
 
     return ModelSignature(inputs, outputs), _numpy_forward(compiled, inputs, keep_alive=loaded)
 

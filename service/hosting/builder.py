@@ -13,6 +13,7 @@ import logging
 from functools import partial
 
 from service.backends.base import predict_each_model
+from service.backends.lanes import CpuLanes
 from service.batching.batcher import Batcher
 from service.batching.cost_model import CostModel, largest_paying_size
 from service.batching.policy import AdaptivePolicy, FixedTimeout, Observations
@@ -31,21 +32,23 @@ class ModelHosting:
     """Hosts models in one worker: each with its versions and batcher, their passes taking `turns` (None: one model).
 
     The runtimes' configuration (threads, devices) is shared by every model it loads: it is set
-    once per process, before the first model of each runtime.
+    once per process, before the first model of each runtime. So are the CPU lanes the models
+    run on (`lanes`, service/backends/lanes.py; one: no lanes).
     """
 
-    def __init__(self, server: ModelServer, placement: Placement | None, turns: PassTurns | None):
+    def __init__(self, server: ModelServer, placement: Placement | None, turns: PassTurns | None, lanes: int = 1):
         self._server = server
         self._placement = placement
         self._turns = turns
         self._configured: set[str] = set()
+        self._lanes = CpuLanes(lanes)
 
     def host(self, settings: Settings, beside_others: bool = False) -> HostedModel:
         """The model `settings` names, loaded and warmed up, its batcher built; not routed to yet (`serve`).
 
         Raises ModelLoadError saying why when no version of it loads.
         """
-        loader = VersionLoader(settings, self._placement, self._configured)
+        loader = VersionLoader(settings, self._placement, self._configured, self._lanes)
         versions = loader.initial_versions(beside_others)
         batcher = build_batcher(settings, versions.latest().warm_up_seconds, versions.name, self._turns)
         hosted = HostedModel(settings, versions, batcher)
@@ -76,6 +79,7 @@ class ModelHosting:
             drained = hosted.versions.retire(number, drain_s) and drained
             _version_released(server, hosted.name, version)
         drained = hosted.batcher.close(drain_s) and drained
+        self._lanes.release(hosted.name)
         gc.collect()  # the cycles of its objects, and with them its weights
         log.info("model %s is let go of%s", hosted.name, "" if drained else " with requests running")
         return drained

@@ -23,6 +23,7 @@ import psutil
 from service.backends import backend_for, load_served_model
 from service.backends.base import ModelLoadError, ServedModel
 from service.backends.footprint import measure_footprint
+from service.backends.lanes import CpuLanes
 from service.settings import Settings
 from service.threads import os_sleep, shorter_interpreter_slices
 from service.version_policy import VersionPolicy, parse_labels
@@ -54,13 +55,21 @@ class VersionLoader:
     """Loads one model's versions in this worker, configured for its placement (None outside Gunicorn).
 
     `configured` names the runtimes already configured in this worker: the loaders of its models
-    share it, as a runtime's threads and devices are set once per process.
+    share it, as a runtime's threads and devices are set once per process. So do they share
+    `lanes`, the CPU devices their models run on (service/backends/lanes.py).
     """
 
-    def __init__(self, settings: Settings, placement: Placement | None, configured: set[str] | None = None):
+    def __init__(
+        self,
+        settings: Settings,
+        placement: Placement | None,
+        configured: set[str] | None = None,
+        lanes: CpuLanes | None = None,
+    ):
         self._settings = settings
         self._placement = placement
         self._configured = configured if configured is not None else set()
+        self._lanes = lanes or CpuLanes()
 
     @property
     def on_gpu(self) -> bool:
@@ -79,15 +88,20 @@ class VersionLoader:
         if backend.name not in self._configured:
             if placement is not None:
                 devices = backend.configure(
-                    placement.intra_op_threads, placement.inter_op_threads, placement.gpu_memory_limit_mb
+                    placement.intra_op_threads,
+                    placement.inter_op_threads,
+                    placement.gpu_memory_limit_mb,
+                    self._lanes.count,
                 )
                 log.info("worker slot %d: %s; %s devices %s", placement.slot, placement.device, backend.name, devices)
             _freeze_runtime(backend.runtime_module)
             self._configured.add(backend.name)
         with shorter_interpreter_slices() if beside_others else nullcontext():
-            model = load_served_model(
-                path, settings.served_model_name, version, settings.padded_batch_sizes(), settings.model_backend
-            )
+            name = settings.served_model_name
+            lane = self._lanes.lane_for(name)
+            model = load_served_model(path, name, version, settings.padded_batch_sizes(), settings.model_backend, lane)
+            if lane is not None and backend.name == "tensorflow":
+                log.info("model %s version %d runs on CPU lane %s of %d", name, version, lane, self._lanes.count)
             model.warm_up(
                 SWAP_WARM_UP_REPEATS if beside_others else 5,
                 memory_check_passes=settings.concurrent_batches if self.on_gpu else 0,

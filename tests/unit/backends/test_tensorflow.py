@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -77,7 +82,7 @@ class FakeTfConfig:
             set_intra_op_parallelism_threads=lambda n: self._record("intra", n),
             set_inter_op_parallelism_threads=lambda n: self._record("inter", n),
         )
-        self.LogicalDeviceConfiguration = lambda memory_limit: ("logical", memory_limit)
+        self.LogicalDeviceConfiguration = lambda memory_limit=None: ("logical", memory_limit)
 
     def _record(self, *call):
         if self.started:
@@ -85,7 +90,7 @@ class FakeTfConfig:
         self.calls.append(call)
 
     def list_physical_devices(self, kind):
-        return list(self._gpus) if kind == "GPU" else []
+        return list(self._gpus) if kind == "GPU" else ["PhysicalDevice(CPU:0)"]
 
     def set_logical_device_configuration(self, device, configs):
         self._record("limit", device, configs)
@@ -106,6 +111,56 @@ def test_cpu_worker_sets_no_memory_limit():
     config = FakeTfConfig(gpus=[])
     assert TensorFlowBackend().configure(4, 1, None, tf=SimpleNamespace(config=config)) == ["/device:CPU:0"]
     assert [call[0] for call in config.calls] == ["intra", "inter"]
+
+
+def test_cpu_lanes_are_logical_cpus_with_a_pool_each(monkeypatch):
+    monkeypatch.delenv("TF_OVERRIDE_GLOBAL_THREADPOOL", raising=False)
+    config = FakeTfConfig(gpus=[])
+    TensorFlowBackend().configure(2, 1, None, cpu_lanes=3, tf=SimpleNamespace(config=config))
+    assert config.calls[-1] == ("limit", "PhysicalDevice(CPU:0)", [("logical", None)] * 3)
+    assert os.environ["TF_OVERRIDE_GLOBAL_THREADPOOL"] == "1"  # else TF gives every device the one pool
+
+
+def test_a_gpu_worker_has_no_cpu_lanes(monkeypatch):
+    monkeypatch.delenv("TF_OVERRIDE_GLOBAL_THREADPOOL", raising=False)
+    config = FakeTfConfig(gpus=["PhysicalDevice(GPU:0)"])
+    TensorFlowBackend().configure(2, 1, 6000, cpu_lanes=3, tf=SimpleNamespace(config=config))
+    assert [call[1] for call in config.calls if call[0] == "limit"] == ["PhysicalDevice(GPU:0)"]
+    assert "TF_OVERRIDE_GLOBAL_THREADPOOL" not in os.environ
+
+
+LANES_PROBE = """
+import json, sys
+import numpy as np
+from service.backends.tensorflow import TensorFlowBackend
+backend = TensorFlowBackend()
+print(json.dumps({"devices": backend.configure(1, 1, None, cpu_lanes=2)}))
+import tensorflow as tf
+images = np.load(sys.argv[3])["images"][:3]
+for path in sys.argv[1:3]:
+    (_, on_lane), (_, plain) = backend.load(path, "/device:CPU:1"), backend.load(path)
+    ours, theirs = on_lane({"image": images}), plain({"image": images})
+    variables = on_lane.keep_alive.variables  # the model the pass keeps alive
+    devices = {v.device if isinstance(v, tf.Variable) else v.value.device for v in variables}
+    print(json.dumps({"variables": sorted(devices), "same": all(np.allclose(ours[k], theirs[k]) for k in ours)}))
+"""
+
+
+def test_a_model_on_a_lane_keeps_its_variables_there_and_answers_the_same(demo_model_path, tmp_path):
+    """In a process of its own: TF's devices are set once per process, and this one's are set."""
+    import keras
+
+    keras.models.load_model(demo_model_path).export(str(tmp_path / "saved"), verbose=False)
+    holdout = demo_model_path.with_name("digits_holdout.npz")
+    command = [sys.executable, "-c", LANES_PROBE, str(demo_model_path), str(tmp_path / "saved"), str(holdout)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=Path(__file__).parents[3])
+    assert done.returncode == 0, done.stderr[-3000:]
+    first, *models = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert first["devices"] == ["/device:CPU:0", "/device:CPU:1"]
+    assert len(models) == 2  # the .keras file, then the SavedModel
+    for model in models:
+        assert model["variables"] and all(device.endswith("CPU:1") for device in model["variables"])
+        assert model["same"]
 
 
 def test_gpu_worker_without_a_visible_gpu_fails_loudly():

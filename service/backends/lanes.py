@@ -1,0 +1,51 @@
+"""CPU lanes: each model of a worker runs on a CPU device of its own, with a thread pool of its own.
+
+TensorFlow runs every op of a process in one intra-op thread pool: a light model's ops queue
+behind the shards of a heavy model's pass, so its passes take as long as the heavy one's
+(BENCHMARKS.md, "Many models": its p50 went from 9 to 76 ms). A worker serving several models
+therefore splits its CPU into logical devices, each with its own pool of the worker's
+intra-op threads (`TensorFlowBackend.configure`), and places each model on one: the
+operating system then shares the cores between the pools as it does between processes, and
+a model alone still uses every core. The lanes are fixed when the worker starts (TensorFlow
+sets its devices once); models added later share the least used one.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from service.threads import new_lock
+
+# Beyond this many pools, their idle threads cost memory and wake-ups for passes that rarely run at once.
+MAX_CPU_LANES = 8
+
+
+def cpu_lane_count(models: int) -> int:
+    """The lanes of a worker serving a catalog of `models`: one each, two at least (for one added later)."""
+    return min(max(models, 2), MAX_CPU_LANES)
+
+
+class CpuLanes:
+    """Which lane (CPU device name) each model runs on; None for every model when there is one lane."""
+
+    def __init__(self, count: int = 1):
+        if count < 1:
+            raise ValueError("need at least one lane")
+        self.count = count
+        self._lock = new_lock()
+        self._lane_of: dict[str, int] = {}
+
+    def lane_for(self, model: str) -> str | None:
+        """`model`'s device: the one it already has, or the lane fewest models hold (the lowest on a tie)."""
+        if self.count == 1:
+            return None
+        with self._lock:
+            if model not in self._lane_of:
+                held = Counter(self._lane_of.values())
+                self._lane_of[model] = min(range(self.count), key=lambda lane: held[lane])
+            return f"/device:CPU:{self._lane_of[model]}"
+
+    def release(self, model: str) -> None:
+        """`model` is let go of: its lane counts one model fewer."""
+        with self._lock:
+            self._lane_of.pop(model, None)
