@@ -67,6 +67,7 @@ class PassTurns:
             gate = new_lock()  # an OS-level lock: batcher threads are OS threads, under gevent too
             gate.acquire()
             self._waiting.append((model, gate))
+            self._grant()  # those waiting may be models that may not run now: this one may, at once
         while not gate.acquire(timeout=self._reserved_s(model)):
             with self._lock:  # the slot kept for the others: free to take once they have gone quiet
                 if (model, gate) in self._waiting and self._may_run(model) and self._first_of(model):
@@ -82,12 +83,18 @@ class PassTurns:
             self._active_at[model] = self._clock()
             previous = self._pass_s.get(model)
             self._pass_s[model] = seconds if previous is None else 0.8 * previous + 0.2 * seconds
+            self._grant()
+
+    def _grant(self) -> None:
+        """The free slots to the models waiting that may take them, the least served first (the oldest on a tie)."""
+        while True:
             runnable = [index for index, (waiter, _) in enumerate(self._waiting) if self._may_run(waiter)]
-            if runnable:
-                chosen = min(runnable, key=lambda index: self._used[self._waiting[index][0]])
-                next_model, gate = self._waiting.pop(chosen)  # the oldest of the least served, on a tie
-                self._running[next_model] += 1
-                gate.release()
+            if not runnable:
+                return
+            chosen = min(runnable, key=lambda index: self._used[self._waiting[index][0]])
+            model, gate = self._waiting.pop(chosen)
+            self._running[model] += 1
+            gate.release()
 
     def _may_run(self, model: str) -> bool:
         """Whether `model` may take a slot now: one is free, and unless it runs none yet, not the last one while

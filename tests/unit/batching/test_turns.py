@@ -128,3 +128,20 @@ def test_a_model_running_a_pass_leaves_the_last_slot_to_another_in_use():
         clock.now += 0.2  # light quiet for longer than two of heavy's passes
         wait_until(lambda: order == ["light", "heavy"], 10, "heavy's second pass takes the slot once light is quiet")
     second.join(10)
+
+
+def test_a_model_that_may_run_does_not_wait_behind_one_that_may_not():
+    clock = FakeClock()
+    turns, order = PassTurns(slots=2, clock=clock), []
+    with turns.turn("light"):
+        clock.now += 30.0  # light's passes take 30 s: waiting in line, it would look again after 60 s
+    with turns.turn("heavy"):
+        clock.now += 0.05
+    with turns.turn("heavy"):
+        second = waiting_thread(turns, "heavy", order)
+        wait_until(lambda: waiters(turns) == 1, 10, "heavy's second pass waits: light was in use just now")
+        light = waiting_thread(turns, "light", order)
+        wait_until(lambda: order == ["light"], 5, "light's pass starts at once, not behind heavy's waiting one")
+    for thread in (second, light):
+        thread.join(10)
+    assert order == ["light", "heavy"]
