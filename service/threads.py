@@ -251,7 +251,7 @@ def yield_cores_to_this_thread(niceness: int) -> int:
 
 @dataclass(frozen=True)
 class ProcessResult:
-    returncode: int
+    returncode: int | None  # None: another reaper took the exit status (a gevent worker's child watcher)
     stdout: str
     stderr: str
 
@@ -264,14 +264,19 @@ def run_process(argv: Sequence[str], env: Mapping[str, str], timeout_s: float) -
 
     Under gevent, `subprocess` needs the child watcher of the default loop, which an OsThread has
     not ("child watchers are only available on the default loop"): the child is spawned and waited
-    for with the unpatched `os.posix_spawn` and `os.waitpid`, its output written to files.
+    for with the unpatched `os.posix_spawn` and `os.waitpid`, its output written to files. In a
+    gevent worker the loop's own watcher may reap the child first: its exit status is then lost
+    (`returncode` None), and the caller judges by what the child wrote.
     """
     with tempfile.TemporaryFile() as stdout, tempfile.TemporaryFile() as stderr:
         redirects = [(os.POSIX_SPAWN_DUP2, stdout.fileno(), 1), (os.POSIX_SPAWN_DUP2, stderr.fileno(), 2)]
         pid = _original("os", "posix_spawn")(argv[0], list(argv), dict(env), file_actions=redirects)
         waitpid, deadline = _original("os", "waitpid"), time.monotonic() + timeout_s
         while True:
-            done_pid, status = waitpid(pid, os.WNOHANG)
+            try:
+                done_pid, status = waitpid(pid, os.WNOHANG)
+            except ChildProcessError:  # reaped already: libev's SIGCHLD watcher waits for every child
+                done_pid, status = pid, None
             if done_pid:
                 break
             if time.monotonic() > deadline:
@@ -282,7 +287,7 @@ def run_process(argv: Sequence[str], env: Mapping[str, str], timeout_s: float) -
         stdout.seek(0)
         stderr.seek(0)
         return ProcessResult(
-            os.waitstatus_to_exitcode(status),
+            None if status is None else os.waitstatus_to_exitcode(status),
             stdout.read().decode(errors="replace"),
             stderr.read().decode(errors="replace"),
         )

@@ -36,13 +36,16 @@ def load_served_model(
     batch_sizes: Sequence[int],
     backend_choice: str = "auto",
     device: str | None = None,
+    gently: bool = False,
 ) -> ServedModel:
     """Load the model at `path` with its backend, on `device` (its CPU lane), and wrap its forward pass for serving.
+
+    `gently`: beside models that serve (`Backend.load`).
 
     Raises ModelLoadError if the path is missing or the model cannot be served.
     """
     if not os.path.exists(path):
         raise ModelLoadError(f"MODEL_PATH={path!r} does not exist; build the demo model with `make demo-model`")
     backend = backend_for(path, backend_choice)
-    signature, forward = backend.load(path, device)
+    signature, forward = backend.load(path, device, gently)
     return ServedModel(name, version, signature, forward, batch_sizes, platform=backend.platform, path=path)

@@ -59,9 +59,10 @@ class Backend(Protocol):
         """In a worker, before the model is loaded: thread pools, CPU lanes (service/backends/lanes.py) and device
         memory; returns the devices seen."""
 
-    def load(self, path: str, device: str | None = None) -> tuple[ModelSignature, Forward]:
+    def load(self, path: str, device: str | None = None, gently: bool = False) -> tuple[ModelSignature, Forward]:
         """The model's signature and its forward pass on `device` (a CPU lane; None: the backend's default); raises
-        ModelLoadError saying why it cannot be served.
+        ModelLoadError saying why it cannot be served. `gently`: other models serve meanwhile, so no step of the
+        load may hold the interpreter lock long.
 
         The forward pass takes and returns arrays keyed by tensor name, for any batch size it
         is given; it raises InputRejected for inputs the model refuses and OutOfDeviceMemory

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from service.threads import run_process
+from service.threads import ProcessResult, run_process
 
 MEASURE_TIMEOUT_S = 900
 PROJECT_ROOT = Path(__file__).resolve().parents[2]  # `service` is importable from there, installed or not
@@ -102,12 +102,20 @@ def measure_footprint(
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "2"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, (str(PROJECT_ROOT), env.get("PYTHONPATH"))))
     done = run_process(command, env, MEASURE_TIMEOUT_S)
-    if done.returncode != 0:
+    if not finished(done, "{"):
         raise FootprintError(f"{model_path!r} cannot be loaded: {last_error_line(done.stderr)}", done.stderr)
     footprint = Footprint(**json.loads(done.stdout.strip().splitlines()[-1]))
     cache[key] = {k: v for k, v in dataclasses.asdict(footprint).items() if k != "cached"}
     _write_cache(cache_file, cache)
     return footprint
+
+
+def finished(done: ProcessResult, last_line_start: str) -> bool:
+    """Whether a child ran to its end: its exit code says so, or (when another reaper took it) its last line."""
+    if done.returncode is not None:
+        return done.returncode == 0
+    lines = done.stdout.strip().splitlines()
+    return bool(lines) and lines[-1].startswith(last_line_start)
 
 
 def last_error_line(output: str) -> str:

@@ -83,8 +83,11 @@ class OnnxBackend:
             self._providers.insert(0, ("CUDAExecutionProvider", cuda))
         return [provider if isinstance(provider, str) else provider[0] for provider in self._providers]
 
-    def load(self, path: str, device: str | None = None, ort=None) -> tuple[ModelSignature, Forward]:
-        """`device` changes nothing: each session has thread pools of its own (service/backends/lanes.py)."""
+    def load(
+        self, path: str, device: str | None = None, gently: bool = False, ort=None
+    ) -> tuple[ModelSignature, Forward]:
+        """`device` and `gently` change nothing: each session has thread pools of its own (service/backends/lanes.py),
+        and onnxruntime builds it in C++."""
         if ort is None:
             import onnxruntime as ort
         if not os.path.isfile(path):

@@ -15,6 +15,7 @@ import zipfile
 from contextlib import nullcontext
 
 from service.backends.base import Arrays, Forward, InputRejected, ModelLoadError, OutOfDeviceMemory
+from service.backends.keras_weights import load_keras_gently, worth_loading_gently
 from service.backends.signature import ModelSignature, TensorInfo
 
 KERAS_SUFFIXES = (".keras", ".h5")
@@ -65,11 +66,15 @@ class TensorFlowBackend:
             )
         return [device.name for device in tf.config.list_logical_devices()]
 
-    def load(self, path: str, device: str | None = None) -> tuple[ModelSignature, Forward]:
-        """`device`: the CPU lane whose pool runs the model's passes, where its variables live (None: TF's default)."""
+    def load(self, path: str, device: str | None = None, gently: bool = False) -> tuple[ModelSignature, Forward]:
+        """`device`: the CPU lane whose pool runs the model's passes, where its variables live (None: TF's default).
+
+        `gently`: other models serve meanwhile; a large `.keras` file's weights are then read by a
+        child process and assigned in slices (service/backends/keras_weights.py).
+        """
         if os.path.isdir(path):
             return _compile_saved_model(path, device)
-        return _compile_keras_file(path, device)
+        return _compile_keras_file(path, device, gently and worth_loading_gently(path))
 
 
 def _on(device: str | None):
@@ -79,7 +84,7 @@ def _on(device: str | None):
     return tf.device(device) if device else nullcontext()
 
 
-def _compile_keras_file(path: str, device: str | None) -> tuple[ModelSignature, Forward]:
+def _compile_keras_file(path: str, device: str | None, gently: bool = False) -> tuple[ModelSignature, Forward]:
     if path.endswith(".keras"):
         _check_keras_archive(path)  # before importing TensorFlow: a refused file costs nothing
     import keras
@@ -87,7 +92,9 @@ def _compile_keras_file(path: str, device: str | None) -> tuple[ModelSignature, 
 
     try:
         with _on(device):
-            model = keras.models.load_model(path, compile=False)
+            model = load_keras_gently(path) if gently else keras.models.load_model(path, compile=False)
+    except ModelLoadError:
+        raise
     except Exception as error:
         raise ModelLoadError(f"cannot load Keras model {path!r}: {error}") from error
     inputs = tuple(

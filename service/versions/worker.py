@@ -81,7 +81,8 @@ class VersionLoader:
         A version loaded `beside_others` (while others serve) warms up with fewer timed repeats,
         which only seed the cost model, and pauses after each pass as long as the pass took: its
         passes run on the same cores, at the same priority, as the passes of the versions serving.
-        Its Python runs in shorter slices of the interpreter lock (`shorter_interpreter_slices`).
+        Its Python runs in shorter slices of the interpreter lock (`shorter_interpreter_slices`), and
+        a large Keras file's weights are read by a child process (service/backends/keras_weights.py).
         """
         settings, placement = self._settings, self._placement
         backend = backend_for(path, settings.model_backend)
@@ -99,7 +100,9 @@ class VersionLoader:
         with shorter_interpreter_slices() if beside_others else nullcontext():
             name = settings.served_model_name
             lane = self._lanes.lane_for(name)
-            model = load_served_model(path, name, version, settings.padded_batch_sizes(), settings.model_backend, lane)
+            model = load_served_model(
+                path, name, version, settings.padded_batch_sizes(), settings.model_backend, lane, beside_others
+            )
             if lane is not None and backend.name == "tensorflow":
                 log.info("model %s version %d runs on CPU lane %s of %d", name, version, lane, self._lanes.count)
             model.warm_up(

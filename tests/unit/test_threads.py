@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import subprocess
 import sys
 import textwrap
@@ -9,7 +11,8 @@ import textwrap
 import pytest
 
 from scripts.launcher import PROJECT_ROOT
-from service.threads import SHORTER_SLICES, shorter_interpreter_slices
+from service import threads
+from service.threads import SHORTER_SLICES, run_process, shorter_interpreter_slices
 
 # Each OsThread takes and releases an RLock made after patching, as a batcher thread does with the
 # lock of the `tf.function` it calls, while the main thread's hub runs. Before OsThread kept its
@@ -136,6 +139,25 @@ def test_a_child_process_runs_from_an_os_thread_of_a_gevent_process_and_is_kille
     done = subprocess.run([sys.executable, "-c", script], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60)
     expected = "True [ProcessResult(returncode=3, stdout='out\\n', stderr='err'), ('TimeoutError', True)]"
     assert done.stdout.strip() == expected, done.stdout + done.stderr[-2000:]
+
+
+def test_a_child_reaped_by_another_waiter_ends_the_wait_without_its_exit_status(monkeypatch):
+    """In a gevent worker, libev's SIGCHLD watcher reaps every child: waitpid then finds none."""
+    real = threads._original
+
+    def original(module: str, name: str):
+        if name != "waitpid":
+            return real(module, name)
+
+        def reaped_by_another(pid: int, options: int):
+            os.waitpid(pid, 0)  # the other reaper takes the status
+            raise ChildProcessError(errno.ECHILD, "No child processes")
+
+        return reaped_by_another
+
+    monkeypatch.setattr(threads, "_original", original)
+    done = run_process([sys.executable, "-c", "print('all done')"], os.environ, timeout_s=30)
+    assert (done.returncode, done.stdout) == (None, "all done\n")
 
 
 def test_the_interpreters_slices_are_shorter_while_any_load_runs_and_as_before_after():
