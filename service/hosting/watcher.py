@@ -244,6 +244,14 @@ class CatalogWatcher:
 
     # Any thread: the watcher's loop and the API calls handed to it
 
+    def would_bring(self, name: str) -> bool:
+        """Whether model `name` would be loaded for a request: on demand, configured, not unloaded, and not failed
+        as its files are now (a load that failed is tried again once they change)."""
+        if not self.loads_on_demand or name not in self._configured or name in self._applied.unloaded:
+            return False
+        failed = self._failed.get(name)
+        return failed is None or (failed.settings, failed.files) != (self._configured[name], _files_of(failed.settings))
+
     def bring(self, name: str) -> HostedModel | None:
         """With a budget: model `name` loaded for the calling request, which waits; None when it is not to be
         loaded on demand (none is, it is not configured, or it was unloaded through the API or failed to load).
@@ -251,7 +259,7 @@ class CatalogWatcher:
         ServiceUnavailable, with when to retry, while loads already take their share of the worker's
         time (`LoadRation`), or when the models in use leave no room.
         """
-        if not self.loads_on_demand or name not in self._configured:
+        if not self.would_bring(name):
             return None
         waiter = new_completion()
         with self._ration_lock:  # the requests for a model that is loading wait for that one load

@@ -38,6 +38,9 @@ class Repository(Protocol):
     def bring(self, name: str) -> HostedModel | None:
         """Model `name` loaded for a request, which waits; None when it is not one to load; ServiceUnavailable."""
 
+    def would_bring(self, name: str) -> bool:
+        """Whether model `name`, not loaded now, would be loaded for a request (`bring`) rather than refused."""
+
     def load(self, name: str) -> None:
         """Serve model `name` as the configuration says now (again, if it changed); NotFound, Conflict."""
 
@@ -117,6 +120,12 @@ class ModelServer:
             raise NotFound(f"{what}; this server serves {served}")
         model.last_used_s, model.awaited = time.monotonic(), False
         return model
+
+    def loads_for_a_request(self, name: str) -> bool:
+        """Whether model `name` is not loaded and would be for its first request (MODEL_MEMORY_MB): it is ready
+        to serve, and a probe of it must not load it (a probe of each model would evict the others)."""
+        repository = self.repository
+        return repository is not None and name not in self.models and repository.would_bring(name)
 
     def model_for(self, name: str | None, version: int | None, label: str | None = None) -> ServedModel:
         """The version of model `name` that `version` or `label` (neither: the latest) designate.

@@ -169,6 +169,8 @@ def model_metadata(name: str, version: int | None = None):
 @blueprint.get("/v2/models/<name>/ready")
 @blueprint.get("/v2/models/<name>/versions/<int:version>/ready")
 def model_ready(name: str, version: int | None = None):
+    """200 while the model serves; a model that loads on its first request is ready, and is not loaded for this."""
     server = current_server()
-    server.model_for(name, version)
+    if version is not None or not server.loads_for_a_request(name):
+        server.model_for(name, version)
     return Response(status=200 if server.ready else 503)

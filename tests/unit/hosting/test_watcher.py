@@ -230,6 +230,29 @@ def test_models_load_on_their_first_request_and_the_least_recently_used_make_roo
     assert set(server.models) == {"triple", "double"}
 
 
+def test_a_probe_of_a_model_that_loads_on_demand_says_ready_without_loading_it(on_demand):
+    app, server = on_demand
+    client = app.test_client()
+    loads = counted("loads", "triple")
+    assert client.get("/v2/models/triple/ready").status_code == 200
+    assert "triple" not in server.models and counted("loads", "triple") == loads, "a probe of each would thrash"
+    assert client.get("/v2/models/nonesuch/ready").status_code == 404
+    assert client.post("/v2/repository/models/triple/unload").status_code == 200
+    assert client.get("/v2/models/triple/ready").status_code == 404, "unloaded through the API: not ready"
+
+
+def test_a_model_that_failed_to_load_on_demand_is_not_ready_until_its_files_change(on_demand, repository):
+    app, _ = on_demand
+    client = app.test_client()
+    good = (repository / "triple" / "1" / "model.onnx").read_bytes()
+    (repository / "triple" / "1" / "model.onnx").write_bytes(b"not ONNX")
+    assert predict(client, "triple").status_code == 404
+    assert client.get("/v2/models/triple/ready").status_code == 404, "it failed as its files are"
+    (repository / "triple" / "1" / "model.onnx").write_bytes(good)
+    assert client.get("/v2/models/triple/ready").status_code == 200, "its files changed: it may load"
+    assert predict(client, "triple").json == {"predictions": [[3.0, 6.0]]}
+
+
 def test_a_model_with_requests_in_flight_is_not_unloaded_and_the_load_is_refused_until_one_is_idle(on_demand):
     app, server = on_demand
     client = app.test_client()
