@@ -9,7 +9,6 @@ import time
 from flask import Flask, Response, request
 
 from service.backends.base import ModelLoadError, ServedModel
-from service.backends.lanes import cpu_lane_count
 from service.batching.turns import PassTurns
 from service.caching.result_cache import build_result_cache
 from service.catalog import served_models, serves_catalog
@@ -98,7 +97,7 @@ def _serve_configured_models(settings: Settings) -> ModelServer:
         return server
     placement = current_placement()
     catalog = served_models(settings)
-    lanes = cpu_lane_count(len(catalog)) if placement is not None and placement.gpu is None else 1
+    lanes = max(settings.cpu_lanes, 1) if placement is not None and placement.gpu is None else 1
     hosting = ModelHosting(server, placement, PassTurns(settings.concurrent_batches), lanes)
     source = settings.model_config_file or settings.model_repository
     # The plan's budget for models (None: they all stay loaded); outside Gunicorn, MODEL_MEMORY_MB's

@@ -118,6 +118,16 @@ class Settings:
         "MB",
         minimum=0,
     )
+    cpu_lanes: int = _setting(
+        0,
+        "With `MODEL_CONFIG_FILE` or `MODEL_REPOSITORY`, on CPU: 0 runs every model's TensorFlow ops in the worker's "
+        "one thread pool; 2 to 8 splits the CPU into that many devices, each with a pool of its own, the models "
+        "spread over them (service/backends/lanes.py). Lanes halve a light model's p50 while a heavy one is "
+        "flooded, but cost the heavy one about 15% of its throughput and collapse when every model is busy "
+        "(docs/models.md), so they are off by default.",
+        minimum=0,
+        maximum=8,
+    )
 
     # Network and processes
     host: str = _setting("127.0.0.1", "Address to bind; use 0.0.0.0 only inside a container.")

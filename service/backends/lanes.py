@@ -3,11 +3,15 @@
 TensorFlow runs every op of a process in one intra-op thread pool: a light model's ops queue
 behind the shards of a heavy model's pass, so its passes take as long as the heavy one's
 (BENCHMARKS.md, "Many models": its p50 went from 9 to 76 ms). A worker serving several models
-therefore splits its CPU into logical devices, each with its own pool of the worker's
-intra-op threads (`TensorFlowBackend.configure`), and places each model on one: the
+can therefore split its CPU into logical devices (`CPU_LANES`), each with its own pool of the
+worker's intra-op threads (`TensorFlowBackend.configure`), and place each model on one: the
 operating system then shares the cores between the pools as it does between processes, and
 a model alone still uses every core. The lanes are fixed when the worker starts (TensorFlow
 sets its devices once); models added later share the least used one.
+
+Off by default: two passes at once then run twice the threads on the same cores. Under a
+heavy model's flood the light model's p50 halved, but the heavy model lost about 15% of its
+throughput, and with three models all busy the p50 of every model rose three- to fourfold.
 """
 
 from __future__ import annotations
@@ -15,14 +19,6 @@ from __future__ import annotations
 from collections import Counter
 
 from service.threads import new_lock
-
-# Beyond this many pools, their idle threads cost memory and wake-ups for passes that rarely run at once.
-MAX_CPU_LANES = 8
-
-
-def cpu_lane_count(models: int) -> int:
-    """The lanes of a worker serving a catalog of `models`: one each, two at least (for one added later)."""
-    return min(max(models, 2), MAX_CPU_LANES)
 
 
 class CpuLanes:

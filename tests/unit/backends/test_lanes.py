@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.backends.lanes import MAX_CPU_LANES, CpuLanes, cpu_lane_count
+from service.backends.lanes import CpuLanes
 
 
 def test_one_lane_places_nothing():
@@ -30,9 +30,6 @@ def test_a_model_let_go_of_frees_its_place_on_its_lane():
     lanes.release("never-placed")  # harmless
 
 
-def test_lane_count_is_one_per_model_with_room_for_one_added_and_a_ceiling():
-    assert cpu_lane_count(1) == 2
-    assert cpu_lane_count(3) == 3
-    assert cpu_lane_count(50) == MAX_CPU_LANES
+def test_a_worker_has_one_lane_at_least():
     with pytest.raises(ValueError):
         CpuLanes(0)
