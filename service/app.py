@@ -96,13 +96,12 @@ def _serve_configured_models(settings: Settings) -> ModelServer:
         hosting.serve(hosted)
         return server
     placement = current_placement()
-    catalog = served_models(settings)
     lanes = max(settings.cpu_lanes, 1) if placement is not None and placement.gpu is None else 1
     hosting = ModelHosting(server, placement, PassTurns(settings.concurrent_batches), lanes)
     source = settings.model_config_file or settings.model_repository
     # The plan's budget for models (None: they all stay loaded); outside Gunicorn, MODEL_MEMORY_MB's
     budget_bytes = placement.model_memory_bytes if placement is not None else settings.model_memory_mb * 2**20 or None
-    watcher = CatalogWatcher(server, hosting, ControlFile(settings.port, source), catalog, budget_bytes)
+    watcher = CatalogWatcher(server, hosting, ControlFile(settings.port, source), served_models(settings), budget_bytes)
     read_files = settings.model_config_poll_s > 0  # a worker started later serves what they say by then
     watcher.look(read_files, starting=True)
     if not server.models:

@@ -90,24 +90,23 @@ def measure_footprint(
     cache = _read_cache(cache_file)
     if key in cache:
         return Footprint(**cache[key], cached=True)
-    command = [
-        sys.executable,
-        "-m",
-        "service.backends.footprint",
-        os.path.abspath(model_path),
-        ",".join(map(str, batch_sizes)),
-        backend_choice,
-    ]
     # The child must see no GPU: it measures host RAM and must not hold GPU memory.
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "2"}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, (str(PROJECT_ROOT), env.get("PYTHONPATH"))))
-    done = run_process(command, env, MEASURE_TIMEOUT_S)
+    done = run_module_on_host(
+        "service.backends.footprint", os.path.abspath(model_path), ",".join(map(str, batch_sizes)), backend_choice
+    )
     if not finished(done, "{"):
         raise FootprintError(f"{model_path!r} cannot be loaded: {last_error_line(done.stderr)}", done.stderr)
     footprint = Footprint(**json.loads(done.stdout.strip().splitlines()[-1]))
     cache[key] = {k: v for k, v in dataclasses.asdict(footprint).items() if k != "cached"}
     _write_cache(cache_file, cache)
     return footprint
+
+
+def run_module_on_host(module: str, *args: str) -> ProcessResult:
+    """`python -m module args` in a child that sees no GPU (host memory only), within MEASURE_TIMEOUT_S."""
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, (str(PROJECT_ROOT), env.get("PYTHONPATH"))))
+    return run_process([sys.executable, "-m", module, *args], env, MEASURE_TIMEOUT_S)
 
 
 def finished(done: ProcessResult, last_line_start: str) -> bool:

@@ -21,15 +21,12 @@ import zipfile
 from pathlib import Path
 
 from service.backends.base import ModelLoadError
-from service.backends.footprint import MEASURE_TIMEOUT_S, PROJECT_ROOT, finished, last_error_line
-from service.threads import run_process
+from service.backends.footprint import finished, last_error_line, run_module_on_host
 
 SLICE_BYTES = 4 << 20  # a copy of this size takes about a millisecond
 # Below this much weight, Keras' own load holds the lock a few tens of milliseconds at most, and
 # the child's start (importing TensorFlow) costs more than it spares.
 GENTLE_FROM_BYTES = 64 << 20
-
-
 WRITTEN = "weights written:"  # the child's last line, when it wrote them all
 
 
@@ -66,10 +63,7 @@ def load_keras_gently(path: str):
 
 
 def _read_weights_in_child(path: str, scratch: str) -> None:
-    command = [sys.executable, "-m", "service.backends.keras_weights", os.path.abspath(path), scratch]
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "2"}  # host arrays only
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, (str(PROJECT_ROOT), env.get("PYTHONPATH"))))
-    done = run_process(command, env, MEASURE_TIMEOUT_S)
+    done = run_module_on_host("service.backends.keras_weights", os.path.abspath(path), scratch)
     if not finished(done, WRITTEN):
         raise ModelLoadError(f"cannot load Keras model {path!r}: {last_error_line(done.stderr)}")
 
