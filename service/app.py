@@ -124,18 +124,26 @@ def serve_grpc(app: Flask) -> GrpcServer | None:
 
 
 def start_grpc(app: Flask) -> GrpcServer:
-    """In a worker, after `create_app`: serve TF Serving's gRPC API on GRPC_PORT through the app's model server.
+    """In a worker, after `create_app`: serve the gRPC APIs on GRPC_PORT through the app's model server.
 
-    Not in `create_app`: gRPC must not start before the worker class has patched the standard
-    library (gevent), nor in tests that build apps by the dozen.
+    TF Serving's, the Open Inference Protocol's and the health service. Not in `create_app`: gRPC
+    must not start before the worker class has patched the standard library (gevent), nor in
+    tests that build apps by the dozen.
     """
-    from service.protocols import tfserving_grpc  # TF Serving's messages, only where gRPC is served
+    from service.protocols import grpc_calls, tfserving_grpc, v2_grpc  # gRPC's messages, only where it is served
 
     server: ModelServer = app.extensions["model_server"]
     settings = server.settings
     concurrency = settings.gevent_connections if gevent_is_active() else settings.request_threads
-    calls = outer_layers(settings, tfserving_grpc.calls(server))
-    server.grpc = GrpcServer(calls, tfserving_grpc.METHODS, tfserving_grpc.PROTOCOL, settings, concurrency)
+    calls = outer_layers(settings, tfserving_grpc.calls(server, v2_grpc.calls(server, grpc_calls.unknown_method)))
+    methods = {
+        **dict.fromkeys(tfserving_grpc.METHODS, tfserving_grpc.PROTOCOL),
+        **dict.fromkeys(v2_grpc.METHODS, v2_grpc.PROTOCOL),
+    }
+    streams = {v2_grpc.MODEL_STREAM_INFER: (v2_grpc.PROTOCOL, v2_grpc.stream_infer)}
+    server.grpc = GrpcServer(
+        calls, methods, streams, settings, concurrency, serving=lambda: health.unready_reason(server) is None
+    )
     server.grpc.start()
     return server.grpc
 

@@ -8,7 +8,7 @@ from flask import Blueprint, Response
 
 from service.batching.admission import DeadlineUnreachable
 from service.batching.requests import QueueFull
-from service.pipeline.model_server import current_server, json_response
+from service.pipeline.model_server import ModelServer, current_server, json_response
 from service.telemetry import metrics
 
 blueprint = Blueprint("health", __name__)
@@ -19,13 +19,11 @@ def healthz():
     return json_response({"status": "alive"})
 
 
-@blueprint.get("/readyz")
-def readyz():
-    state = current_server()
+def unready_reason(state: ModelServer) -> tuple[str, str] | None:
+    """Why the worker should not be sent work now, as (status, error), or None while it should: the rule of
+    `/readyz` and of gRPC's health service."""
     if not state.ready:
-        return json_response(
-            {"status": "not ready", "error": "the model is loading or the worker is shutting down"}, 503
-        )
+        return "not ready", "the model is loading or the worker is shutting down"
     refusals = {}
     for hosted in state.models.values():  # shed: while every model would refuse, send work elsewhere
         try:
@@ -34,7 +32,16 @@ def readyz():
             refusals[hosted.name] = str(error)
     if len(refusals) == len(state.models):
         reasons = "; ".join(f"{name}: {reason}" for name, reason in refusals.items())
-        return json_response({"status": "overloaded", "error": f"a new request would be refused: {reasons}"}, 503)
+        return "overloaded", f"a new request would be refused: {reasons}"
+    return None
+
+
+@blueprint.get("/readyz")
+def readyz():
+    state = current_server()
+    unready = unready_reason(state)
+    if unready is not None:
+        return json_response({"status": unready[0], "error": unready[1]}, 503)
     latest = {name: hosted.versions.latest().version for name, hosted in state.models.items()}
     sole = {"model": next(iter(latest)), "version": next(iter(latest.values()))} if len(latest) == 1 else {}
     return json_response({"status": "ready", **sole, "models": latest})

@@ -12,20 +12,19 @@ malformed one is answered as a client mistake (INVALID_ARGUMENT) like a malforme
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from google.protobuf import json_format, text_format
-from google.protobuf.message import DecodeError, Message
+from google.protobuf.message import Message
 
 from service import tfserving_messages as messages
 from service.backends.base import Arrays, ServedModel
 from service.backends.signature import ModelSignature
-from service.errors import BadRequest, Conflict, NotFound, WsgiApp, render, write_json
-from service.pipeline.answers import api_error_for
-from service.pipeline.body import read_body
-from service.pipeline.inference import PROTOCOL_KEY, ROUTE_KEY, InferenceEndpoint, InferenceTarget
+from service.errors import BadRequest, Conflict, WsgiApp
+from service.pipeline.inference import InferenceEndpoint, InferenceTarget
 from service.pipeline.model_server import ModelServer
+from service.protocols.grpc_calls import MethodCalls, parse
 from service.protocols.tensor_proto import from_array, to_array
 from service.protocols.tfserving_codec import check_count
 from service.protocols.tfserving_rest import describe_status
@@ -41,7 +40,6 @@ RELOAD_CONFIG = f"/{MODEL_SERVICE}/HandleReloadConfigRequest"
 METHODS = (PREDICT, GET_MODEL_METADATA, GET_MODEL_STATUS, RELOAD_CONFIG)
 SERVING_DEFAULT = "serving_default"
 PARSED_REQUEST_KEY = "service.grpc_predict_request"  # the PredictRequest, parsed by refine_target
-PROTOBUF_CONTENT_TYPE = {"Content-Type": "application/x-protobuf"}
 
 
 def match_inference(path: str) -> InferenceTarget | None:
@@ -66,7 +64,7 @@ class PredictCall(InferenceEndpoint):
         """The version the message's spec names. The message is parsed here, before admission (gRPC hands it
         over whole, and parsing costs microseconds); `decode` then takes it from the environ.
         """
-        request = _parse(messages.PredictRequest, self.body(environ))
+        request = parse(messages.PredictRequest, self.body(environ))
         environ[PARSED_REQUEST_KEY] = request
         return InferenceTarget(target.protocol, target.route, *spec_target(request.model_spec))
 
@@ -115,31 +113,16 @@ def encode_predict(decoded: DecodedPredict, result: Arrays, model: ServedModel) 
     return response.SerializeToString()
 
 
-class ModelCalls:
-    """WSGI middleware: `GetModelMetadata` and `GetModelStatus` are answered here, other paths by `fallback`."""
+class ModelCalls(MethodCalls):
+    """`GetModelMetadata`, `GetModelStatus` and `HandleReloadConfigRequest`."""
 
-    def __init__(self, server: ModelServer, fallback: WsgiApp):
-        self._server = server
-        self._fallback = fallback
-        self._answers: dict[str, Callable[[bytes], Message]] = {
-            GET_MODEL_METADATA: self._metadata,
-            GET_MODEL_STATUS: self._status,
-            RELOAD_CONFIG: self._reload_config,
-        }
+    protocol = PROTOCOL
 
-    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
-        answer = self._answers.get(environ.get("PATH_INFO", ""))
-        if answer is None:
-            return self._fallback(environ, start_response)
-        environ[ROUTE_KEY], environ[PROTOCOL_KEY] = environ["PATH_INFO"], PROTOCOL
-        try:
-            body = answer(read_body(environ, self._server.settings.max_body_bytes)).SerializeToString()
-        except Exception as error:
-            return write_json(start_response, *render(api_error_for(error, self._server)))
-        return write_json(start_response, 200, body, PROTOBUF_CONTENT_TYPE)
+    def answers(self) -> dict[str, Callable[[bytes], Message]]:
+        return {GET_MODEL_METADATA: self._metadata, GET_MODEL_STATUS: self._status, RELOAD_CONFIG: self._reload_config}
 
     def _metadata(self, body: bytes) -> messages.GetModelMetadataResponse:
-        request = _parse(messages.GetModelMetadataRequest, body)
+        request = parse(messages.GetModelMetadataRequest, body)
         model = model_for_spec(self._server, request.model_spec)
         if list(request.metadata_field) != ["signature_def"]:
             raise BadRequest(
@@ -153,7 +136,7 @@ class ModelCalls:
 
     def _status(self, body: bytes) -> messages.GetModelStatusResponse:
         """Every version's status, as TF Serving's, or the one the spec names."""
-        spec = _parse(messages.GetModelStatusRequest, body).model_spec
+        spec = parse(messages.GetModelStatusRequest, body).model_spec
         status = describe_status(self._server, *spec_target(spec))
         return json_format.ParseDict(status, messages.GetModelStatusResponse())
 
@@ -163,16 +146,16 @@ class ModelCalls:
         A config that cannot be served is INVALID_ARGUMENT; models that do not load,
         FAILED_PRECONDITION naming them, the others serving as the config says.
         """
-        config = _parse(messages.ReloadConfigRequest, body).config
+        config = parse(messages.ReloadConfigRequest, body).config
         if self._server.repository is None:
             raise Conflict("this server serves one model (MODEL_PATH or MODEL_BASE_PATH); serve MODEL_CONFIG_FILE's")
         self._server.repository.reload_config(text_format.MessageToString(config))
         return messages.ReloadConfigResponse()  # its status: OK, error_code 0
 
 
-def calls(server: ModelServer) -> WsgiApp:
-    """The worker's gRPC methods as one WSGI app; a method not served is a 404 (UNIMPLEMENTED is gRPC's own)."""
-    return PredictCall(server, ModelCalls(server, _unknown_method))
+def calls(server: ModelServer, fallback: WsgiApp) -> WsgiApp:
+    """The API's methods as one WSGI app; other paths go to `fallback`."""
+    return PredictCall(server, ModelCalls(server, fallback))
 
 
 def spec_target(spec: messages.ModelSpec) -> tuple[str | None, int | None, str | None]:
@@ -192,14 +175,3 @@ def model_for_spec(server: ModelServer, spec: messages.ModelSpec) -> ServedModel
 def _describe_spec(model: ServedModel, spec: messages.ModelSpec) -> None:
     spec.name, spec.signature_name = model.name, SERVING_DEFAULT
     spec.version.value = model.version
-
-
-def _parse(message: type[Message], body: bytes) -> Message:
-    try:
-        return message.FromString(body)
-    except DecodeError as error:
-        raise BadRequest(f"the request is not a valid {message.DESCRIPTOR.full_name}: {error}") from None
-
-
-def _unknown_method(environ: dict, start_response: Callable) -> Iterable[bytes]:
-    return write_json(start_response, *render(NotFound(f"method {environ.get('PATH_INFO')!r} is not served here")))

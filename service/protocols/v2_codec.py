@@ -87,7 +87,7 @@ def decode_infer_request(
     may_hold_booleans = b"true" in header or b"false" in header
     tensors = _inputs_by_name(document["inputs"], signature)
     infos = {info.name: info for info in signature.inputs}
-    shapes = {name: _shape(tensor, infos[name]) for name, tensor in tensors.items()}
+    shapes = {name: checked_shape(tensor, infos[name]) for name, tensor in tensors.items()}
     counts = {shape[0] for shape in shapes.values()}
     if len(counts) > 1:
         raise BadRequest(f"all inputs must have the same first (batch) dimension, got {sorted(counts)}")
@@ -104,7 +104,7 @@ def decode_infer_request(
                 f"input {name!r}: binary_data_size {size!r} does not fit the {len(binary) - offset} binary bytes "
                 "left after the JSON header (Inference-Header-Content-Length)"
             )
-        inputs[name] = _from_binary(binary[offset : offset + size], info, shape)
+        inputs[name] = array_from_binary(binary[offset : offset + size], info, shape)
         offset += size
     if offset != len(binary):
         raise BadRequest(f"the body has {len(binary) - offset} bytes after the tensors its inputs declare")
@@ -122,7 +122,7 @@ def encode_infer_response(
         datatype = "BYTES" if array.dtype.kind in "OSU" else DATATYPE_OF[array.dtype.name]
         tensor = {"name": output.name, "datatype": datatype, "shape": list(array.shape)}
         if output.binary:
-            chunk = _to_binary(array, datatype)
+            chunk = binary_of(array, datatype)
             tensor["parameters"] = {"binary_data_size": len(chunk)}
             chunks.append(chunk)
         else:
@@ -168,7 +168,7 @@ def _inputs_by_name(tensors: list, signature: ModelSignature) -> dict[str, dict]
     return by_name
 
 
-def _shape(tensor: dict, info: TensorInfo) -> tuple[int, ...]:
+def checked_shape(tensor: dict, info: TensorInfo) -> tuple[int, ...]:
     """The tensor's declared shape, checked against its datatype and the model's instance shape."""
     if tensor.get("datatype") != datatype_of(info):
         raise BadRequest(
@@ -204,7 +204,7 @@ def _from_json(tensor: dict, info: TensorInfo, shape: tuple[int, ...], may_hold_
     return checked_input(array.reshape(shape), info, shape[0], may_hold_booleans, lambda: data)
 
 
-def _from_binary(chunk: bytes, info: TensorInfo, shape: tuple[int, ...]) -> np.ndarray:
+def array_from_binary(chunk: bytes, info: TensorInfo, shape: tuple[int, ...]) -> np.ndarray:
     values = math.prod(shape)
     if info.dtype == "string":
         elements, at = [], 0
@@ -260,7 +260,7 @@ def _requested_outputs(document: dict, signature: ModelSignature, binary_default
     return tuple(outputs)
 
 
-def _to_binary(array: np.ndarray, datatype: str) -> bytes:
+def binary_of(array: np.ndarray, datatype: str) -> bytes:
     if datatype != "BYTES":
         return np.ascontiguousarray(array, array.dtype.newbyteorder("<")).tobytes()
     parts = []

@@ -17,7 +17,7 @@ from service.backends.base import Arrays, ServedModel
 from service.errors import BadRequest, Conflict
 from service.pipeline.body import read_body
 from service.pipeline.inference import InferenceEndpoint, InferenceTarget
-from service.pipeline.model_server import Repository, current_server, json_response
+from service.pipeline.model_server import ModelServer, Repository, current_server, json_response
 from service.protocols.v2_codec import InferRequest, datatype_of, decode_infer_request, encode_infer_response
 from service.versions.registry import VersionState
 
@@ -73,17 +73,24 @@ def ready():
 
 @blueprint.get("/v2")
 def server_metadata():
-    return json_response({"name": "tf-model-server", "version": __version__, "extensions": list(EXTENSIONS)})
+    return json_response(describe_server())
+
+
+def describe_server() -> dict:
+    return {"name": "tf-model-server", "version": __version__, "extensions": list(EXTENSIONS)}
 
 
 @blueprint.post("/v2/repository/index")
 def repository_index():
+    return json_response(index_entries(current_server()))
+
+
+def index_entries(server: ModelServer) -> list[dict]:
     """Triton's model repository index: every version of every model, with its state (READY, or why not).
 
     A configured model that does not serve (it failed to load, or was unloaded) is listed without
     a version, UNAVAILABLE, with the reason.
     """
-    server = current_server()
     index = []
     for name, hosted in server.models.items():
         for status in hosted.versions.statuses(None):
@@ -93,14 +100,14 @@ def repository_index():
                 entry["reason"] = status["status"]["error_message"] or status["state"]
             index.append(entry)
     index += [{"name": name, "state": "UNAVAILABLE", "reason": why} for name, why in server.unavailable.items()]
-    return json_response(sorted(index, key=lambda entry: entry["name"]))
+    return sorted(index, key=lambda entry: entry["name"])
 
 
 @blueprint.post("/v2/repository/models/<name>/load")
 def load_model(name: str):
     """Triton's model load: serve the model as its files say now, in every worker (this one before answering)."""
     _repository_call_options(allowed=())
-    _repository().load(name)
+    repository_of(current_server()).load(name)
     return json_response({})
 
 
@@ -108,12 +115,13 @@ def load_model(name: str):
 def unload_model(name: str):
     """Triton's model unload: stop routing to it, answer what it took, release it; in every worker."""
     _repository_call_options(allowed=("unload_dependents",))  # a model here has no dependents
-    _repository().unload(name)
+    repository_of(current_server()).unload(name)
     return json_response({})
 
 
-def _repository() -> Repository:
-    repository = current_server().repository
+def repository_of(server: ModelServer) -> Repository:
+    """The server's repository of models; Conflict for a server of one model."""
+    repository = server.repository
     if repository is None:
         raise Conflict(
             "this server serves one model (MODEL_PATH or MODEL_BASE_PATH); the repository API needs "
@@ -147,30 +155,34 @@ def _repository_call_options(allowed: tuple[str, ...]) -> None:
 @blueprint.get("/v2/models/<name>")
 @blueprint.get("/v2/models/<name>/versions/<int:version>")
 def model_metadata(name: str, version: int | None = None):
-    server = current_server()
+    return json_response(describe_model(current_server(), name, version))
+
+
+def describe_model(server: ModelServer, name: str, version: int | None) -> dict:
+    """The model version's metadata: its versions served, platform, and inputs and outputs (NotFound: none)."""
     model = server.model_for(name, version)
 
     def tensors(infos) -> list[dict]:
         return [{"name": info.name, "datatype": datatype_of(info), "shape": info.describe()["shape"]} for info in infos]
 
-    return json_response(
-        {
-            "name": model.name,
-            "versions": [
-                str(number) for number in sorted(server.hosted(name).versions.numbers(VersionState.AVAILABLE))
-            ],
-            "platform": model.platform,
-            "inputs": tensors(model.signature.inputs),
-            "outputs": tensors(model.signature.outputs),
-        }
-    )
+    return {
+        "name": model.name,
+        "versions": [str(number) for number in sorted(server.hosted(name).versions.numbers(VersionState.AVAILABLE))],
+        "platform": model.platform,
+        "inputs": tensors(model.signature.inputs),
+        "outputs": tensors(model.signature.outputs),
+    }
 
 
 @blueprint.get("/v2/models/<name>/ready")
 @blueprint.get("/v2/models/<name>/versions/<int:version>/ready")
 def model_ready(name: str, version: int | None = None):
     """200 while the model serves; a model that loads on its first request is ready, and is not loaded for this."""
-    server = current_server()
+    return Response(status=200 if model_is_ready(current_server(), name, version) else 503)
+
+
+def model_is_ready(server: ModelServer, name: str, version: int | None) -> bool:
+    """Whether the worker serves the model version, or would load it for a request; NotFound for one it would not."""
     if version is not None or not server.loads_for_a_request(name):
         server.model_for(name, version)
-    return Response(status=200 if server.ready else 503)
+    return server.ready

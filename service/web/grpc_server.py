@@ -1,4 +1,4 @@
-"""Each worker's gRPC server (TF Serving's gRPC API) on GRPC_PORT, beside the HTTP port.
+"""Each worker's gRPC server (TF Serving's gRPC API, the Open Inference Protocol's, health) on GRPC_PORT.
 
 Started in the worker once its model is warmed up (gunicorn.conf.py's `post_worker_init`),
 never in the master: gRPC's threads, like TensorFlow's, do not survive `fork()`. Every worker
@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent import futures
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -62,8 +63,8 @@ ANSWER_HEADERS = {"X-Request-ID": "x-request-id", "Retry-After": "retry-after", 
 NO_DEADLINE_S = 1e8  # gRPC reports a call without a deadline as one about 290 years away
 
 
-def serve_call(app: WsgiApp, method: str, body: bytes, context: Any, protocol: str) -> bytes:
-    """One unary call answered by the WSGI `app`: its answer's body, or `context.abort` with the error."""
+def answer_call(app: WsgiApp, method: str, body: bytes, context: Any, protocol: str) -> CallAnswer:
+    """What the WSGI `app` answers a call's message `body` with, as a request to path `method`."""
     environ = {
         "REQUEST_METHOD": "POST",
         "PATH_INFO": method,
@@ -85,31 +86,64 @@ def serve_call(app: WsgiApp, method: str, body: bytes, context: Any, protocol: s
         answered["status"], answered["headers"] = int(status[:3]), headers
 
     answer = b"".join(app(environ, start_response))
-    trailing = [(ANSWER_HEADERS[name], value) for name, value in answered["headers"] if name in ANSWER_HEADERS]
-    retry_after = next((value for name, value in answered["headers"] if name == "Retry-After"), None)
+    return CallAnswer(answered["status"], answer, answered["headers"], environ.get(REFUSED_KEY))
+
+
+@dataclass(frozen=True)
+class CallAnswer:
+    status: int  # HTTP's
+    body: bytes  # the serialized response, or the error's JSON
+    headers: list[tuple[str, str]]
+    refused: str | None  # why it was refused unrun (REFUSED_KEY)
+
+
+def serve_call(app: WsgiApp, method: str, body: bytes, context: Any, protocol: str) -> bytes:
+    """One unary call answered by the WSGI `app`: its answer's body, or `context.abort` with the error."""
+    answer = answer_call(app, method, body, context, protocol)
+    trailing = [(ANSWER_HEADERS[name], value) for name, value in answer.headers if name in ANSWER_HEADERS]
+    retry_after = next((value for name, value in answer.headers if name == "Retry-After"), None)
     if retry_after is not None:  # what gRPC's own retry policy honours
         trailing.append(("grpc-retry-pushback-ms", str(1000 * int(retry_after))))
     context.set_trailing_metadata(tuple(trailing))
-    if answered["status"] == 200:
-        return answer
+    if answer.status == 200:
+        return answer.body
     import grpc
 
-    name = REFUSAL_CODES.get(environ.get(REFUSED_KEY)) or STATUS_CODES.get(answered["status"], "INTERNAL")
-    code = getattr(grpc.StatusCode, name)
-    context.abort(code, orjson.loads(answer)["error"])
+    name = REFUSAL_CODES.get(answer.refused) or STATUS_CODES.get(answer.status, "INTERNAL")
+    context.abort(getattr(grpc.StatusCode, name), orjson.loads(answer.body)["error"])
     raise AssertionError("context.abort raises")  # pragma: no cover
 
 
-class GrpcServer:
-    """The worker's gRPC server: `start()` binds GRPC_PORT and serves `app`'s methods; `stop()` drains it."""
+# A streaming method: its requests' bodies in, its responses' out; each request answered through `answer`
+# (a method's path and a body -> HTTP status and body, as a unary call of that method).
+StreamMethod = Callable[[Iterable[bytes], Callable[[str, bytes], tuple[int, bytes]]], Iterable[bytes]]
 
-    def __init__(self, app: WsgiApp, methods: tuple[str, ...], protocol: str, settings: Settings, concurrency: int):
+
+class GrpcServer:
+    """The worker's gRPC server: `start()` binds GRPC_PORT and serves `app`'s methods; `stop()` drains it.
+
+    `methods` maps each unary method to its protocol (for metrics and the access log), `streams`
+    each streaming method to its protocol and handler. `serving` is whether the worker should be
+    sent work now, which `grpc.health.v1.Health` answers (service/web/grpc_health.py).
+    """
+
+    def __init__(
+        self,
+        app: WsgiApp,
+        methods: dict[str, str],
+        streams: dict[str, tuple[str, StreamMethod]],
+        settings: Settings,
+        concurrency: int,
+        serving: Callable[[], bool],
+    ):
         self._app = app
         self._methods = methods
-        self._protocol = protocol
+        self._streams = streams
         self._settings = settings
         self._concurrency = concurrency
+        self._serving = serving
         self._server = None
+        self._health = None
 
     def start(self) -> int:
         """Serve from now on; the port bound. Raises RuntimeError when it cannot be bound."""
@@ -118,12 +152,20 @@ class GrpcServer:
 
             grpc.experimental.gevent.init_gevent()
         import grpc
+        from grpc_health.v1 import health_pb2_grpc
+
+        from service.web.grpc_health import LiveHealth
 
         settings = self._settings
-        handlers = {}
-        for method in self._methods:
+        handlers: dict[str, dict] = {}
+        for method, protocol in self._methods.items():
             service, name = method.strip("/").split("/")
-            handlers.setdefault(service, {})[name] = grpc.unary_unary_rpc_method_handler(self._handler(method))
+            handlers.setdefault(service, {})[name] = grpc.unary_unary_rpc_method_handler(self._unary(method, protocol))
+        for method, (protocol, stream) in self._streams.items():
+            service, name = method.strip("/").split("/")
+            handlers.setdefault(service, {})[name] = grpc.stream_stream_rpc_method_handler(
+                self._stream(stream, protocol)
+            )
         options = [
             ("grpc.so_reuseport", 1),
             ("grpc.max_receive_message_length", settings.max_body_bytes),
@@ -141,20 +183,37 @@ class GrpcServer:
             options=options,
             maximum_concurrent_rpcs=self._concurrency,
         )
+        self._health = LiveHealth(sorted(handlers), self._serving)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         port = self._server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
         self._server.start()
-        log.info("gRPC: serving %s on %s:%d", ", ".join(self._methods), settings.host, port)
+        log.info(
+            "gRPC: serving %s and grpc.health.v1.Health on %s:%d", ", ".join(sorted(handlers)), settings.host, port
+        )
         return port
 
     def stop(self, grace_s: float) -> Callable[[float | None], bool]:
-        """Refuse new calls now and end the ones in flight within `grace_s`; returns a wait for that."""
+        """Say NOT_SERVING, refuse new calls now, end the ones in flight within `grace_s`; returns a wait for that."""
         if self._server is None:
             return lambda timeout=None: True
+        self._health.enter_graceful_shutdown()
         return self._server.stop(grace_s).wait
 
-    def _handler(self, method: str) -> Callable[[bytes, Any], bytes]:
-        app, protocol = self._app, self._protocol
+    def _unary(self, method: str, protocol: str) -> Callable[[bytes, Any], bytes]:
+        app = self._app
         return lambda body, context: serve_call(app, method, body, context, protocol)
+
+    def _stream(self, stream: StreamMethod, protocol: str) -> Callable[[Iterable[bytes], Any], Iterable[bytes]]:
+        app = self._app
+
+        def handle(requests: Iterable[bytes], context: Any) -> Iterable[bytes]:
+            def answer(method: str, body: bytes) -> tuple[int, bytes]:
+                answered = answer_call(app, method, body, context, protocol)
+                return answered.status, answered.body
+
+            return stream(requests, answer)
+
+        return handle
 
 
 def _peer_address(peer: str) -> str:

@@ -1,4 +1,5 @@
-"""TF Serving's gRPC API on the live server, gthread and gevent, called with tensorflow-serving-api's stubs."""
+"""The gRPC APIs on the live server, gthread and gevent: TF Serving's called with tensorflow-serving-api's stubs, the
+Open Inference Protocol's with tritonclient.grpc, and the health service."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import numpy as np
 import pytest
 import requests
 import tensorflow as tf
+import tritonclient.grpc as triton
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
     get_model_status_pb2,
@@ -67,6 +70,32 @@ def test_metadata_and_status_answer_as_tf_serving_does(demo_server):
     assert [dim.size for dim in image.tensor_shape.dim] == [-1, 8, 8, 1]
     (version,) = status.model_version_status
     assert version.state == get_model_status_pb2.ModelVersionStatus.AVAILABLE
+
+
+def test_tritonclient_grpc_infers_as_the_rest_route_one_call_and_a_stream(demo_server, demo_holdout):
+    images = demo_holdout[0][:8].astype(np.float32)
+    answer = requests.post(
+        f"{demo_server.url}/v2/models/digits/infer",
+        json={"inputs": [{"name": "image", "datatype": "FP32", "shape": list(images.shape), "data": images.tolist()}]},
+        timeout=60,
+    )
+    assert answer.status_code == 200, answer.text
+    expected = np.array(answer.json()["outputs"][0]["data"]).reshape(8, -1)
+    tensor = triton.InferInput("image", list(images.shape), "FP32")
+    tensor.set_data_from_numpy(images)
+    answers: list = []
+    with triton.InferenceServerClient(demo_server.grpc_target) as client:
+        assert client.is_model_ready("digits")
+        np.testing.assert_allclose(client.infer("digits", [tensor]).as_numpy("probabilities"), expected, atol=1e-6)
+        client.start_stream(callback=lambda result, error: answers.append((result, error)))
+        for request_id in ("a", "b"):
+            client.async_stream_infer("digits", [tensor], request_id=request_id)
+        client.stop_stream()  # after every answer of the stream
+    assert [(result.get_response().id, error) for result, error in answers] == [("a", None), ("b", None)]
+    np.testing.assert_allclose(answers[1][0].as_numpy("probabilities"), expected, atol=1e-6)
+    with channel_to(demo_server) as channel:
+        health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=60)
+    assert health.status == health_pb2.HealthCheckResponse.SERVING
 
 
 def test_concurrent_calls_are_batched_and_connections_spread_over_the_workers(onnx_server, demo_holdout):

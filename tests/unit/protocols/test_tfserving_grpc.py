@@ -24,22 +24,6 @@ from service.settings import Settings
 from tests.support import infer_document, rows
 
 
-@pytest.fixture
-def grpc_settings(settings):
-    return dataclasses.replace(settings, grpc_port=free_port())
-
-
-@pytest.fixture
-def served(grpc_settings, fake_model):
-    """(Flask app, gRPC channel) of one worker serving both."""
-    app = create_app(grpc_settings, fake_model)
-    start_grpc(app)
-    channel = grpc.insecure_channel(f"127.0.0.1:{grpc_settings.grpc_port}")
-    yield app, channel
-    channel.close()
-    app.extensions["model_server"].close()
-
-
 def tensor_proto(array: np.ndarray) -> messages.TensorProto:
     tensor = messages.TensorProto()
     from_array(array, tensor)
