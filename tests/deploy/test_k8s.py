@@ -87,7 +87,9 @@ def test_the_model_config_is_valid_and_mounted_where_model_config_file_would_nam
 
 def test_probes_use_the_services_health_routes(container):
     assert container["startupProbe"]["httpGet"]["path"] == "/readyz"
-    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    grpc_port = next(port["containerPort"] for port in container["ports"] if port["name"] == "grpc")
+    assert container["readinessProbe"]["grpc"]["port"] == grpc_port == load_settings({}).grpc_port
+    assert container["readinessProbe"].get("grpc", {}).get("service", "") == "", "the whole server's health"
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     startup = container["startupProbe"]
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 120, "load + warm-up of a large model"
