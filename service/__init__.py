@@ -6,7 +6,8 @@ __version__ = "0.1.0"
 # and no two parts import each other (tests/unit/test_layers.py). What a lower layer needs from a
 # higher one goes in as an argument, a callback or a Protocol, never as an import. docs/architecture.md.
 LAYERS = (
-    ("service", "errors", "threads", "client_numbers", "version_policy", "tfserving_messages"),  # no service imports
+    ("service", "errors", "threads", "client_numbers", "version_policy", "descriptor_sets"),  # no service imports
+    ("tfserving_messages", "v2_messages"),  # gRPC messages, from descriptor_sets
     ("settings",),
     ("catalog",),  # the models served, each with its settings
     ("backends",),  # a model file into a forward pass, and its footprint

@@ -70,6 +70,17 @@ class Backend(Protocol):
         """
 
 
+@dataclass(frozen=True)
+class PassTimes:
+    """One forward pass of a batch, by stage, as Triton's statistics name them."""
+
+    instances: int
+    requests: int
+    compute_input_s: float  # the requests' inputs merged
+    compute_infer_s: float  # padded to a compiled size, run, trimmed
+    compute_output_s: float  # the outputs split into each request's
+
+
 class ServedModel:
     """A forward pass over padded batches, with the request-level split and merge around it.
 
@@ -95,6 +106,7 @@ class ServedModel:
         self.batch_sizes = tuple(sorted(batch_sizes))
         self._forward = forward
         self.warm_up_seconds: dict[int, float] = {}
+        self.observe_pass: Callable[[PassTimes], None] | None = None  # told of every pass's stages (statistics)
 
     @property
     def max_batch_size(self) -> int:
@@ -115,15 +127,21 @@ class ServedModel:
             key = tuple(payload[info.name].shape[1:] for info in self.signature.inputs)
             groups.setdefault(key, []).append(position)
         for positions in groups.values():
+            began_at = time.monotonic()
             merged = {
                 info.name: np.concatenate([payloads[p][info.name] for p in positions]) for info in self.signature.inputs
             }
+            merged_at = time.monotonic()
             outputs = self.run(merged)
+            ran_at = time.monotonic()
             start = 0
             for p in positions:
                 count = len(payloads[p][self.signature.inputs[0].name])
                 results[p] = {name: array[start : start + count] for name, array in outputs.items()}
                 start += count
+            if self.observe_pass is not None:
+                stages = (merged_at - began_at, ran_at - merged_at, time.monotonic() - ran_at)
+                self.observe_pass(PassTimes(start, len(positions), *stages))
         return results
 
     def run(self, inputs: Arrays) -> Arrays:

@@ -63,7 +63,7 @@ class ModelHosting:
     def serve(self, hosted: HostedModel) -> None:
         """Once routed to: its versions are counted as serving, and its base path watched (every MODEL_POLL_S)."""
         for number in sorted(hosted.versions.numbers(VersionState.AVAILABLE)):
-            metrics.version_serving(hosted.name, number, hosted.versions.get(number).load_s)
+            _count_serving(hosted.versions.get(number))
         if hosted.poller is not None and hosted.settings.model_poll_s > 0:
             hosted.poller.start(hosted.settings.model_poll_s)
 
@@ -91,8 +91,14 @@ def _version_available(server: ModelServer, version: ModelVersion) -> None:
     The batcher's cost model is kept: it learns the new version's passes as they run, where the
     new version's warm-up timings were taken beside the passes of the version serving.
     """
+    server.cache_for(version.model)
+    _count_serving(version)
+
+
+def _count_serving(version: ModelVersion) -> None:
+    """The version's metrics: it serves, and the stages of its passes are counted (statistics)."""
     model = version.model
-    server.cache_for(model)
+    model.observe_pass = metrics.PassStages(model.name, model.version)
     metrics.version_serving(model.name, model.version, version.load_s)
 
 

@@ -130,7 +130,11 @@ class InferenceEndpoint:
         loaded_for_it = loaded_for_it and target.model_name is not None and target.model_name not in server.models
         with server.lease_hosted(target.model_name, target.version, target.label) as (hosted, model):
             environ[MODEL_KEY] = (model.name, model.version)  # the lease is released once answered
-            answer, headers = self._infer_with(hosted, model, environ, received_at)
+            try:
+                answer, headers = self._infer_with(hosted, model, environ, received_at)
+            except Exception:
+                metrics.inference_failed(model.name, model.version, time.monotonic() - received_at)
+                raise
         return answer, {**headers, ON_DEMAND_HEADER: "1"} if loaded_for_it else headers
 
     def _infer_with(
@@ -148,6 +152,7 @@ class InferenceEndpoint:
             if (kept := cache.repeated_answer(self.protocol, body)) is not None:
                 environ[BATCH_SIZE_KEY] = 0
                 metrics.predicted(model.name, model.version, kept[1])
+                metrics.inference_answered(model.name, model.version, time.monotonic() - received_at, None)
                 return kept[0], {"X-Batch-Size": "0"}
         # Before the body is decoded: a refusal under overload must cost far less than the work.
         batcher.check_room(1, budget_s)
@@ -168,6 +173,8 @@ class InferenceEndpoint:
         environ[BATCH_SIZE_KEY] = outcome.batch_size
         answer, headers = self.encode(decoded, outcome.result, model)
         metrics.predicted(model.name, model.version, decoded.count)
+        queue_wait_s = outcome.queue_wait_s if outcome.batch_size else None
+        metrics.inference_answered(model.name, model.version, time.monotonic() - received_at, queue_wait_s)
         wholly_cached = outcome.batch_size == 0 and decoded.count <= batcher.max_batch_size
         if cache is not None and wholly_cached and not headers:  # JSON answers only: binary ones have headers
             cache.keep_answer(self.protocol, body, answer, decoded.count)  # seen twice: likely to be seen again

@@ -25,7 +25,15 @@ from service.pipeline.model_server import ModelServer
 from service.protocols.grpc_calls import MethodCalls, parse
 from service.protocols.v2_codec import InferRequest
 from service.protocols.v2_grpc_codec import decode_model_infer, encode_model_infer
-from service.protocols.v2_rest import describe_model, describe_server, index_entries, model_is_ready, repository_of
+from service.protocols.v2_rest import (
+    describe_config,
+    describe_model,
+    describe_server,
+    index_entries,
+    model_is_ready,
+    repository_of,
+    statistics_of,
+)
 
 PROTOCOL = "v2_grpc"
 SERVICE = "inference.GRPCInferenceService"
@@ -36,6 +44,8 @@ SERVER_READY = f"/{SERVICE}/ServerReady"
 MODEL_READY = f"/{SERVICE}/ModelReady"
 SERVER_METADATA = f"/{SERVICE}/ServerMetadata"
 MODEL_METADATA = f"/{SERVICE}/ModelMetadata"
+MODEL_CONFIG = f"/{SERVICE}/ModelConfig"
+MODEL_STATISTICS = f"/{SERVICE}/ModelStatistics"
 REPOSITORY_INDEX = f"/{SERVICE}/RepositoryIndex"
 REPOSITORY_MODEL_LOAD = f"/{SERVICE}/RepositoryModelLoad"
 REPOSITORY_MODEL_UNLOAD = f"/{SERVICE}/RepositoryModelUnload"
@@ -47,6 +57,8 @@ METHODS = (
     MODEL_READY,
     SERVER_METADATA,
     MODEL_METADATA,
+    MODEL_CONFIG,
+    MODEL_STATISTICS,
     REPOSITORY_INDEX,
     REPOSITORY_MODEL_LOAD,
     REPOSITORY_MODEL_UNLOAD,
@@ -93,6 +105,8 @@ class ServiceCalls(MethodCalls):
             MODEL_READY: self._model_ready,
             SERVER_METADATA: lambda body: json_format.ParseDict(describe_server(), messages.ServerMetadataResponse()),
             MODEL_METADATA: self._model_metadata,
+            MODEL_CONFIG: self._model_config,
+            MODEL_STATISTICS: self._model_statistics,
             REPOSITORY_INDEX: self._repository_index,
             REPOSITORY_MODEL_LOAD: self._load,
             REPOSITORY_MODEL_UNLOAD: self._unload,
@@ -111,6 +125,17 @@ class ServiceCalls(MethodCalls):
         request = parse(messages.ModelMetadataRequest, body)
         document = describe_model(self._server, request.name, version_of(request.version))
         return json_format.ParseDict(document, messages.ModelMetadataResponse())
+
+    def _model_config(self, body: bytes) -> messages.ModelConfigResponse:
+        request = parse(messages.ModelConfigRequest, body)
+        config = describe_config(self._server, request.name, version_of(request.version))
+        return json_format.ParseDict({"config": config}, messages.ModelConfigResponse())
+
+    def _model_statistics(self, body: bytes) -> messages.ModelStatisticsResponse:
+        """Every model's when the request names none, as Triton's."""
+        request = parse(messages.ModelStatisticsRequest, body)
+        stats = statistics_of(self._server, request.name, version_of(request.version))
+        return json_format.ParseDict({"model_stats": stats}, messages.ModelStatisticsResponse())
 
     def _repository_index(self, body: bytes) -> messages.RepositoryIndexResponse:
         request = parse(messages.RepositoryIndexRequest, body)

@@ -17,14 +17,15 @@ from service.backends.base import Arrays, ServedModel
 from service.errors import BadRequest, Conflict
 from service.pipeline.body import read_body
 from service.pipeline.inference import InferenceEndpoint, InferenceTarget
-from service.pipeline.model_server import ModelServer, Repository, current_server, json_response
+from service.pipeline.model_server import HostedModel, ModelServer, Repository, current_server, json_response
 from service.protocols.v2_codec import InferRequest, datatype_of, decode_infer_request, encode_infer_response
+from service.telemetry.statistics import model_statistics
 from service.versions.registry import VersionState
 
 PROTOCOL = "v2_rest"
 INFERENCE_ROUTES = ("/v2/models/{name}/infer", "/v2/models/{name}/versions/{version}/infer")
 INFER_PATH = re.compile(r"/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[0-9]{1,9}))?/infer")
-EXTENSIONS = ("binary_tensor_data", "model_repository")
+EXTENSIONS = ("binary_tensor_data", "model_repository", "statistics", "model_configuration")
 
 
 def match_inference(path: str) -> InferenceTarget | None:
@@ -186,3 +187,79 @@ def model_is_ready(server: ModelServer, name: str, version: int | None) -> bool:
     if version is not None or not server.loads_for_a_request(name):
         server.model_for(name, version)
     return server.ready
+
+
+@blueprint.get("/v2/models/stats")
+@blueprint.get("/v2/models/<name>/stats")
+@blueprint.get("/v2/models/<name>/versions/<int:version>/stats")
+def model_stats(name: str | None = None, version: int | None = None):
+    """Triton's statistics extension: every model's, one model's (each version served) or one version's."""
+    return json_response({"model_stats": statistics_of(current_server(), name, version)})
+
+
+def statistics_of(server: ModelServer, name: str | None, version: int | None) -> list[dict]:
+    """The statistics of the versions named (no name: every model's); NotFound for a model or version not served.
+
+    Nothing is loaded for this: a model that loads on demand and is not loaded has none listed.
+    """
+    if not name:
+        versions = [(each, number) for each, hosted in server.models.items() for number in _serving(hosted)]
+        return model_statistics(sorted(versions))
+    hosted = server.models.get(name)
+    if hosted is None:
+        if server.loads_for_a_request(name):
+            return []
+        server.hosted(name, load=False)  # NotFound, saying what is served
+    if version is not None:
+        hosted.versions.serving(version, None)  # NotFound, saying which versions are
+        return model_statistics([(name, version)])
+    return model_statistics([(name, number) for number in _serving(hosted)])
+
+
+def _serving(hosted: HostedModel) -> list[int]:
+    return sorted(hosted.versions.numbers(VersionState.AVAILABLE))
+
+
+@blueprint.get("/v2/models/<name>/config")
+@blueprint.get("/v2/models/<name>/versions/<int:version>/config")
+def model_config(name: str, version: int | None = None):
+    return json_response(describe_config(current_server(), name, version))
+
+
+def describe_config(server: ModelServer, name: str, version: int | None) -> dict:
+    """Triton's model configuration, of what this server knows: the batch sizes, batching and the tensors.
+
+    Dims leave out the batch dimension, as Triton's do for a model that batches; -1 is any size.
+    """
+    model = server.model_for(name, version)
+    hosted = server.hosted(name)
+    settings, batcher = hosted.settings, hosted.batcher
+
+    def tensors(infos) -> list[dict]:
+        return [
+            {
+                "name": info.name,
+                "data_type": "TYPE_" + ("STRING" if info.dtype == "string" else datatype_of(info)),
+                "dims": [-1 if dim is None else dim for dim in info.instance_shape],
+            }
+            for info in infos
+        ]
+
+    fixed_delay_us = int(settings.batch_timeout_ms * 1000) if settings.batch_policy == "fixed" else 0
+    return {
+        "name": model.name,
+        "platform": model.platform,
+        "version_policy": {"specific": {"versions": _serving(hosted)}},
+        "max_batch_size": model.max_batch_size,
+        "input": tensors(model.signature.inputs),
+        "output": tensors(model.signature.outputs),
+        "dynamic_batching": {
+            "preferred_batch_size": [batcher.preferred_batch_size],
+            "max_queue_delay_microseconds": fixed_delay_us,
+            "default_queue_policy": {"max_queue_size": settings.max_queue},
+        },
+        "parameters": {
+            "batch_policy": {"string_value": settings.batch_policy},  # adaptive: the delay follows the load
+            "padded_batch_sizes": {"string_value": ",".join(map(str, model.batch_sizes))},
+        },
+    }

@@ -13,6 +13,7 @@ workers, `liveall` keeps one series per worker (`pid` label).
 from __future__ import annotations
 
 import os
+import time
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -21,10 +22,12 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    Summary,
     generate_latest,
     multiprocess,
 )
 
+from service.backends.base import PassTimes
 from service.batching.policy import SendReason
 
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -145,6 +148,25 @@ models_loaded_bytes = Gauge(
     "Measured footprint of the models the live workers hold loaded, against MODEL_MEMORY_MB when it is set.",
     multiprocess_mode="livesum",
 )
+inference_stages = Summary(
+    "model_server_inference_stage_seconds",
+    "Inference requests by model, version and stage, as Triton's statistics count them (GET /v2/models/stats): "
+    "success and fail (from reaching the app to being answered), queue (waiting for its pass), compute_input, "
+    "compute_infer and compute_output (its pass's stages).",
+    ["model", "version", "stage"],
+)
+pass_stages = Summary(
+    "model_server_pass_stage_seconds",
+    "Forward passes by model, version, instances (batch_size) and stage (compute_input: inputs merged; "
+    "compute_infer: padded, run and trimmed; compute_output: outputs split).",
+    ["model", "version", "batch_size", "stage"],
+)
+last_inference = Gauge(
+    "model_server_last_inference_timestamp_seconds",
+    "When a worker last answered a request with the model version (Unix time), the latest of all workers.",
+    ["model", "version"],
+    multiprocess_mode="max",
+)
 cache_hits = Counter(
     "model_server_cache_hits", "Instances answered from the result cache, by tier (local, redis).", ["tier"]
 )
@@ -219,6 +241,37 @@ def predicted(model_name: str, model_version: int, instances: int) -> None:
     predictions.labels(model_name, str(model_version)).inc(instances)
 
 
+def inference_answered(model_name: str, model_version: int, seconds: float, queue_wait_s: float | None) -> None:
+    """A request answered with predictions in `seconds`; `queue_wait_s` None when no pass ran for it (the cache)."""
+    version = str(model_version)
+    inference_stages.labels(model_name, version, "success").observe(seconds)
+    if queue_wait_s is not None:
+        inference_stages.labels(model_name, version, "queue").observe(queue_wait_s)
+    last_inference.labels(model_name, version).set(time.time())
+
+
+def inference_failed(model_name: str, model_version: int, seconds: float) -> None:
+    """A request for the model version answered with an error (refusals and client mistakes included)."""
+    inference_stages.labels(model_name, str(model_version), "fail").observe(seconds)
+
+
+class PassStages:
+    """A model version's `ServedModel.observe_pass`: each pass's stages, per pass and per request it served."""
+
+    STAGES = ("compute_input", "compute_infer", "compute_output")
+
+    def __init__(self, model_name: str, model_version: int):
+        self._model, self._version = model_name, str(model_version)
+        self._per_request = [inference_stages.labels(self._model, self._version, stage) for stage in self.STAGES]
+
+    def __call__(self, times: PassTimes) -> None:
+        seconds = (times.compute_input_s, times.compute_infer_s, times.compute_output_s)
+        for stage, stage_s, per_request in zip(self.STAGES, seconds, self._per_request, strict=True):
+            pass_stages.labels(self._model, self._version, str(times.instances), stage).observe(stage_s)
+            for _ in range(times.requests):
+                per_request.observe(stage_s)
+
+
 def cache_looked_up(tier: str, hits: int, misses: int) -> None:
     if hits:
         labelled(cache_hits, tier).inc(hits)
@@ -275,19 +328,26 @@ def metrics_table() -> str:
 
 
 def _declared() -> list:
-    return [value for value in globals().values() if isinstance(value, (Counter, Gauge, Histogram))]
+    return [value for value in globals().values() if isinstance(value, (Counter, Gauge, Histogram, Summary))]
+
+
+def every_worker(scraped: bool = True) -> CollectorRegistry:
+    """The metrics of every worker: read from their files under Gunicorn, this process's outside it.
+
+    `scraped`: with the figures read at each scrape (the Redis tier's).
+    """
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return REGISTRY
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    for collector in _scrape_collectors if scraped else ():
+        registry.register(collector)
+    return registry
 
 
 def exposition() -> tuple[bytes, str]:
     """The metrics of every worker in Prometheus' text format, and its content type."""
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
-        for collector in _scrape_collectors:
-            registry.register(collector)
-    else:
-        registry = REGISTRY
-    return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(every_worker()), CONTENT_TYPE_LATEST
 
 
 if __name__ == "__main__":

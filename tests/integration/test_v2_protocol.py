@@ -52,3 +52,30 @@ def test_a_mistake_reaches_tritonclient_as_an_error_with_the_servers_message(cli
     tensor.set_data_from_numpy(demo_holdout[0][:1].astype(np.float32))
     with pytest.raises(InferenceServerException, match="exactly the model's"):
         client.infer("digits", [tensor])
+
+
+def test_statistics_sum_every_workers_requests_whichever_worker_answers(client, demo_server, demo_holdout):
+    """Requests on new connections until both workers have served some; every stats read counts them all."""
+
+    def successes() -> int:
+        (stats,) = client.get_inference_statistics("digits")["model_stats"]
+        return stats["inference_stats"]["success"]["count"]
+
+    def served_by_worker() -> dict[int, int]:  # /stats is one worker's: read it until both have answered
+        seen: dict[int, int] = {}
+        while len(seen) < 2:
+            stats = requests.get(f"{demo_server.url}/stats", timeout=60).json()
+            seen[stats["pid"]] = stats["requests"]
+        return seen
+
+    before, served_before = successes(), served_by_worker()
+    sent = 0
+    while sent < 40:
+        tf_serving_predictions(demo_server, demo_holdout[0][sent : sent + 1])  # a new connection each
+        sent += 1
+        if sent % 4 == 0 and all(count > served_before[pid] for pid, count in served_by_worker().items()):
+            break
+    assert all(count > served_before[pid] for pid, count in served_by_worker().items()), "one worker served all"
+    assert [successes() for _ in range(4)] == [before + sent] * 4
+    config = client.get_model_config("digits")
+    assert config["input"] == [{"name": "image", "data_type": "TYPE_FP32", "dims": [8, 8, 1]}]

@@ -146,6 +146,7 @@ for path in sys.argv[1:3]:
 """
 
 
+@pytest.mark.slow
 def test_a_model_on_a_lane_keeps_its_variables_there_and_answers_the_same(demo_model_path, tmp_path):
     """In a process of its own: TF's devices are set once per process, and this one's are set."""
     import keras

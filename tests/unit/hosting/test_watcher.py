@@ -142,7 +142,7 @@ def test_unload_and_load_through_the_repository_api(watched):
     assert "double" not in server.models, "an unloaded model stays unloaded whatever the files say"
     assert client.post("/v2/repository/models/double/load", json={}).status_code == 200
     assert predict(client, "double").json == {"predictions": [[2.0, 4.0]]}
-    assert client.get("/v2").json["extensions"] == ["binary_tensor_data", "model_repository"]
+    assert "model_repository" in client.get("/v2").json["extensions"]
 
 
 def test_the_repository_api_says_what_was_wrong(watched, tmp_path, fake_model, settings):

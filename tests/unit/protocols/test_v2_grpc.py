@@ -128,6 +128,21 @@ def test_calls_are_counted_under_their_protocol_and_method(client):
     assert REGISTRY.get_sample_value("model_server_http_requests_total", labels) == before + 1
 
 
+def test_statistics_and_configuration_answer_as_rest_does(client, served):
+    app, _ = served
+    before = client.get_inference_statistics("fake").model_stats[0].inference_stats.success.count
+    client.infer("fake", [infer_input(rows(1))])
+    (stats,) = client.get_inference_statistics("fake", "1").model_stats
+    assert (stats.name, stats.version, stats.inference_stats.success.count) == ("fake", "1", before + 1)
+    rest = app.test_client().get("/v2/models/fake/stats").get_json()["model_stats"][0]
+    assert stats.execution_count == rest["execution_count"] and stats.last_inference == rest["last_inference"]
+    assert [s.name for s in client.get_inference_statistics().model_stats] == ["fake"]
+    config = client.get_model_config("fake").config
+    assert (config.name, config.max_batch_size, list(config.input[0].dims)) == ("fake", 8, [3])
+    with pytest.raises(InferenceServerException, match="'other' is not served here"):
+        client.get_inference_statistics("other")
+
+
 def test_repository_calls_need_a_repository(client):
     assert [(m.name, m.version, m.state) for m in client.get_model_repository_index().models] == [
         ("fake", "1", "READY")

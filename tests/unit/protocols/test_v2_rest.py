@@ -78,3 +78,47 @@ def test_infer_mistakes_are_4xx_with_an_error_body(client, path, body, status):
 def test_infer_takes_only_post(client):
     answer = client.get("/v2/models/fake/infer")
     assert answer.status_code == 405 and answer.headers["Allow"] == "POST"
+
+
+def stats_of(client, path: str = "/v2/models/fake/stats") -> dict:
+    answer = client.get(path)
+    assert answer.status_code == 200, answer.get_data()
+    (stats,) = answer.get_json()["model_stats"]
+    return stats
+
+
+def test_statistics_count_each_request_its_stages_and_its_passes_by_size(client):
+    before = stats_of(client)
+    for count in (2, 1):
+        answer = client.post("/v2/models/fake/infer", data=orjson.dumps(infer_document(rows(count))))
+        assert answer.status_code == 200
+    assert client.post("/v2/models/fake/infer", data=b"{}").status_code == 400
+    after = stats_of(client)
+    assert (after["name"], after["version"]) == ("fake", "1")
+    grew = {
+        stage: after["inference_stats"][stage]["count"] - before["inference_stats"][stage]["count"]
+        for stage in ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output")
+    }
+    assert grew == {"success": 2, "fail": 1, "queue": 2, "compute_input": 2, "compute_infer": 2, "compute_output": 2}
+    assert after["inference_stats"]["success"]["ns"] > before["inference_stats"]["success"]["ns"]
+    assert after["inference_count"] - before["inference_count"] == 3  # sequential requests: passes of 2 and 1
+    assert after["execution_count"] - before["execution_count"] == 2
+    sizes = {entry["batch_size"]: entry["compute_infer"]["count"] for entry in after["batch_stats"]}
+    assert {1, 2} <= set(sizes)
+    assert after["last_inference"] >= before["last_inference"] and after["last_inference"] > 0
+    assert stats_of(client, "/v2/models/stats") == stats_of(client, "/v2/models/fake/versions/1/stats")
+    for path in ("/v2/models/other/stats", "/v2/models/fake/versions/2/stats"):
+        answer = client.get(path)
+        assert answer.status_code == 404 and "error" in answer.get_json()
+
+
+def test_model_configuration_says_the_batch_sizes_batching_and_tensors(client, settings):
+    config = client.get("/v2/models/fake/config").get_json()
+    assert (config["name"], config["max_batch_size"]) == ("fake", settings.max_batch_size)
+    assert config["input"] == [{"name": "x", "data_type": "TYPE_FP32", "dims": [3]}]
+    assert config["output"] == [{"name": "y", "data_type": "TYPE_FP32", "dims": [3]}]
+    batching = config["dynamic_batching"]
+    assert batching["max_queue_delay_microseconds"] == settings.batch_timeout_ms * 1000  # the fixed policy's
+    assert batching["default_queue_policy"] == {"max_queue_size": settings.max_queue}
+    assert client.get("/v2/models/fake/versions/1/config").get_json() == config
+    assert client.get("/v2/models/other/config").status_code == 404
