@@ -1,12 +1,13 @@
 """What each protocol costs the server: throughput and server CPU per request, same server, same run.
 
-One server per model serves all four: TF Serving REST (JSON), V2 REST with JSON tensors, V2 REST
-with binary tensors, and TF Serving gRPC. Each carries the same one instance, shaped from the
-model's own metadata. For each number of closed-loop clients, the protocols run in turn, in
-alternating order over the rounds (ABBA), and the table gives each one's median over the rounds
-and the median of its per-round ratio to TF Serving REST JSON (the same round, so a slow spell of
-the shared machine slows both). Server CPU is that of all the server's processes per request
-answered; the clients run in this process (asyncio HTTP, grpc.aio), whose CPU is reported too.
+One server per model serves all five: TF Serving REST (JSON), V2 REST with JSON tensors, V2 REST
+with binary tensors, TF Serving gRPC, and V2 gRPC (raw contents, as tritonclient.grpc sends them).
+Each carries the same one instance, shaped from the model's own metadata. For each number of
+closed-loop clients, the protocols run in turn, in alternating order over the rounds (ABBA), and
+the table gives each one's median over the rounds and the median of its per-round ratio to TF
+Serving REST JSON (the same round, so a slow spell of the shared machine slows both). Server CPU
+is that of all the server's processes per request answered; the clients run in this process
+(asyncio HTTP, grpc.aio), whose CPU is reported too.
 
     python -m scripts.protocol_bench --model models/heavy.keras --model models/digits.keras
 """
@@ -28,10 +29,13 @@ import numpy as np
 import orjson
 
 from scripts.bench import machine_description, publish, server_cpu_seconds
+from scripts.grpc_load import run_lean_grpc_closed_loop
 from scripts.launcher import LiveServer
 from scripts.loadgen import LoadResult, run_closed_loop, run_grpc_closed_loop
+from service.v2_messages import ModelInferRequest
 
-PROTOCOLS = ("TF Serving REST, JSON", "V2 REST, JSON", "V2 REST, binary", "TF Serving gRPC")
+GRPC_CLIENTS = {"lean": "scripts/grpc_load.py's asyncio HTTP/2", "grpcio": "grpc.aio"}
+PROTOCOLS = ("TF Serving REST, JSON", "V2 REST, JSON", "V2 REST, binary", "TF Serving gRPC", "V2 gRPC")
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,7 @@ class Bodies:
     v2_header: bytes  # the JSON before the binary tensors
     v2_binary: bytes
     grpc: bytes  # a serialized PredictRequest
+    v2_grpc: bytes  # a serialized ModelInferRequest, the instance in raw_input_contents (as tritonclient sends)
 
 
 def bodies_for(server: LiveServer, model_name: str) -> Bodies:
@@ -69,12 +74,18 @@ def bodies_for(server: LiveServer, model_name: str) -> Bodies:
     from_array(instance, message.inputs[tensor["name"]])
     rest_json = json.dumps({"instances": instance.tolist()}).encode()
     v2_binary = header + instance.tobytes()
-    return Bodies(model_name, metadata, rest_json, v2_json, header, v2_binary, message.SerializeToString())
+    infer = ModelInferRequest(model_name=model_name)
+    infer.inputs.add(name=tensor["name"], datatype=tensor["datatype"], shape=shape)
+    infer.raw_input_contents.append(instance.tobytes())
+    grpc, v2_grpc = message.SerializeToString(), infer.SerializeToString()
+    return Bodies(model_name, metadata, rest_json, v2_json, header, v2_binary, grpc, v2_grpc)
 
 
-def runs_for(server: LiveServer, bodies: Bodies) -> dict[str, Callable[[int, float], LoadResult]]:
+def runs_for(server: LiveServer, bodies: Bodies, grpc_client: str) -> dict[str, Callable[[int, float], LoadResult]]:
     """For each protocol, a run of one instance per request: (clients, seconds) -> its LoadResult."""
+    grpc_loop = run_lean_grpc_closed_loop if grpc_client == "lean" else run_grpc_closed_loop
     from service.protocols.tfserving_grpc import PREDICT
+    from service.protocols.v2_grpc import MODEL_INFER
 
     v2_path = f"/v2/models/{bodies.model_name}/infer"
     binary_headers = {"Inference-Header-Content-Length": str(len(bodies.v2_header))}
@@ -86,8 +97,9 @@ def runs_for(server: LiveServer, bodies: Bodies) -> dict[str, Callable[[int, flo
         PROTOCOLS[2]: lambda clients, seconds: run_closed_loop(
             server.url, bodies.v2_binary, clients, seconds, v2_path, headers=binary_headers
         ),
-        PROTOCOLS[3]: lambda clients, seconds: run_grpc_closed_loop(
-            server.grpc_target, PREDICT, bodies.grpc, clients, seconds
+        PROTOCOLS[3]: lambda clients, seconds: grpc_loop(server.grpc_target, PREDICT, bodies.grpc, clients, seconds),
+        PROTOCOLS[4]: lambda clients, seconds: grpc_loop(
+            server.grpc_target, MODEL_INFER, bodies.v2_grpc, clients, seconds
         ),
     }
 
@@ -115,7 +127,7 @@ def codec_cpu_us(bodies: Bodies, repeats: int = 5, requests: int = 2000) -> dict
     """
     from tensorflow_serving.apis import predict_pb2
 
-    from service.protocols import tfserving_codec, tfserving_grpc, v2_codec
+    from service.protocols import tfserving_codec, tfserving_grpc, v2_codec, v2_grpc_codec
 
     signature = signature_of(bodies.metadata)
     result = {
@@ -138,7 +150,11 @@ def codec_cpu_us(bodies: Bodies, repeats: int = 5, requests: int = 2000) -> dict
         decoded = tfserving_grpc.decode_predict(request, signature, 1000, 1 << 30)
         tfserving_grpc.encode_predict(decoded, result, model)
 
-    codecs = (rest_json, v2(bodies.v2_json, None), v2(bodies.v2_binary, header_length), grpc)
+    def v2_grpc():
+        decoded = v2_grpc_codec.decode_model_infer(ModelInferRequest.FromString(bodies.v2_grpc), signature, 1000)
+        v2_grpc_codec.encode_model_infer(model.name, 1, decoded, result)
+
+    codecs = (rest_json, v2(bodies.v2_json, None), v2(bodies.v2_binary, header_length), grpc, v2_grpc)
     codecs = dict(zip(PROTOCOLS, codecs, strict=True))
     medians = {}
     for name, codec in codecs.items():
@@ -189,6 +205,12 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=8.0, help="seconds per run")
     parser.add_argument("--rounds", type=int, default=3, help="runs of each protocol per number of clients")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a setting of the server")
+    parser.add_argument(
+        "--grpc-client",
+        choices=("lean", "grpcio"),
+        default="lean",
+        help="gRPC's clients: scripts/grpc_load.py's (as cheap per call as the HTTP one) or grpc.aio",
+    )
     parser.add_argument("--markdown", type=Path, help="also write the report to this file")
     args = parser.parse_args()
     sections = []
@@ -197,7 +219,7 @@ def main() -> int:
         with LiveServer({"MODEL_PATH": model, **dict(setting.split("=", 1) for setting in args.set)}) as server:
             server.wait_for_grpc(1)
             bodies = bodies_for(server, model_name)
-            runs = runs_for(server, bodies)
+            runs = runs_for(server, bodies, args.grpc_client)
             for name in PROTOCOLS:  # every protocol's first requests, outside the measurements
                 runs[name](4, 1.0)
             rows = [
@@ -216,7 +238,8 @@ def main() -> int:
         f"{' '.join(args.set) or 'Default settings'}; machine: {machine_description()}. Closed loops of one instance "
         f"per request, {args.duration:g} s a run, {args.rounds} rounds, protocols in alternating order; medians, "
         "and the median of per-round ratios to TF Serving REST JSON. Clients in the bench's process (asyncio HTTP/1.1 "
-        "keep-alive, grpc.aio with a connection per client), on the same machine.\n\n" + "\n\n".join(sections)
+        f"keep-alive; gRPC: {GRPC_CLIENTS[args.grpc_client]}, a connection per client), on the same machine.\n\n"
+        + "\n\n".join(sections)
     )
     publish(report, args.markdown)
     return 0

@@ -20,7 +20,7 @@ from service.jobs.service import build_jobs
 from service.operations import api_docs, health
 from service.pipeline.answers import api_error_for
 from service.pipeline.inference import PROTOCOL_KEY, ROUTE_KEY
-from service.pipeline.model_server import HostedModel, ModelServer
+from service.pipeline.model_server import CallServer, HostedModel, ModelServer
 from service.protocols import PROTOCOLS, jobs_rest
 from service.settings import Settings, current_settings
 from service.sizing.placement import current_placement
@@ -30,7 +30,6 @@ from service.version_policy import parse_labels
 from service.versions.registry import ModelVersions
 from service.web.access import AccessLayer, route_template
 from service.web.auth import ApiKeyGuard, parse_api_keys
-from service.web.grpc_server import GrpcServer
 
 log = logging.getLogger(__name__)
 
@@ -118,32 +117,40 @@ def outer_layers(settings: Settings, app: WsgiApp) -> WsgiApp:
     return AccessLayer(ApiKeyGuard(app, keys) if keys else app)
 
 
-def serve_grpc(app: Flask) -> GrpcServer | None:
+def serve_grpc(app: Flask) -> CallServer | None:
     """gunicorn.conf.py's `post_worker_init`, in the worker: gRPC on GRPC_PORT, unless GRPC_PORT is 0."""
     return start_grpc(app) if app.extensions["model_server"].settings.grpc_port else None
 
 
-def start_grpc(app: Flask) -> GrpcServer:
+def start_grpc(app: Flask) -> CallServer:
     """In a worker, after `create_app`: serve the gRPC APIs on GRPC_PORT through the app's model server.
 
-    TF Serving's, the Open Inference Protocol's and the health service. Not in `create_app`: gRPC
-    must not start before the worker class has patched the standard library (gevent), nor in
-    tests that build apps by the dozen.
+    TF Serving's, the Open Inference Protocol's and the health service; under gevent from the
+    worker's hub (h2), under gthread by grpcio (docs/protocols.md). Not in `create_app`: gRPC must
+    not start before the worker class has patched the standard library (gevent), nor in tests
+    that build apps by the dozen.
     """
     from service.protocols import grpc_calls, tfserving_grpc, v2_grpc  # gRPC's messages, only where it is served
+    from service.web.grpc_health import LiveHealth
+    from service.web.grpc_server import GrpcServer, method_table
 
     server: ModelServer = app.extensions["model_server"]
     settings = server.settings
-    concurrency = settings.gevent_connections if gevent_is_active() else settings.request_threads
     calls = outer_layers(settings, tfserving_grpc.calls(server, v2_grpc.calls(server, grpc_calls.unknown_method)))
     methods = {
         **dict.fromkeys(tfserving_grpc.METHODS, tfserving_grpc.PROTOCOL),
         **dict.fromkeys(v2_grpc.METHODS, v2_grpc.PROTOCOL),
     }
     streams = {v2_grpc.MODEL_STREAM_INFER: (v2_grpc.PROTOCOL, v2_grpc.stream_infer)}
-    server.grpc = GrpcServer(
-        calls, methods, streams, settings, concurrency, serving=lambda: health.unready_reason(server) is None
-    )
+    services = sorted({method.strip("/").split("/")[0] for method in [*methods, *streams]})
+    health_service = LiveHealth(services, serving=lambda: health.unready_reason(server) is None)
+    table = method_table(calls, methods, streams, health_service)
+    if gevent_is_active():
+        from service.web.grpc_h2 import H2GrpcServer
+
+        server.grpc = H2GrpcServer(table, health_service, settings, settings.gevent_connections)
+    else:
+        server.grpc = GrpcServer(table, health_service, settings, settings.request_threads)
     server.grpc.start()
     return server.grpc
 

@@ -33,7 +33,6 @@ import orjson
 from service.errors import WsgiApp
 from service.pipeline.inference import PROTOCOL_KEY, REFUSED_KEY
 from service.settings import Settings
-from service.threads import gevent_is_active
 
 log = logging.getLogger(__name__)
 
@@ -119,53 +118,77 @@ def serve_call(app: WsgiApp, method: str, body: bytes, context: Any, protocol: s
 StreamMethod = Callable[[Iterable[bytes], Callable[[str, bytes], tuple[int, bytes]]], Iterable[bytes]]
 
 
-class GrpcServer:
-    """The worker's gRPC server: `start()` binds GRPC_PORT and serves `app`'s methods; `stop()` drains it.
+@dataclass(frozen=True)
+class Method:
+    """How one gRPC method is called: `unary_unary` handlers take (body, context) and return the answer's body,
+    `unary_stream` ones return the answers' bodies, `stream_stream` ones take the requests' bodies instead."""
+
+    kind: str
+    handler: Callable[[Any, Any], Any]
+
+
+HEALTH_CHECK = "/grpc.health.v1.Health/Check"
+HEALTH_WATCH = "/grpc.health.v1.Health/Watch"
+
+
+def method_table(
+    app: WsgiApp, methods: dict[str, str], streams: dict[str, tuple[str, StreamMethod]], health: Any
+) -> dict[str, Method]:
+    """Every method a worker serves over gRPC, whichever transport serves them.
 
     `methods` maps each unary method to its protocol (for metrics and the access log), `streams`
-    each streaming method to its protocol and handler. `serving` is whether the worker should be
-    sent work now, which `grpc.health.v1.Health` answers (service/web/grpc_health.py).
+    each streaming method to its protocol and handler; `health` is the grpc.health.v1 servicer.
+    """
+    from grpc_health.v1 import health_pb2
+
+    def unary(method: str, protocol: str) -> Method:
+        return Method("unary_unary", lambda body, context: serve_call(app, method, body, context, protocol))
+
+    def stream(handler: StreamMethod, protocol: str) -> Method:
+        def handle(requests: Iterable[bytes], context: Any) -> Iterable[bytes]:
+            def answer(method: str, body: bytes) -> tuple[int, bytes]:
+                answered = answer_call(app, method, body, context, protocol)
+                return answered.status, answered.body
+
+            return handler(requests, answer)
+
+        return Method("stream_stream", handle)
+
+    def check(body: bytes, context: Any) -> bytes:
+        return health.Check(health_pb2.HealthCheckRequest.FromString(body), context).SerializeToString()
+
+    def watch(body: bytes, context: Any) -> Iterable[bytes]:
+        request = health_pb2.HealthCheckRequest.FromString(body)
+        return (response.SerializeToString() for response in health.Watch(request, context))
+
+    table = {method: unary(method, protocol) for method, protocol in methods.items()}
+    table |= {method: stream(handler, protocol) for method, (protocol, handler) in streams.items()}
+    return table | {HEALTH_CHECK: Method("unary_unary", check), HEALTH_WATCH: Method("unary_stream", watch)}
+
+
+class GrpcServer:
+    """The gthread worker's gRPC server, grpcio's: `start()` binds GRPC_PORT and serves `table`; `stop()` drains it.
+
+    `health` is told when the worker drains (NOT_SERVING). Under gevent, grpc_h2.H2GrpcServer
+    serves the same table instead.
     """
 
-    def __init__(
-        self,
-        app: WsgiApp,
-        methods: dict[str, str],
-        streams: dict[str, tuple[str, StreamMethod]],
-        settings: Settings,
-        concurrency: int,
-        serving: Callable[[], bool],
-    ):
-        self._app = app
-        self._methods = methods
-        self._streams = streams
+    def __init__(self, table: dict[str, Method], health: Any, settings: Settings, concurrency: int):
+        self._table = table
+        self._health = health
         self._settings = settings
         self._concurrency = concurrency
-        self._serving = serving
         self._server = None
-        self._health = None
 
     def start(self) -> int:
         """Serve from now on; the port bound. Raises RuntimeError when it cannot be bound."""
-        if gevent_is_active():
-            import grpc.experimental.gevent
-
-            grpc.experimental.gevent.init_gevent()
         import grpc
-        from grpc_health.v1 import health_pb2_grpc
-
-        from service.web.grpc_health import LiveHealth
 
         settings = self._settings
         handlers: dict[str, dict] = {}
-        for method, protocol in self._methods.items():
-            service, name = method.strip("/").split("/")
-            handlers.setdefault(service, {})[name] = grpc.unary_unary_rpc_method_handler(self._unary(method, protocol))
-        for method, (protocol, stream) in self._streams.items():
-            service, name = method.strip("/").split("/")
-            handlers.setdefault(service, {})[name] = grpc.stream_stream_rpc_method_handler(
-                self._stream(stream, protocol)
-            )
+        for path, method in self._table.items():
+            service, name = path.strip("/").split("/")
+            handlers.setdefault(service, {})[name] = getattr(grpc, f"{method.kind}_rpc_method_handler")(method.handler)
         options = [
             ("grpc.so_reuseport", 1),
             ("grpc.max_receive_message_length", settings.max_body_bytes),
@@ -183,13 +206,9 @@ class GrpcServer:
             options=options,
             maximum_concurrent_rpcs=self._concurrency,
         )
-        self._health = LiveHealth(sorted(handlers), self._serving)
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         port = self._server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
         self._server.start()
-        log.info(
-            "gRPC: serving %s and grpc.health.v1.Health on %s:%d", ", ".join(sorted(handlers)), settings.host, port
-        )
+        log.info("gRPC: serving %s on %s:%d (grpcio)", ", ".join(sorted(handlers)), settings.host, port)
         return port
 
     def stop(self, grace_s: float) -> Callable[[float | None], bool]:
@@ -198,22 +217,6 @@ class GrpcServer:
             return lambda timeout=None: True
         self._health.enter_graceful_shutdown()
         return self._server.stop(grace_s).wait
-
-    def _unary(self, method: str, protocol: str) -> Callable[[bytes, Any], bytes]:
-        app = self._app
-        return lambda body, context: serve_call(app, method, body, context, protocol)
-
-    def _stream(self, stream: StreamMethod, protocol: str) -> Callable[[Iterable[bytes], Any], Iterable[bytes]]:
-        app = self._app
-
-        def handle(requests: Iterable[bytes], context: Any) -> Iterable[bytes]:
-            def answer(method: str, body: bytes) -> tuple[int, bytes]:
-                answered = answer_call(app, method, body, context, protocol)
-                return answered.status, answered.body
-
-            return stream(requests, answer)
-
-        return handle
 
 
 def _peer_address(peer: str) -> str:
