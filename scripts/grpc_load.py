@@ -5,7 +5,7 @@ call of the bench's HTTP/1.1 client; on a machine of two cores that CPU is taken
 measured, so a comparison of protocols would measure the clients too. This client speaks only
 what a unary call needs: its request headers are HPACK literals written once per connection, its
 windows are opened wide at the start, and an answer is read to its trailers (`grpc-status`,
-`x-batch-size`). tests/scripts/test_grpc_load.py checks it against the server and against grpc.aio.
+`x-batch-size`). tests/scripts/test_protocol_bench.py runs it beside grpc.aio.
 """
 
 from __future__ import annotations

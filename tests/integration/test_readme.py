@@ -37,6 +37,10 @@ def test_readme_grpc_example_classifies_its_digit(demo_server):
     assert run_readme_block(" (gRPC)", demo_server) == ["0"]  # the same handwritten 0 as the TF Serving example
 
 
+def test_readme_tritonclient_grpc_example_classifies_its_digit_and_reads_the_statistics(demo_server):
+    assert run_readme_block(" (V2 gRPC)", demo_server) == ["0", "True"]
+
+
 def test_readme_bulk_cache_and_jobs_example_runs_as_it_says(start_server, demo_model_path):
     server = start_server(MODEL_PATH=str(demo_model_path), WORKERS="1", CACHE_MAX_BYTES="100000000")
     lines = run_readme_block("", server)
