@@ -1,4 +1,4 @@
-"""The gevent worker's gRPC server: HTTP/2 (h2) on the worker's own hub, a greenlet per connection and per call.
+"""The gevent worker's gRPC server: HTTP/2 on the worker's own hub, a greenlet per connection and per call.
 
 Why not grpcio here: under gevent, grpcio polls its completion queue through gevent's thread pool,
 one hand-off between OS threads per event, and its calls reached the batcher one by one. On the
@@ -177,7 +177,9 @@ class _Stream:
         self.received_bytes = 0  # since our last WINDOW_UPDATE of the stream
 
     def receive(self, data: bytes) -> None:
-        """Take bytes of the stream; each complete message goes to the call."""
+        """Take bytes of the stream; each complete message goes to the call. After a refused message, drop them."""
+        if self.error is not None:
+            return
         if not self.buffer and len(data) >= PREFIX.size and self.messages is None and self.error is None:
             compressed, length = PREFIX.unpack_from(data)
             if not compressed and len(data) == PREFIX.size + length <= PREFIX.size + self.max_message_bytes:
@@ -212,20 +214,29 @@ class _Stream:
             self.messages.put(None)
 
     def _decompress(self, message: bytes) -> bytes:
+        """The message inflated, to at most `max_message_bytes` (a small message may inflate to gigabytes)."""
+        window_bits = {b"gzip": 16 + zlib.MAX_WBITS, b"deflate": zlib.MAX_WBITS}.get(self.encoding)
+        if window_bits is None:
+            self.error = CallAborted(
+                STATUS["UNIMPLEMENTED"],
+                f"grpc-encoding {self.encoding.decode('latin-1')!r} is not served (identity, gzip, deflate)",
+            )
+            return b""
+        inflater = zlib.decompressobj(window_bits)
         try:
-            if self.encoding == b"gzip":
-                return zlib.decompress(message, 16 + zlib.MAX_WBITS)
-            if self.encoding == b"deflate":
-                return zlib.decompress(message)
+            inflated = inflater.decompress(message, self.max_message_bytes + 1)
         except zlib.error as error:
             self.error = CallAborted(
                 STATUS["INTERNAL"], f"a {self.encoding.decode()} message does not inflate: {error}"
             )
             return b""
-        self.error = CallAborted(
-            STATUS["UNIMPLEMENTED"], f"grpc-encoding {self.encoding.decode()!r} is not served (identity, gzip, deflate)"
-        )
-        return b""
+        if len(inflated) > self.max_message_bytes or inflater.unconsumed_tail:
+            self.error = CallAborted(
+                STATUS["RESOURCE_EXHAUSTED"],
+                f"a message inflates to over the {self.max_message_bytes} bytes allowed (MAX_BODY_BYTES)",
+            )
+            return b""
+        return inflated
 
 
 class _Connection:
@@ -400,6 +411,8 @@ class _Connection:
         stream.receive(unpadded(flags, payload))
         if flags & END_STREAM:
             self._end_stream(stream_id, stream)
+        elif stream.error is not None and not stream.started:  # refuse now, not once the client has sent it all
+            self._start(stream_id, stream)
 
     def _end_headers(self) -> None:
         stream_id, flags, block = self._headers

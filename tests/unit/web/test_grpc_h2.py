@@ -129,6 +129,8 @@ def test_large_and_compressed_messages_flow_both_ways_and_too_large_ones_are_ref
     assert answer == body
     error = failure(target, ECHO, bytes(4 << 20))
     assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    bomb = failure(target, ECHO, bytes(4 << 20), compression=grpc.Compression.Gzip)  # 4 KiB that inflate to 4 MiB
+    assert bomb.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "inflates" in bomb.details()
 
 
 def test_streams_answer_each_message_in_order(serve):
