@@ -134,8 +134,8 @@ class Settings:
     port: int = _setting(8000, "Port to bind.", minimum=1, maximum=65535)
     grpc_port: int = _setting(
         8500,
-        "Port of TF Serving's gRPC API (TF Serving's own default), bound by every worker with SO_REUSEPORT; 0 turns "
-        "gRPC off.",
+        "Port of the gRPC APIs (TF Serving's, the Open Inference Protocol's, grpc.health.v1; TF Serving's own "
+        "default), bound by every worker with SO_REUSEPORT; 0 turns gRPC off.",
         minimum=0,
         maximum=65535,
     )
@@ -149,7 +149,7 @@ class Settings:
     workers: int = _setting(0, "Gunicorn worker processes; 0 lets the planner choose (see Sizing).", minimum=0)
     worker_class: str = _setting(
         "gevent",
-        "Gunicorn worker class; gevent spends less CPU per HTTP request, gthread less per gRPC call (BENCHMARKS.md).",
+        "Gunicorn worker class; gevent spends less CPU per request, HTTP or gRPC (BENCHMARKS.md, Protocols).",
         choices=("gevent", "gthread"),
     )
     threads: int = _setting(

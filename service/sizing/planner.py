@@ -101,6 +101,7 @@ class WorkerPlan:
             f"  per worker   {concurrency}; max batch {settings.max_batch_size}, {_policy(settings)}, "
             f"{settings.concurrent_batches} concurrent batches, "
             f"queue {settings.max_queue} instances",
+            f"  gRPC         {_grpc_transport(settings)}",
         ]
         for placement in self.placements:
             lines.append(
@@ -267,6 +268,18 @@ def _policy(settings: Settings) -> str:
     if settings.batch_policy == "adaptive":
         return f"adaptive policy, {objective}"
     return f"timeout {settings.batch_timeout_ms:g} ms, {objective}"
+
+
+def _grpc_transport(settings: Settings) -> str:
+    """How the workers serve gRPC, and what a service that gets most of its calls over gRPC should use."""
+    if not settings.grpc_port:
+        return "off (GRPC_PORT=0)"
+    if settings.worker_class == "gevent":
+        return f"port {settings.grpc_port}, from each worker's hub: a call costs about what a REST request does"
+    return (
+        f"port {settings.grpc_port}, grpcio's server on the request threads; it costs more per call than "
+        "gevent's (WORKER_CLASS=gevent for gRPC-heavy traffic, BENCHMARKS.md)"
+    )
 
 
 def _gib(value: float) -> str:

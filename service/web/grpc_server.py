@@ -14,9 +14,8 @@ method is the path, its serialized message the body, its metadata the headers (`
 answer becomes the call's gRPC status (STATUS_CODES; REFUSAL_CODES for refusals gRPC names otherwise)
 and the error's message its details.
 
-Under the gevent worker class, `grpc.experimental.gevent.init_gevent()` runs first (after
-Gunicorn has patched the standard library, before any gRPC object exists), so gRPC's polling
-yields to the worker's other greenlets and the call handlers are greenlets.
+The methods (`method_table`) are served by grpcio's server (`GrpcServer`) under the gthread
+worker class, and from the worker's hub under gevent (service/web/grpc_h2.py).
 """
 
 from __future__ import annotations

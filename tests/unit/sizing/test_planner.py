@@ -123,6 +123,14 @@ def test_models_that_fit_together_all_stay_loaded():
     assert "on demand" not in plan.describe(Settings())
 
 
+def test_the_plan_says_how_grpc_is_served_and_what_a_grpc_heavy_service_should_use():
+    plan = plan_workers(Settings(), machine(), footprint(), gpus())
+    assert "gRPC         port 8500, from each worker's hub" in plan.describe(Settings())
+    gthread = Settings(worker_class="gthread")
+    assert "WORKER_CLASS=gevent for gRPC-heavy traffic" in plan.describe(gthread)
+    assert "gRPC         off (GRPC_PORT=0)" in plan.describe(Settings(grpc_port=0))
+
+
 def test_models_that_do_not_fit_load_on_demand_within_the_workers_share_of_ram():
     together, each = several(3000, 3000, 3000, 3000)  # 12 GB of models, 10 GB available
     plan = plan_workers(Settings(), machine(cores=4, available_gib=10), together, NO_GPU, each)
