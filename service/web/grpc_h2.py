@@ -298,23 +298,23 @@ class _Connection:
             self._socket.close()
 
     def go_away(self) -> None:
-        """Tell the client to open no more calls here (GOAWAY); close once the calls in flight are answered."""
+        """Tell the client to open no more calls here (GOAWAY); close once the calls in flight are answered, or
+        after GRACEFUL_TIMEOUT_S (so a connection lasts at most GRPC_MAX_CONNECTION_AGE_S and that, however
+        it stalls)."""
         if self._going_away or self._closed:
             return
         self._going_away = True
         self._frame(GOAWAY, 0, 0, GOAWAY_PAYLOAD.pack(self._highest_stream, NO_ERROR))
         self._flush()
         self._close_if_done()
+        if not self._closed:
+            gevent.spawn_later(self._server.settings.graceful_timeout_s, self.close_now)
 
     def close_now(self) -> None:
         """Close at once: the drain's grace is over."""
         self._closed = True
         with contextlib.suppress(OSError):
             self._socket.shutdown(socket.SHUT_RDWR)
-
-    @property
-    def calls(self) -> int:
-        return len(self._streams)
 
     def _read_frames(self) -> None:
         """Read the preface, then frames until the client closes; each read's frames are handled in place, and

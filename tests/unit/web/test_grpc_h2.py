@@ -192,3 +192,18 @@ def test_a_client_that_does_not_speak_http2_is_closed_and_others_are_served(serv
     assert kinds == [http2.SETTINGS, http2.WINDOW_UPDATE, http2.GOAWAY]
     answer, _ = in_thread(lambda: unary(target, ECHO, b"still"))
     assert answer == b"still"
+
+
+def test_a_connection_that_stalls_is_closed_once_its_age_is_reached(serve):
+    _, target = serve(grpc_max_connection_age_s=0.2, graceful_timeout_s=1)
+    host, _, port = target.rpartition(":")
+
+    def stall():
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(http2.PREFACE[:10])  # and nothing more
+            received = b""
+            while chunk := sock.recv(4096):
+                received += chunk
+            return received
+
+    assert http2.frame(http2.GOAWAY, 0, 0, http2.GOAWAY_PAYLOAD.pack(0, http2.NO_ERROR)) in in_thread(stall)
