@@ -14,7 +14,7 @@ import asyncio
 import struct
 import time
 
-from scripts.loadgen import LoadResult, _timed
+from scripts.loadgen import LoadResult, run_timed
 from service.web import http2
 
 # gRPC's codes the bench tells apart, as the HTTP statuses LoadResult counts (loadgen.GRPC_STATUSES's).
@@ -33,7 +33,7 @@ def run_lean_grpc_closed_loop(
         stop_at = time.monotonic() + duration_s
         await asyncio.gather(*(_client(target, method, message, stop_at, result) for _ in range(concurrency)))
 
-    return _timed(result, main)
+    return run_timed(result, main)
 
 
 async def _client(target: str, method: str, message: bytes, stop_at: float, result: LoadResult) -> None:
@@ -75,8 +75,8 @@ async def _answer(
 ) -> tuple[int, int | None]:
     """Read frames until the call's trailers: its gRPC status and the server's `x-batch-size`."""
     while True:
-        high, low, kind, flags, frame_stream = http2.FRAME_HEAD.unpack(await reader.readexactly(9))
-        payload = await reader.readexactly((high << 16) | low)
+        length, kind, flags, frame_stream = http2.read_frame_head(await reader.readexactly(http2.FRAME_HEAD.size))
+        payload = await reader.readexactly(length)
         if kind == http2.SETTINGS and not flags & http2.ACK:
             writer.write(http2.frame(http2.SETTINGS, http2.ACK, 0, b""))
         elif kind == http2.PING and not flags & http2.ACK:

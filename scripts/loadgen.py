@@ -316,7 +316,8 @@ async def _open_request(target: _Target, idle: list, scheduled_at: float, result
         return
 
 
-def _timed(result: LoadResult, coroutine_factory) -> LoadResult:
+def run_timed(result: LoadResult, coroutine_factory) -> LoadResult:
+    """Run the load `coroutine_factory` makes; `result` gets its duration and this process's CPU (the clients')."""
     cpu_before = resource.getrusage(resource.RUSAGE_SELF)
     started = time.monotonic()
     asyncio.run(coroutine_factory())
@@ -355,7 +356,7 @@ def run_closed_loop(
         clients = (_closed_client(target, stop_at, result, honor_retry_after) for _ in range(concurrency))
         await asyncio.gather(*clients)
 
-    return _timed(result, main)
+    return run_timed(result, main)
 
 
 # The HTTP status a gRPC answer is recorded under: the one the REST routes give for the same outcome.
@@ -392,7 +393,7 @@ def run_grpc_closed_loop(target: str, method: str, message: bytes, concurrency: 
         stop_at = time.monotonic() + duration_s
         await asyncio.gather(*(client(stop_at) for _ in range(concurrency)))
 
-    return _timed(result, main)
+    return run_timed(result, main)
 
 
 def run_open_loop(
@@ -452,7 +453,7 @@ def run_together(url: str, loads: list[Load], duration_s: float, seed: int = 0) 
                 runs += [_closed_client(target, stop_at, result, load.honor_retry_after) for _ in range(load.clients)]
         await asyncio.gather(*runs)
 
-    _timed(results[0], main)
+    run_timed(results[0], main)
     for result in results[1:]:
         result.duration_s, result.client_cpu_s = results[0].duration_s, results[0].client_cpu_s
     return results

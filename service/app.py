@@ -126,7 +126,7 @@ def start_grpc(app: Flask) -> CallServer:
     """In a worker, after `create_app`: serve the gRPC APIs on GRPC_PORT through the app's model server.
 
     TF Serving's, the Open Inference Protocol's and the health service; under gevent from the
-    worker's hub (h2), under gthread by grpcio (docs/protocols.md). Not in `create_app`: gRPC must
+    worker's hub (service/web/grpc_h2.py), under gthread by grpcio (docs/protocols.md). Not in `create_app`: gRPC must
     not start before the worker class has patched the standard library (gevent), nor in tests
     that build apps by the dozen.
     """

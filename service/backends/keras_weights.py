@@ -21,7 +21,7 @@ import zipfile
 from pathlib import Path
 
 from service.backends.base import ModelLoadError
-from service.backends.footprint import finished, last_error_line, run_module_on_host
+from service.backends.children import finished, last_error_line, run_module_on_host
 
 SLICE_BYTES = 4 << 20  # a copy of this size takes about a millisecond
 # Below this much weight, Keras' own load holds the lock a few tens of milliseconds at most, and

@@ -26,6 +26,7 @@ from service.protocols.grpc_calls import MethodCalls, parse
 from service.protocols.v2_codec import InferRequest
 from service.protocols.v2_grpc_codec import decode_model_infer, encode_model_infer
 from service.protocols.v2_rest import (
+    check_repository_parameters,
     describe_config,
     describe_model,
     describe_server,
@@ -144,13 +145,13 @@ class ServiceCalls(MethodCalls):
 
     def _load(self, body: bytes) -> messages.RepositoryModelLoadResponse:
         request = parse(messages.RepositoryModelLoadRequest, body)
-        _no_parameters(request, ())
+        check_repository_parameters(request.parameters, ())
         repository_of(self._server).load(request.model_name)
         return messages.RepositoryModelLoadResponse()
 
     def _unload(self, body: bytes) -> messages.RepositoryModelUnloadResponse:
         request = parse(messages.RepositoryModelUnloadRequest, body)
-        _no_parameters(request, ("unload_dependents",))  # a model here has no dependents
+        check_repository_parameters(request.parameters, ("unload_dependents",))  # a model here has no dependents
         repository_of(self._server).unload(request.model_name)
         return messages.RepositoryModelUnloadResponse()
 
@@ -182,12 +183,3 @@ def version_of(text: str) -> int | None:
     if not (text.isascii() and text.isdigit() and len(text) <= 9):
         raise BadRequest(f"model_version {text[:40]!r} is not a version number (or empty for the latest)")
     return int(text)
-
-
-def _no_parameters(request: Message, allowed: tuple[str, ...]) -> None:
-    unknown = sorted(set(request.parameters) - set(allowed))
-    if unknown:
-        raise BadRequest(
-            f"parameters {unknown} are not supported here (a model's configuration is its files and settings.env; "
-            "docs/models.md)"
-        )

@@ -8,6 +8,7 @@ routes are in `blueprint`. Errors are `{"error": "<what was wrong>"}`, as the pr
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 import orjson
 from flask import Blueprint, Response, request
@@ -145,7 +146,12 @@ def _repository_call_options(allowed: tuple[str, ...]) -> None:
         raise BadRequest('the body must be {"parameters": {...}}, or empty')
     if "unload_dependents" in parameters and not isinstance(parameters["unload_dependents"], bool):
         raise BadRequest("parameters.unload_dependents must be true or false")
-    unknown = sorted(set(parameters) - set(allowed))
+    check_repository_parameters(parameters, allowed)
+
+
+def check_repository_parameters(names: Iterable[str], allowed: tuple[str, ...]) -> None:
+    """BadRequest for a load or unload parameter other than `allowed` (over REST or gRPC)."""
+    unknown = sorted(set(names) - set(allowed))
     if unknown:
         raise BadRequest(
             f"parameters {unknown} are not supported here (a model's configuration is its files and "
@@ -161,14 +167,15 @@ def model_metadata(name: str, version: int | None = None):
 
 def describe_model(server: ModelServer, name: str, version: int | None) -> dict:
     """The model version's metadata: its versions served, platform, and inputs and outputs (NotFound: none)."""
-    model = server.model_for(name, version)
+    hosted = server.hosted(name)
+    model = hosted.versions.serving(version)
 
     def tensors(infos) -> list[dict]:
         return [{"name": info.name, "datatype": datatype_of(info), "shape": info.describe()["shape"]} for info in infos]
 
     return {
         "name": model.name,
-        "versions": [str(number) for number in sorted(server.hosted(name).versions.numbers(VersionState.AVAILABLE))],
+        "versions": [str(number) for number in _serving(hosted)],
         "platform": model.platform,
         "inputs": tensors(model.signature.inputs),
         "outputs": tensors(model.signature.outputs),
@@ -231,8 +238,8 @@ def describe_config(server: ModelServer, name: str, version: int | None) -> dict
 
     Dims leave out the batch dimension, as Triton's do for a model that batches; -1 is any size.
     """
-    model = server.model_for(name, version)
     hosted = server.hosted(name)
+    model = hosted.versions.serving(version)
     settings, batcher = hosted.settings, hosted.batcher
 
     def tensors(infos) -> list[dict]:

@@ -151,8 +151,7 @@ models_loaded_bytes = Gauge(
 inference_stages = Summary(
     "model_server_inference_stage_seconds",
     "Inference requests by model, version and stage, as Triton's statistics count them (GET /v2/models/stats): "
-    "success and fail (from reaching the app to being answered), queue (waiting for its pass), compute_input, "
-    "compute_infer and compute_output (its pass's stages).",
+    "success and fail (from reaching the app to being answered), and queue (waiting for its pass).",
     ["model", "version", "stage"],
 )
 pass_stages = Summary(
@@ -160,6 +159,17 @@ pass_stages = Summary(
     "Forward passes by model, version, instances (batch_size) and stage (compute_input: inputs merged; "
     "compute_infer: padded, run and trimmed; compute_output: outputs split).",
     ["model", "version", "batch_size", "stage"],
+)
+pass_requests = Counter(
+    "model_server_pass_requests",
+    "Requests served by forward passes, by model, version and the passes' instances (batch_size).",
+    ["model", "version", "batch_size"],
+)
+inference_compute = Counter(
+    "model_server_inference_compute_seconds",
+    "Each pass's stages (model_server_pass_stage_seconds) times the requests it served, by model, version and "
+    "stage: with model_server_pass_requests_total, the compute stages of Triton's per-request statistics.",
+    ["model", "version", "stage"],
 )
 last_inference = Gauge(
     "model_server_last_inference_timestamp_seconds",
@@ -256,20 +266,32 @@ def inference_failed(model_name: str, model_version: int, seconds: float) -> Non
 
 
 class PassStages:
-    """A model version's `ServedModel.observe_pass`: each pass's stages, per pass and per request it served."""
+    """A model version's `ServedModel.observe_pass`: each pass's stages, per pass and per request it served.
+
+    A handful of metric updates per pass whatever its requests: it runs in the batcher's thread.
+    """
 
     STAGES = ("compute_input", "compute_infer", "compute_output")
 
     def __init__(self, model_name: str, model_version: int):
         self._model, self._version = model_name, str(model_version)
-        self._per_request = [inference_stages.labels(self._model, self._version, stage) for stage in self.STAGES]
+        self._per_request = [inference_compute.labels(self._model, self._version, stage) for stage in self.STAGES]
+        self._by_size: dict[int, tuple] = {}  # instances -> (its pass_requests child, its pass_stages children)
 
     def __call__(self, times: PassTimes) -> None:
         seconds = (times.compute_input_s, times.compute_infer_s, times.compute_output_s)
-        for stage, stage_s, per_request in zip(self.STAGES, seconds, self._per_request, strict=True):
-            pass_stages.labels(self._model, self._version, str(times.instances), stage).observe(stage_s)
-            for _ in range(times.requests):
-                per_request.observe(stage_s)
+        by_size = self._by_size.get(times.instances)
+        if by_size is None:
+            size = str(times.instances)
+            by_size = self._by_size[times.instances] = (
+                pass_requests.labels(self._model, self._version, size),
+                [pass_stages.labels(self._model, self._version, size, stage) for stage in self.STAGES],
+            )
+        requests, per_pass = by_size
+        requests.inc(times.requests)
+        for stage_s, pass_stage, request_stage in zip(seconds, per_pass, self._per_request, strict=True):
+            pass_stage.observe(stage_s)
+            request_stage.inc(times.requests * stage_s)
 
 
 def cache_looked_up(tier: str, hits: int, misses: int) -> None:

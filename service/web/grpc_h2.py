@@ -5,7 +5,8 @@ one hand-off between OS threads per event, and its calls reached the batcher one
 demo model at 32 clients that ran 0.18x REST's req/s at 6x its CPU per call (BENCHMARKS.md,
 "Protocols"). Here a call is served as an HTTP request is in this worker: its bytes are read by a
 greenlet, and its handler (the same method table as grpcio's, service/web/grpc_server.py) runs in
-a greenlet of its own, so calls join batches as they arrive.
+a greenlet of its own, so calls join batches as they arrive. HTTP/2's frames and HPACK are
+service/web/http2.py's; a call's messages, deadline and context are service/web/grpc_streams.py's.
 
 What it does of gRPC over HTTP/2: unary, server-streaming and bidirectional calls; the deadline
 (`grpc-timeout`) and metadata; identity, gzip and deflate messages in (answers are identity);
@@ -21,22 +22,20 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
-import struct
 import time
-import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
 import gevent
 import gevent.event
 import gevent.lock
-import gevent.queue
 import gevent.server
 import gevent.socket
 
 from service.settings import Settings
 from service.web.grpc_server import Method
+from service.web.grpc_streams import PREFIX, STATUS, CallAborted, CallContext, CallStream, deadline_of, messages_of
 from service.web.http2 import (
     ACK,
     CONTINUATION,
@@ -68,30 +67,14 @@ from service.web.http2 import (
     WINDOW_UPDATE,
     HeaderDecoder,
     ProtocolViolation,
+    frame_head,
     literal_field,
+    read_frame_head,
     unpadded,
 )
 
 log = logging.getLogger(__name__)
 
-# gRPC's status codes by name (grpc.StatusCode's numbers), so a call's status is sent without grpcio.
-STATUS = {
-    "OK": 0,
-    "CANCELLED": 1,
-    "UNKNOWN": 2,
-    "INVALID_ARGUMENT": 3,
-    "DEADLINE_EXCEEDED": 4,
-    "NOT_FOUND": 5,
-    "PERMISSION_DENIED": 7,
-    "RESOURCE_EXHAUSTED": 8,
-    "FAILED_PRECONDITION": 9,
-    "UNIMPLEMENTED": 12,
-    "INTERNAL": 13,
-    "UNAVAILABLE": 14,
-    "UNAUTHENTICATED": 16,
-}
-TIMEOUT_UNITS_S = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
-PREFIX = struct.Struct(">BI")  # each gRPC message: compressed flag, length
 READ_BYTES = 1 << 16
 RESERVED_HEADERS = frozenset({b"content-type", b"te", b"grpc-timeout", b"grpc-encoding", b"grpc-accept-encoding"})
 MAX_DETAILS = 4096  # characters of an error's message sent in grpc-message
@@ -103,140 +86,6 @@ MAX_HEADER_LIST_BYTES = 1 << 16
 # after its static name (entry 31); each status's `grpc-status`.
 RESPONSE_HEADERS = b"\x88" + b"\x0f\x10" + bytes([len(b"application/grpc")]) + b"application/grpc"
 MESSAGE_SAFE = " !\"#$&'()*+,-./:;<=>?@[\\]^_`{|}~"  # grpc-message: percent-encode the rest (gRPC's spec)
-
-
-class CallAborted(Exception):
-    """Raised by `CallContext.abort`: the call ends with this status and message."""
-
-    def __init__(self, code: int, details: str):
-        super().__init__(details)
-        self.code, self.details = code, details
-
-
-class CallContext:
-    """What a handler may ask of its call, as grpc.ServicerContext's methods of the same names answer it."""
-
-    def __init__(self, peer: str, metadata: list[tuple[str, str]], deadline: float | None):
-        self._peer = peer
-        self._metadata = metadata
-        self._deadline = deadline
-        self.trailing: tuple = ()
-        self.code = 0
-        self.active = True
-        self._callbacks: list[Callable[[], None]] = []
-
-    def peer(self) -> str:
-        return self._peer
-
-    def invocation_metadata(self) -> list[tuple[str, str]]:
-        return self._metadata
-
-    def time_remaining(self) -> float | None:
-        return None if self._deadline is None else max(self._deadline - time.monotonic(), 0.0)
-
-    def set_trailing_metadata(self, metadata: tuple) -> None:
-        self.trailing = metadata
-
-    def set_code(self, code: Any) -> None:
-        self.code = _number(code)
-
-    def abort(self, code: Any, details: str) -> None:
-        raise CallAborted(_number(code), details)
-
-    def is_active(self) -> bool:
-        return self.active
-
-    def add_callback(self, callback: Callable[[], None]) -> bool:
-        self._callbacks.append(callback)
-        return True
-
-    def end(self) -> None:
-        """The call is over (answered, or cancelled by the client): its callbacks run, once."""
-        self.active = False
-        callbacks, self._callbacks = self._callbacks, []
-        for callback in callbacks:
-            callback()
-
-
-class _Stream:
-    """One call's state on its connection. A unary request's message is kept until the stream ends, then the
-    call starts; a streaming request's messages go to the call as they arrive (`messages`)."""
-
-    def __init__(self, method: Method, context: CallContext, encoding: bytes, max_message_bytes: int):
-        self.method = method
-        self.context = context
-        self.encoding = encoding
-        self.max_message_bytes = max_message_bytes
-        self.buffer = bytearray()
-        self.received: list[bytes] = []  # a unary request's messages
-        streaming = method.kind == "stream_stream"
-        self.messages: gevent.queue.Queue | None = gevent.queue.Queue() if streaming else None  # then None
-        self.error: CallAborted | None = None  # a message refused while reading
-        self.started = False  # its call's greenlet runs
-        self.closed = False  # reset by the client, or answered
-        self.received_bytes = 0  # since our last WINDOW_UPDATE of the stream
-
-    def receive(self, data: bytes) -> None:
-        """Take bytes of the stream; each complete message goes to the call. After a refused message, drop them."""
-        if self.error is not None:
-            return
-        if not self.buffer and len(data) >= PREFIX.size and self.messages is None and self.error is None:
-            compressed, length = PREFIX.unpack_from(data)
-            if not compressed and len(data) == PREFIX.size + length <= PREFIX.size + self.max_message_bytes:
-                self.received.append(data[PREFIX.size :])  # a whole message in one frame: most unary calls
-                return
-        self.buffer += data
-        while len(self.buffer) >= PREFIX.size and self.error is None:
-            compressed, length = PREFIX.unpack_from(self.buffer)
-            if length > self.max_message_bytes:
-                self.error = CallAborted(
-                    STATUS["RESOURCE_EXHAUSTED"],
-                    f"a message of {length} bytes is over the {self.max_message_bytes} bytes allowed (MAX_BODY_BYTES)",
-                )
-                return
-            if len(self.buffer) < PREFIX.size + length:
-                return
-            message = bytes(self.buffer[PREFIX.size : PREFIX.size + length])
-            del self.buffer[: PREFIX.size + length]
-            if compressed:
-                message = self._decompress(message)
-            if self.error is None:
-                if self.messages is None:
-                    self.received.append(message)
-                else:
-                    self.messages.put(message)
-
-    def finish(self) -> None:
-        """The client sent its last message (or the stream is gone)."""
-        if self.buffer and self.error is None:
-            self.error = CallAborted(STATUS["INTERNAL"], "the stream ended inside a message")
-        if self.messages is not None:
-            self.messages.put(None)
-
-    def _decompress(self, message: bytes) -> bytes:
-        """The message inflated, to at most `max_message_bytes` (a small message may inflate to gigabytes)."""
-        window_bits = {b"gzip": 16 + zlib.MAX_WBITS, b"deflate": zlib.MAX_WBITS}.get(self.encoding)
-        if window_bits is None:
-            self.error = CallAborted(
-                STATUS["UNIMPLEMENTED"],
-                f"grpc-encoding {self.encoding.decode('latin-1')!r} is not served (identity, gzip, deflate)",
-            )
-            return b""
-        inflater = zlib.decompressobj(window_bits)
-        try:
-            inflated = inflater.decompress(message, self.max_message_bytes + 1)
-        except zlib.error as error:
-            self.error = CallAborted(
-                STATUS["INTERNAL"], f"a {self.encoding.decode()} message does not inflate: {error}"
-            )
-            return b""
-        if len(inflated) > self.max_message_bytes or inflater.unconsumed_tail:
-            self.error = CallAborted(
-                STATUS["RESOURCE_EXHAUSTED"],
-                f"a message inflates to over the {self.max_message_bytes} bytes allowed (MAX_BODY_BYTES)",
-            )
-            return b""
-        return inflated
 
 
 class _Connection:
@@ -253,7 +102,7 @@ class _Connection:
         self._socket = sock
         self._peer = f"ipv4:{address[0]}:{address[1]}" if len(address) == 2 else f"ipv6:[{address[0]}]:{address[1]}"
         self._decoder = HeaderDecoder(MAX_HEADER_LIST_BYTES)
-        self._streams: dict[int, _Stream] = {}
+        self._streams: dict[int, CallStream] = {}
         self._send_windows: dict[int, int] = {}  # per stream: bytes we may still send
         self._connection_window = DEFAULT_WINDOW
         self._initial_window = DEFAULT_WINDOW  # the client's SETTINGS_INITIAL_WINDOW_SIZE
@@ -331,14 +180,13 @@ class _Connection:
         while not self._closed:
             at, end = 0, len(pending)
             while end - at >= FRAME_HEAD.size:
-                high, low, kind, flags, stream_id = FRAME_HEAD.unpack_from(pending, at)
-                length = (high << 16) | low
+                length, kind, flags, stream_id = read_frame_head(pending, at)
                 if length > RECEIVE_MAX_FRAME:
                     raise ProtocolViolation(FRAME_SIZE_ERROR, f"a frame of {length} bytes")
                 if end - at < FRAME_HEAD.size + length:
                     break
                 start = at + FRAME_HEAD.size
-                self._handle(kind, flags, stream_id & 0x7FFFFFFF, pending[start : start + length])
+                self._handle(kind, flags, stream_id, pending[start : start + length])
                 at = start + length
             self._flush()
             data = self._socket.recv(READ_BYTES)
@@ -460,8 +308,8 @@ class _Connection:
             for name, value in headers
             if not name.startswith(b":") and name not in RESERVED_HEADERS
         ]
-        context = CallContext(self._peer, metadata, _deadline(fields.get(b"grpc-timeout")))
-        stream = _Stream(
+        context = CallContext(self._peer, metadata, deadline_of(fields.get(b"grpc-timeout")))
+        stream = CallStream(
             method, context, fields.get(b"grpc-encoding", b"identity"), self._server.settings.max_body_bytes
         )
         self._streams[stream_id] = stream
@@ -471,22 +319,22 @@ class _Connection:
         if ended:
             self._end_stream(stream_id, stream)
 
-    def _end_stream(self, stream_id: int, stream: _Stream) -> None:
+    def _end_stream(self, stream_id: int, stream: CallStream) -> None:
         stream.finish()
         if not stream.started:
             self._start(stream_id, stream)
 
-    def _start(self, stream_id: int, stream: _Stream) -> None:
+    def _start(self, stream_id: int, stream: CallStream) -> None:
         stream.started = True
         gevent.spawn(self._call, stream_id, stream)
 
-    def _call(self, stream_id: int, stream: _Stream) -> None:
+    def _call(self, stream_id: int, stream: CallStream) -> None:
         """Run the handler of one call and answer it: its messages, then its status."""
         context, method = stream.context, stream.method
         code, details, sent_headers = 0, "", False
         try:
             if method.kind == "stream_stream":
-                answers = method.handler(_messages(stream), context)
+                answers = method.handler(messages_of(stream), context)
             else:
                 if stream.error is None and len(stream.received) != 1:
                     stream.error = CallAborted(STATUS["INTERNAL"], "a unary call takes exactly one message")
@@ -565,8 +413,7 @@ class _Connection:
 
     def _frame(self, kind: int, flags: int, stream_id: int, payload: bytes) -> None:
         """Queue a frame for the next `_flush`."""
-        self._pending.append(FRAME_HEAD.pack(len(payload) >> 16, len(payload) & 0xFFFF, kind, flags, stream_id))
-        self._pending.append(payload)
+        self._pending += (frame_head(kind, flags, stream_id, len(payload)), payload)  # not joined: it may be large
 
     def _flush(self) -> None:
         """Write the frames queued; one writer at a time, so the bytes of two calls never interleave."""
@@ -580,7 +427,7 @@ class _Connection:
                 except OSError:
                     self._closed = True
 
-    def _cancel(self, stream: _Stream) -> None:
+    def _cancel(self, stream: CallStream) -> None:
         stream.closed = True
         stream.finish()
         stream.context.end()
@@ -592,26 +439,6 @@ class _Connection:
 
 
 STATUS_FIELDS = {code: literal_field(b"grpc-status", str(code).encode()) for code in STATUS.values()}
-
-
-def _messages(stream: _Stream) -> Iterator[bytes]:
-    while (message := stream.messages.get()) is not None:
-        yield message
-    if stream.error is not None:
-        raise stream.error
-
-
-def _deadline(header: bytes | None) -> float | None:
-    """A `grpc-timeout` (digits and a unit) as a monotonic deadline; None without one, or a malformed one."""
-    if not header or len(header) > 9 or not header[:-1].isdigit():
-        return None
-    unit_s = TIMEOUT_UNITS_S.get(chr(header[-1]))
-    return None if unit_s is None else time.monotonic() + int(header[:-1]) * unit_s
-
-
-def _number(code: Any) -> int:
-    """A grpc.StatusCode (whose value is (number, name)) or a number, as its number."""
-    return code.value[0] if hasattr(code, "value") else int(code)
 
 
 class H2GrpcServer:
@@ -648,7 +475,7 @@ class H2GrpcServer:
         self._server.start()
         port = listener.getsockname()[1]
         services = sorted({path.strip("/").split("/")[0] for path in self.table})
-        log.info("gRPC: serving %s on %s:%d (h2 on the gevent hub)", ", ".join(services), self.settings.host, port)
+        log.info("gRPC: serving %s on %s:%d (HTTP/2 on the gevent hub)", ", ".join(services), self.settings.host, port)
         return port
 
     def stop(self, grace_s: float) -> Callable[[float | None], bool]:

@@ -39,8 +39,19 @@ class ProtocolViolation(Exception):
         self.code = code
 
 
+def frame_head(kind: int, flags: int, stream_id: int, length: int) -> bytes:
+    """The 9 bytes before a frame's payload of `length` bytes."""
+    return FRAME_HEAD.pack(length >> 16, length & 0xFFFF, kind, flags, stream_id)
+
+
 def frame(kind: int, flags: int, stream_id: int, payload: bytes) -> bytes:
-    return FRAME_HEAD.pack(len(payload) >> 16, len(payload) & 0xFFFF, kind, flags, stream_id) + payload
+    return frame_head(kind, flags, stream_id, len(payload)) + payload
+
+
+def read_frame_head(buffer: bytes, at: int = 0) -> tuple[int, int, int, int]:
+    """The frame head at `at` of `buffer`: its payload's length, type, flags and stream."""
+    high, low, kind, flags, stream_id = FRAME_HEAD.unpack_from(buffer, at)
+    return (high << 16) | low, kind, flags, stream_id & 0x7FFFFFFF
 
 
 def unpadded(flags: int, payload: bytes) -> bytes:

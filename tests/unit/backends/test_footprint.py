@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from service.backends import footprint
-from service.backends.footprint import FootprintError, finished, measure_footprint, model_digest
-from service.threads import ProcessResult
+from service.backends import children
+from service.backends.footprint import FootprintError, measure_footprint, model_digest
 
 
 def test_digest_follows_the_content(tmp_path):
@@ -79,7 +78,7 @@ def test_the_child_runs_where_service_is_importable_without_an_install(tmp_path,
         runs.append((command, env))
         raise FootprintError("stop here")
 
-    monkeypatch.setattr(footprint, "run_process", run)
+    monkeypatch.setattr(children, "run_process", run)
     monkeypatch.setenv("PYTHONPATH", "/elsewhere")
     model = tmp_path / "m.keras"
     model.write_bytes(b"weights")
@@ -90,11 +89,3 @@ def test_the_child_runs_where_service_is_importable_without_an_install(tmp_path,
     root, kept = env["PYTHONPATH"].split(os.pathsep)
     assert (Path(root) / "service" / "__init__.py").is_file() and (Path(root) / "wsgi.py").is_file(), root
     assert kept == "/elsewhere"
-
-
-def test_a_child_whose_exit_status_was_taken_elsewhere_is_judged_by_its_last_line():
-    assert finished(ProcessResult(0, "", ""), "{")
-    assert not finished(ProcessResult(1, '{"runtime_bytes": 1}\n', ""), "{")
-    assert finished(ProcessResult(None, 'loading\n{"runtime_bytes": 1}\n', ""), "{")
-    assert not finished(ProcessResult(None, "loading\n", "Traceback ..."), "{")
-    assert not finished(ProcessResult(None, "", ""), "{")

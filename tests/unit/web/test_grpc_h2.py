@@ -186,9 +186,9 @@ def test_a_client_that_does_not_speak_http2_is_closed_and_others_are_served(serv
 
     received, kinds = in_thread(garbage), []
     while len(received) >= http2.FRAME_HEAD.size:  # the server's frames, up to its close
-        high, low, kind, _, _ = http2.FRAME_HEAD.unpack_from(received)
+        length, kind, _, _ = http2.read_frame_head(received)
         kinds.append(kind)
-        received = received[http2.FRAME_HEAD.size + ((high << 16) | low) :]
+        received = received[http2.FRAME_HEAD.size + length :]
     assert kinds == [http2.SETTINGS, http2.WINDOW_UPDATE, http2.GOAWAY]
     answer, _ = in_thread(lambda: unary(target, ECHO, b"still"))
     assert answer == b"still"
